@@ -1,0 +1,42 @@
+# Set-up is two commands: `make run` and `make test`. Everything else hangs off the same venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PORT   ?= 8501
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: run test bench venv chromium demo-weights clean
+
+venv: $(STAMP)
+
+# Re-install when requirements or the package metadata change (a stale venv is rebuilt, not trusted).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is pinned in the same command as everything else, so no dependency can pull another build.
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+chromium:
+	@test -x $(CHROMIUM) || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+run: venv
+	@if [ -f app/main.py ]; then \
+		$(VENV)/bin/streamlit run app/main.py --server.port $(PORT) --server.headless true --server.fileWatcherType none; \
+	else \
+		$(VENV)/bin/fairprune audit --demo mnist --out demo_result.json; \
+	fi
+
+test: venv chromium
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) bench/run.py
+
+demo-weights: venv
+	$(PY) models/train_demo.py all
+
+clean:
+	rm -rf $(VENV) .pytest_cache tests/artifacts

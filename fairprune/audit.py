@@ -1,0 +1,227 @@
+"""AuditSpec -> AuditResult: the one pipeline the CLI, the dashboard's worker and Ray tasks run.
+
+1. Evaluate the dense model per group (one pass).
+2. For each sparsity level: mask a copy of the weights (the dense values are kept), optionally
+   fine-tune with the masks fixed, evaluate per group (one pass each), restore.
+3. Return an :class:`AuditResult`.
+
+A K-level sweep costs K + 1 evaluation passes plus the mask computations: the model and data are
+loaded once, nothing is re-exported.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import GroupedDataset
+from .errors import InputError
+from .evaluate import check_model_fits, evaluate, resolve_device
+from .metrics import accuracy_gap, compare, group_metrics
+from .prune import MaskedModel, compute_masks, get_method, prunable_parameters
+from .result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
+
+__all__ = ["AuditSpec", "audit", "run_spec", "load_inputs", "Progress"]
+
+#: progress(done, total, message): called after each step of a run.
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """Everything needed to run an audit from files (or a built-in demo): what the worker stores.
+
+    Paths are strings; ``demo`` replaces ``model`` and ``data``.
+    """
+
+    sparsities: tuple[float, ...]
+    model: str | None = None
+    data: str | None = None
+    demo: str | None = None
+    arch: str | None = None
+    num_classes: int | None = None
+    arch_args: dict = field(default_factory=dict)
+    label: str = "label"
+    group: tuple[str, ...] = ("group",)
+    features: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] | None = None
+    missing_group: str = "error"
+    normalize: str | None = None
+    method: str = "global_magnitude"
+    finetune_epochs: int = 0
+    train_data: str | None = None
+    diagnostics: bool = False
+    seed: int = 0
+    device: str | None = None
+    batch_size: int = 256
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("sparsities", "group", "features", "ignore"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AuditSpec":
+        d = dict(d)
+        for k in ("sparsities", "group", "features", "ignore"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def load_inputs(spec: AuditSpec):
+    """(LoadedModel, GroupedDataset, train GroupedDataset | None) for a spec. Raises InputError."""
+    from .data import load_dataset
+    from .zoo import LoadedModel, load_model
+
+    if spec.demo:
+        from .data.demos import demo_dataset, demo_model, get_demo
+
+        info = get_demo(spec.demo)
+        group = spec.group if spec.group != ("group",) else None
+        data = demo_dataset(spec.demo, group=group)
+        model = LoadedModel.from_module(demo_model(spec.demo), name=f"{info.name} demo ({info.arch})")
+    else:
+        if not spec.model or not spec.data:
+            raise InputError("--model and --data are required (or --demo NAME; `fairprune demo` lists them)")
+        model = load_model(spec.model, arch=spec.arch, num_classes=spec.num_classes, arch_args=spec.arch_args)
+        data = _load(spec, spec.data)
+    train = _load(spec, spec.train_data) if spec.train_data else None
+    return model, data, train
+
+
+def _load(spec: AuditSpec, path: str) -> GroupedDataset:
+    from .data import load_dataset
+
+    return load_dataset(path, label=spec.label, group=spec.group, features=spec.features, ignore=spec.ignore,
+                        missing_group=spec.missing_group, normalize=spec.normalize)
+
+
+def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
+             cancel: Callable[[], bool] | None = None) -> AuditResult:
+    model, data, train = load_inputs(spec)
+    return audit(model, data, sparsities=spec.sparsities, method=spec.method,
+                 finetune_epochs=spec.finetune_epochs, train_data=train, diagnostics=spec.diagnostics,
+                 seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel)
+
+
+def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
+    if sparsities is None or len(sparsities) == 0:
+        raise InputError("expected at least one sparsity level (e.g. --sparsity 0.5 0.9); found none")
+    out = []
+    for s in sparsities:
+        try:
+            f = float(s)
+        except (TypeError, ValueError):
+            raise InputError(f"sparsity must be a number in [0, 1), e.g. 0.9; found {s!r}") from None
+        if not 0.0 <= f < 1.0:
+            raise InputError(f"sparsity must be a fraction in [0, 1), e.g. 0.9 for 90%; found {s!r}")
+        out.append(f)
+    if len(set(out)) != len(out):
+        raise InputError(f"sparsity levels must be distinct; found {list(sparsities)}")
+    return sorted(out)
+
+
+def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: str = "global_magnitude",
+          finetune_epochs: int = 0, train_data: GroupedDataset | None = None, diagnostics: bool = False,
+          seed: int = 0, device: str | torch.device | None = None, batch_size: int = 256,
+          progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> AuditResult:
+    """Audit ``model`` on ``data`` at each sparsity level, group by group.
+
+    Args:
+        model: a :class:`fairprune.zoo.LoadedModel` or a plain ``nn.Module`` (wrapped, eval mode).
+        data: the grouped dataset. When it has a ``split``, the 'test' rows are measured and the
+            'train' rows fine-tune (unless ``train_data`` is given).
+        sparsities: fractions of prunable weights to remove, each in [0, 1).
+        method: a registered pruning method (``fairprune.prune.list_methods()``).
+        finetune_epochs: plain fine-tuning of each pruned model, masks fixed, before measuring.
+        progress: ``progress(done, total, message)`` after each step; cancel: returns True to stop.
+    """
+    from .zoo import LoadedModel
+
+    if not isinstance(model, LoadedModel):
+        model = LoadedModel.from_module(model, name=type(model).__name__)
+    levels = _check_sparsities(sparsities)
+    get_method(method)
+    if diagnostics:
+        raise InputError("--diagnostics is not available in this version of fairprune")
+    if finetune_epochs < 0:
+        raise InputError(f"--finetune-epochs must be >= 0; found {finetune_epochs}")
+    dev = resolve_device(device)
+
+    eval_data = data.part("test") if data.split is not None else data
+    if finetune_epochs:
+        if train_data is None:
+            if data.split is None:
+                raise InputError("--finetune-epochs needs training rows distinct from the evaluated ones: "
+                                 "a 'split' column (train/test) in the data, or --train-data PATH")
+            train_data = data.part("train")
+
+    module = model.module.to(dev)
+    from .data import validate_labels
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = check_model_fits(model, eval_data, dev)
+    run_warnings = [str(w.message) for w in caught]
+    validate_labels(eval_data, k, source=eval_data.name)
+    if train_data is not None:
+        validate_labels(train_data, k, source=train_data.name)
+
+    total = 1 + len(levels)
+    done = 0
+
+    def step(msg):
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, msg)
+
+    names = eval_data.group_names
+    y = eval_data.y.numpy()
+    groups = eval_data.group.astype(str)
+    dense_pred = evaluate(model, eval_data, batch_size=batch_size, device=dev, cancel=cancel)
+    d_overall, d_groups = group_metrics(dense_pred, y, groups, names)
+    dense = DenseResult(d_overall, d_groups, accuracy_gap(d_groups))
+    step("dense model evaluated")
+
+    prunable = list(prunable_parameters(module))
+    example = next(eval_data.batches(min(2, eval_data.n), dev))[0]
+    masked = MaskedModel(module)
+    results = []
+    try:
+        for i, s in enumerate(levels):
+            masks = compute_masks(module, method, s, seed=seed + i, example_input=example)
+            masked.apply(masks)
+            if finetune_epochs:
+                from .finetune import finetune
+
+                finetune(model, masked, train_data, epochs=finetune_epochs, seed=seed + i, device=dev, cancel=cancel)
+            pred = evaluate(model, eval_data, batch_size=batch_size, device=dev, cancel=cancel)
+            overall, g_metrics, violation, violation_ci, gap = compare(dense_pred, pred, y, groups, names, seed=seed + i)
+            results.append(LevelResult(
+                sparsity=s, achieved_sparsity=masked.achieved_sparsity(prunable), overall=overall, groups=g_metrics,
+                weight_distance=masked.weight_distance(prunable), fairness_violation=violation,
+                fairness_violation_ci95=violation_ci, accuracy_gap=gap,
+            ))
+            masked.restore()
+            step(f"level {i + 1} of {len(levels)} (sparsity {s:g}) done")
+    finally:
+        masked.restore()
+
+    params = dict(module.named_parameters())
+    return AuditResult(
+        model=ModelInfo(model.name, sum(p.numel() for p in params.values()), sum(params[n].numel() for n in prunable)),
+        data=DataInfo(eval_data.name, eval_data.n, eval_data.group_sizes),
+        config=AuditConfig(method, levels, finetune_epochs, seed, str(dev.type)),
+        provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
+                              list(data.group_columns), eval_data.n_features),
+        dense=dense, levels=results, warnings=run_warnings,
+    )

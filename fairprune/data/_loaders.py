@@ -1,0 +1,144 @@
+"""``load_dataset``: a data file -> GroupedDataset, dispatched by extension; ``validate_labels`` against a model.
+
+Formats (see each loader's module for the details):
+
+- ``.csv`` / ``.csv.gz``: a table, one row per sample (``_csv.py``);
+- ``.npz``: NumPy arrays ``x``, ``y``, ``group`` (``_npz.py``);
+- ``.zip``: images and a ``metadata.csv`` naming them (``_imagezip.py``).
+
+Options are checked before the file is opened, so a typo in an option fails fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ._checks import as_names, check_missing_group, fmt_counts, parse_normalize
+from ._csv import load_csv
+from ._dataset import GroupedDataset
+from ._imagezip import load_image_zip
+from ._npz import load_npz
+
+__all__ = ["load_dataset", "validate_labels", "FORMATS"]
+
+#: File endings load_dataset reads, and what each holds.
+FORMATS = {
+    ".csv": "a table: label, group and feature columns",
+    ".csv.gz": "a gzip-compressed table",
+    ".npz": "NumPy arrays x, y, group",
+    ".zip": "images named by a metadata.csv",
+}
+_LOADERS = {".csv": load_csv, ".csv.gz": load_csv, ".npz": load_npz, ".zip": load_image_zip}
+
+UNKNOWN_FORMAT = "{file}: expected a data file ending in {formats}; found {suffix}"
+NOT_FOUND = "{file}: expected a data file at {path}, found {found}"
+CSV_ONLY = "{file}: {option} applies to CSV files only; found a {suffix} file (its inputs are not named columns)"
+BAD_OPTION = "{option}: expected {expected}, found {found!r}"
+LABELS_OUT_OF_RANGE = (
+    "{source}: labels in {field} must be {expected} for a model with {k} output{s}; found {n} row(s) outside "
+    "that range: {values}"
+)
+
+
+def load_dataset(
+    path: str | Path,
+    *,
+    label: str = "label",
+    group: str | Sequence[str] = "group",
+    features: Sequence[str] | None = None,
+    ignore: Sequence[str] | None = None,
+    missing_group: str = "error",
+    normalize: str | None = None,
+    name: str | None = None,
+    max_uncompressed_bytes: int = 4 << 30,
+) -> GroupedDataset:
+    """Read a dataset file into a GroupedDataset D = {(x_i, a_i, y_i)}.
+
+    Args:
+        path: a ``.csv``/``.csv.gz``, ``.npz`` or ``.zip`` (images) file.
+        label: the label column (CSV, metadata.csv) or array (NPZ; ``'label'`` means the array ``y``).
+            Labels are integer class indices; 1.0 counts as 1.
+        group: the group column(s); several make intersectional keys joined with ``' & '`` in the given
+            order (``'African-American & Female'``). The label column itself may be the group.
+        features: CSV only: the feature columns, in the model's input order (default: every other column,
+            in file order).
+        ignore: CSV only: columns to leave out of the features.
+        missing_group: ``'error'`` (default), ``'drop'`` the rows, or ``'category'``: a group named ``'missing'``.
+        normalize: ``None``, ``'imagenet'``, ``'MEAN,STD'`` (every channel) or ``'M1,M2,M3;S1,S2,S3'``:
+            per-channel (dim 1 of x) normalisation applied to each batch after scaling to [0, 1].
+        name: the dataset's name in reports (default: the file's name).
+        max_uncompressed_bytes: archives (``.zip``, ``.npz``, ``.csv.gz``) that expand past this are refused.
+
+    Returns:
+        GroupedDataset with x (N, F) float32 for tables, (N, ...) float32 or uint8 for NPZ, uint8
+        (N, C, H, W) for images; ``sha256`` is the SHA-256 of the file's bytes.
+
+    Raises:
+        InputError: naming the file, the column/array/option, what was expected and what was found.
+    """
+    if not isinstance(label, str) or not label:
+        raise InputError(BAD_OPTION.format(option="label (--label)", expected="one column name", found=label))
+    groups = as_names(group, "group (--group)")
+    if not groups or not all(groups):
+        raise InputError(BAD_OPTION.format(option="group (--group)", expected="one or more column names", found=group))
+    features = as_names(features, "features (--features)")
+    if features is not None and not features:
+        raise InputError(BAD_OPTION.format(option="features (--features)", expected="at least one column name",
+                                           found=features))
+    ignore = as_names(ignore, "ignore (--ignore)")
+    check_missing_group(missing_group)
+    stats = parse_normalize(normalize)
+    if isinstance(max_uncompressed_bytes, bool) or not isinstance(max_uncompressed_bytes, int) \
+            or max_uncompressed_bytes <= 0:
+        raise InputError(BAD_OPTION.format(option="max_uncompressed_bytes", expected="a positive number of bytes",
+                                           found=max_uncompressed_bytes))
+
+    path = Path(path)
+    file = path.name
+    lower = file.lower()
+    suffix = next((s for s in sorted(FORMATS, key=len, reverse=True) if lower.endswith(s)), None)
+    if suffix is None:
+        found = f"{''.join(path.suffixes)!r}" if path.suffixes else "no extension"
+        formats = ", ".join(f"{s} ({what})" for s, what in FORMATS.items())
+        raise InputError(UNKNOWN_FORMAT.format(file=file, formats=formats, suffix=found))
+    if not path.is_file():
+        found = "a directory" if path.is_dir() else "nothing there"
+        raise InputError(NOT_FOUND.format(file=file, path=str(path), found=found))
+    common = dict(label=label, groups=groups, missing_group=missing_group, normalize=stats, name=name,
+                  max_uncompressed_bytes=max_uncompressed_bytes)
+    if _LOADERS[suffix] is load_csv:
+        return load_csv(path, features=features, ignore=ignore, **common)
+    for option, value in (("features (--features)", features), ("ignore (--ignore)", ignore)):
+        if value is not None:
+            raise InputError(CSV_ONLY.format(file=file, option=option, suffix=suffix))
+    return _LOADERS[suffix](path, **common)
+
+
+def validate_labels(data: GroupedDataset, num_outputs: int, *, source: str) -> None:
+    """Check the labels against a model with ``num_outputs`` logits.
+
+    ``num_outputs == 1`` is a binary classifier (one logit, read through a sigmoid): labels must be 0 or 1.
+    Otherwise labels must be class indices 0..num_outputs-1.
+
+    Raises:
+        InputError: naming ``source`` and the label column, the range expected, and the offending values
+            (the most frequent first) with their counts.
+    """
+    if isinstance(num_outputs, bool) or not isinstance(num_outputs, (int, np.integer)) or num_outputs < 1:
+        raise ValueError(f"num_outputs: expected a positive int (the model's logit count), found {num_outputs!r}")
+    y = data.y.detach().cpu().numpy()
+    last = 1 if num_outputs == 1 else int(num_outputs) - 1
+    bad = (y < 0) | (y > last)
+    if bad.any():
+        expected = ("0 or 1 (one output logit: a binary classifier)" if num_outputs == 1
+                    else f"class indices 0..{last}")
+        raise InputError(
+            LABELS_OUT_OF_RANGE.format(
+                source=source, field=repr(data.label_column), expected=expected, k=int(num_outputs),
+                s="" if num_outputs == 1 else "s", n=int(bad.sum()), values=fmt_counts(y[bad]),
+            )
+        )

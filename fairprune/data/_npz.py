@@ -1,0 +1,224 @@
+"""NPZ loader: NumPy arrays saved with ``np.savez`` / ``np.savez_compressed``.
+
+Arrays: ``x`` (N, ...) features, ``y`` (N,) integer class indices, ``group`` (N,) int or str; optional
+``class_names`` and ``group_names`` (str, index-aligned: an int ``group`` is mapped through ``group_names``),
+``feature_names`` (for a 2-D ``x``) and ``split`` (``'train'``/``'test'``).
+
+``x`` is kept as float32, except a uint8 ``x``, which is kept as uint8 and read as images: scaled by 1/255
+to [0, 1] one batch at a time (see ``GroupedDataset.to_float``). A 1-D ``x`` is one feature per sample,
+(N, 1). Arrays are loaded with ``allow_pickle=False``: an object array is refused, since loading it
+would unpickle, that is, run code from the file. Store strings as a fixed-width unicode array
+(``np.array(names, dtype=str)``).
+
+Group arrays are named by the ``group`` argument (default ``'group'``); ``'label'`` (or ``'y'``) makes
+the class the group. The label array is ``y`` unless ``label`` names another array.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._hash import sha256_file
+from ..errors import InputError
+from ._checks import (
+    NOT_A_ZIP,
+    as_class_indices,
+    check_split,
+    check_zip_size,
+    fit_normalize,
+    fmt_counts,
+    fmt_names,
+    fmt_rows,
+    resolve_missing_groups,
+)
+from ._dataset import GroupedDataset, join_groups
+
+NPZ_MISSING_ARRAY = "{file}: expected an array {key!r} ({what}), found arrays: {found}"
+NPZ_OBJECT_ARRAY = (
+    "{file}: refused array {key!r}: it is an object array, and loading it would unpickle (run code from the "
+    "file); expected numbers, or strings stored as a fixed-width unicode array (np.array(values, dtype=str))"
+)
+NPZ_UNREADABLE = "{file}: array {key!r} does not load ({reason}); expected an array written by np.savez"
+NPZ_LENGTHS = "{file}: expected arrays of the same length along the first axis; found {lengths}"
+NPZ_SHAPE = "{file}: expected array {key!r} of shape {expected}, found shape {shape}"
+NPZ_DTYPE = "{file}: expected array {key!r} to hold {expected}, found dtype {dtype}"
+NONFINITE_X = "{file}: array 'x' must hold finite numbers; found NaN or inf in {n} sample(s) ({where})"
+GROUP_NAME_INDEX = (
+    "{file}: array {key!r} indexes into 'group_names' ({k} names), so it must hold 0..{last}; found {values}"
+)
+CLASS_NAME_INDEX = "{file}: 'class_names' has {k} names, so array {key!r} must hold 0..{last}; found {values}"
+
+_WHAT = {"x": "features (N, ...)", "y": "integer class labels (N,)", "group": "group of each sample (N,)"}
+
+
+def _where(idx) -> str:
+    return fmt_rows(idx, word="index")
+
+
+def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: str, normalize,
+             name: str | None, max_uncompressed_bytes: int) -> GroupedDataset:
+    file = path.name
+    # An .npz is a zip; np.load would expand every member it is asked for, so bound that first.
+    try:
+        with zipfile.ZipFile(path) as zf:
+            check_zip_size(zf, file=file, limit=max_uncompressed_bytes, check_ratio=False)
+    except zipfile.BadZipFile as err:
+        raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason=err)) from err
+    label_key = "y" if label == "label" else label
+    group_keys = tuple(label_key if g in ("label", label_key) else g for g in groups)
+    with np.load(path, allow_pickle=False) as npz:
+        found = list(npz.files)
+
+        def get(key, required=True):
+            if key not in found:
+                if not required:
+                    return None
+                raise InputError(NPZ_MISSING_ARRAY.format(file=file, key=key, what=_WHAT.get(key, "a group array"),
+                                                          found=fmt_names(found)))
+            try:
+                value = npz[key]
+            except ValueError as err:
+                if "pickle" in str(err).lower():
+                    raise InputError(NPZ_OBJECT_ARRAY.format(file=file, key=key)) from err
+                raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason=err)) from err
+            except (OSError, EOFError, zipfile.BadZipFile) as err:
+                raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason=err)) from err
+            if not isinstance(value, np.ndarray):  # a member that is not a .npy file comes back as bytes
+                raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason="not a .npy member"))
+            return value
+
+        x = get("x")
+        y = _vector(get(label_key), label_key, file)
+        group_arrays = {k: _vector(get(k), k, file) for k in dict.fromkeys(group_keys) if k != label_key}
+        split = get("split", required=False)
+        split = None if split is None else _vector(split, "split", file)
+        class_names = _names(get("class_names", required=False), "class_names", file)
+        group_names = _names(get("group_names", required=False), "group_names", file)
+        feature_names = _names(get("feature_names", required=False), "feature_names", file)
+
+    if x.ndim == 0:
+        raise InputError(NPZ_SHAPE.format(file=file, key="x", expected="(N, ...)", shape=x.shape))
+    lengths = {"x": len(x), label_key: len(y), **{k: len(v) for k, v in group_arrays.items()}}
+    if split is not None:
+        lengths["split"] = len(split)
+    if len(set(lengths.values())) > 1:
+        raise InputError(NPZ_LENGTHS.format(file=file, lengths=", ".join(f"{k}: {n}" for k, n in lengths.items())))
+
+    for k, v in group_arrays.items():
+        if v.dtype.kind not in "iubfUS":
+            raise InputError(NPZ_DTYPE.format(file=file, key=k, expected="integers or strings", dtype=v.dtype))
+    keep, group_arrays = resolve_missing_groups(group_arrays, missing_group=missing_group, file=file,
+                                                field="array {name!r}", where=_where)
+    rows = np.flatnonzero(keep)
+    if len(rows) < len(keep):
+        x, y = x[rows], y[rows]
+        split = None if split is None else split[rows]
+        group_arrays = {k: v[rows] for k, v in group_arrays.items()}
+
+    def where(idx):
+        return _where(rows[idx])
+
+    y = as_class_indices(y, file=file, field=f"array {label_key!r}", where=where)
+    if class_names is not None:
+        _check_index(y, len(class_names), CLASS_NAME_INDEX, key=label_key, file=file, where=where)
+    for k, v in group_arrays.items():
+        group_arrays[k] = _group_values(v, k, file=file, names=group_names if k == "group" else None,
+                                        where=where)
+    keys = join_groups([y if k == label_key else group_arrays[k] for k in group_keys])
+    x = _features(x, file=file, where=where)
+    if feature_names is not None and (x.ndim != 2 or len(feature_names) != x.shape[1]):
+        raise InputError(NPZ_SHAPE.format(file=file, key="feature_names", expected=f"({x.shape[-1]},) for x of shape "
+                                          f"{tuple(x.shape)}", shape=(len(feature_names),)))
+    if split is not None:
+        split = check_split(split, file=file, field="array 'split'", where=where)
+    return GroupedDataset(
+        x=torch.from_numpy(x),
+        y=torch.from_numpy(y),
+        group=keys,
+        name=name or file,
+        sha256=sha256_file(path),
+        label_column=label_key,
+        group_columns=group_keys,
+        feature_names=feature_names,
+        class_names=class_names,
+        split=split,
+        normalize=fit_normalize(normalize, x.shape, file=file),
+    )
+
+
+def _vector(a: np.ndarray, key: str, file: str) -> np.ndarray:
+    """(N,) or (N, 1) -> (N,)."""
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise InputError(NPZ_SHAPE.format(file=file, key=key, expected="(N,)", shape=a.shape))
+    return a
+
+
+def _names(a: np.ndarray | None, key: str, file: str) -> tuple[str, ...] | None:
+    if a is None:
+        return None
+    if a.ndim != 1:
+        raise InputError(NPZ_SHAPE.format(file=file, key=key, expected="(K,)", shape=a.shape))
+    if a.dtype.kind not in "US":
+        raise InputError(NPZ_DTYPE.format(file=file, key=key, expected="strings", dtype=a.dtype))
+    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in a.tolist())
+
+
+def _check_index(values: np.ndarray, k: int, message: str, *, key: str, file: str, where) -> None:
+    bad = (values < 0) | (values >= k)
+    if bad.any():
+        raise InputError(message.format(file=file, key=key, k=k, last=k - 1,
+                                         values=f"{fmt_counts(values[bad])} ({where(np.flatnonzero(bad))})"))
+
+
+def _group_values(v: np.ndarray, key: str, *, file: str, names, where) -> np.ndarray:
+    """Group values as given (strings, or whole numbers), numbers mapped through ``group_names`` when given."""
+    if v.dtype != object:
+        return _name_groups(_whole(v, key, file), names, key, file, where)
+    text = np.asarray([isinstance(s, str) for s in v], dtype=bool)
+    if text.all():
+        return v
+    # numbers with 'missing' put in by missing_group='category'
+    out = v.copy()
+    numbers = np.flatnonzero(~text)
+    out[~text] = _name_groups(_whole(v[~text].astype(np.float64), key, file), names, key, file,
+                              lambda idx: where(numbers[idx]))
+    return out
+
+
+def _whole(v: np.ndarray, key: str, file: str) -> np.ndarray:
+    if v.dtype.kind == "f":
+        frac = v != np.round(v)
+        if frac.any():
+            raise InputError(NPZ_DTYPE.format(file=file, key=key, expected="integers or strings",
+                                              dtype=f"{v.dtype} with fractional values such as {v[frac][0]}"))
+    return v.astype(np.int64)
+
+
+def _name_groups(ints: np.ndarray, names, key: str, file: str, where) -> np.ndarray:
+    if names is None:
+        return ints
+    _check_index(ints, len(names), GROUP_NAME_INDEX, key=key, file=file, where=where)
+    return np.asarray(names, dtype=object)[ints]
+
+
+def _features(x: np.ndarray, *, file: str, where) -> np.ndarray:
+    """uint8 stays uint8 (images); other numbers become float32; NaN/inf are refused."""
+    if x.dtype.kind not in "iubf":
+        raise InputError(NPZ_DTYPE.format(file=file, key="x", expected="numbers", dtype=x.dtype))
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x)
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        idx = np.flatnonzero(~finite)
+        raise InputError(NONFINITE_X.format(file=file, n=len(idx), where=where(idx)))
+    return x
