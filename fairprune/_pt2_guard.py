@@ -8,7 +8,8 @@ crafted archives shows it runs code from the file when:
   a legacy ``data/weights/<model>.pt`` / ``data/constants/<model>.pt`` file is present, or a
   constant is a custom object (``custom_obj_*`` / ``opaque_obj_*``: ``pickle.loads``);
 - the example inputs do not load with ``weights_only=True`` (it silently retries with ``False``);
-- the archive carries AOTInductor artefacts (a shared library it ``dlopen`` s);
+- the archive carries AOTInductor artefacts (a shared library it ``dlopen`` s), or is laid out like
+  the pre-2.8 format (a top-level ``version`` entry), whose reader unpickles state dicts;
 - ``models/<model>.json`` holds a symbolic-shape expression (it is parsed with ``sympy.sympify``,
   which ``eval`` s), a guard (``guards_code`` is ``exec`` 'd into the module), or a name or FQN that
   FX pastes into the Python source it generates and compiles.
@@ -30,8 +31,9 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
-from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -43,20 +45,22 @@ _REFUSED = ("{path}: refused to load: {reason}; expected a torch.export.save arc
             "raw tensor bytes and example inputs that load with weights_only=True (torch.export.load would "
             "run code from this one; re-export the model with torch.export.save where you trust it)")
 
-# Entries torch.export.save writes (names relative to the archive's single top-level folder).
+# Entries torch.export.save writes (names relative to the archive's single top-level folder). ASCII
+# patterns only: a name must mean the same bytes to Python's zip reader and to torch's.
 _FIXED_ENTRIES = frozenset({"archive_format", "archive_version", "byteorder", ".data/version",
                             ".data/serialization_id"})
-_MODEL_JSON = re.compile(r"models/(\w+)\.json")
+_MODEL_JSON = re.compile(r"models/(\w+)\.json", re.ASCII)
 _WEIGHTS_CONFIG = "data/weights/{}_weights_config.json"
 _CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"
 _SAMPLE_INPUTS = "data/sample_inputs/{}.pt"
-_ALLOWED = [re.compile(p) for p in (
+_ALLOWED = [re.compile(p, re.ASCII) for p in (
     r"models/\w+\.json", r"data/weights/\w+_weights_config\.json", r"data/constants/\w+_constants_config\.json",
     r"data/weights/weight_\d+", r"data/constants/tensor_\d+", r"data/sample_inputs/\w+\.pt", r"extra/[^/].*",
 )]
 # Known entries torch would execute or unpickle, with the reason shown to the user.
 _DANGEROUS = [
-    (re.compile(r"data/(weights|constants)/\w+\.pt"), "a legacy weights/constants file, which torch unpickles"),
+    (re.compile(r"data/(weights|constants)/\w+\.pt", re.ASCII),
+     "a legacy weights/constants file, which torch unpickles"),
     (re.compile(r"data/constants/(custom_obj|opaque_obj)_.*"), "a custom-object constant, which torch unpickles"),
     (re.compile(r"data/aotinductor/.*"), "AOTInductor compiled code, which torch loads as a shared library"),
     (re.compile(r".*\.pkl"), "a pickled payload"),
@@ -85,25 +89,30 @@ _ARITHMETIC = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, 
                ast.boolop, ast.cmpop, ast.Load, ast.keyword)
 
 
-def check_pt2_archive(path: str | Path) -> None:
-    """Raise InputError unless ``path`` is a ``.pt2`` archive torch can load without running its code."""
-    path = Path(path)
+def check_pt2_archive(data: bytes, *, name: str) -> None:
+    """Raise InputError unless ``data`` is a ``.pt2`` archive torch can load without running its code.
+
+    Takes the archive's bytes, not a path, so the caller hands torch exactly what was checked.
+    ``name`` (the file) is what messages cite.
+    """
     try:
-        with zipfile.ZipFile(path) as zf:
-            _Inspector(path, zf).run()
-    except zipfile.BadZipFile as err:
-        raise InputError(f"{path}: expected a .pt2 zip archive; found a corrupt or truncated zip ({err})") from err
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            _Inspector(name, zf).run()
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
+        # RuntimeError: zipfile's word for an encrypted entry
+        raise InputError(f"{name}: expected a .pt2 zip archive; found a corrupt, truncated or encrypted zip "
+                         f"({err})") from err
 
 
 class _Inspector:
     """One pass over one archive; ``run`` raises at the first problem."""
 
-    def __init__(self, path: Path, zf: zipfile.ZipFile):
+    def __init__(self, path: str, zf: zipfile.ZipFile):
         self.path, self.zf = path, zf
         self.root = ""
         self.names: set[str] = set()         # entry names relative to the root folder
 
-    def refuse(self, reason: str) -> None:
+    def refuse(self, reason: str) -> NoReturn:
         raise InputError(_REFUSED.format(path=self.path, reason=reason))
 
     def run(self) -> None:
@@ -152,7 +161,7 @@ class _Inspector:
         data = self._read(rel)
         try:
             return json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             found = "pickle data" if data[:1] == b"\x80" else f"{data[:16]!r}"
             self.refuse(f"entry {rel!r} should be JSON; found {found}")
 
@@ -179,8 +188,9 @@ class _Inspector:
         try:
             torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         except Exception as err:  # noqa: BLE001 - any failure makes torch retry with weights_only=False
-            self.refuse(f"example inputs {rel!r} do not load with weights_only=True "
-                        f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''})")
+            culprit = re.search(r"GLOBAL [\w.]+", str(err))
+            found = f"they reference {culprit.group(0)}" if culprit else f"{type(err).__name__}"
+            self.refuse(f"example inputs {rel!r} do not load with weights_only=True ({found})")
 
     def _check_program(self, rel: str) -> None:
         doc = self._read_json(rel)
@@ -190,10 +200,13 @@ class _Inspector:
             problem = _check_field(key, value)
             if problem:
                 self.refuse(f"{rel!r}: {problem}")
-        for expr in (doc.get("range_constraints") or {}):
+        constraints, guards = doc.get("range_constraints") or {}, doc.get("guards_code") or []
+        if not isinstance(constraints, dict) or not isinstance(guards, list):
+            self.refuse(f"{rel!r}: range_constraints should be an object and guards_code a list")
+        for expr in constraints:
             if not _is_sympy_expr(expr):
                 self.refuse(f"{rel!r}: range constraint {expr[:120]!r} is not a symbolic-shape expression")
-        for guard in doc.get("guards_code") or []:
+        for guard in guards:
             if not isinstance(guard, str) or not _is_guard(guard):
                 self.refuse(f"{rel!r}: guard {str(guard)[:120]!r} is not a shape comparison")
 

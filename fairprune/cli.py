@@ -152,7 +152,10 @@ COMMANDS = {"audit": cmd_audit, "models": cmd_models, "demo": cmd_demo}
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors (exit 2) and --help (exit 0) return their status
+        return int(exit_.code or 0)
     if not args.command:
         parser.print_help()
         return EXIT_INPUT

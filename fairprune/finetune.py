@@ -61,7 +61,7 @@ def finetune(model, masked: MaskedModel, train: GroupedDataset, *, epochs: int, 
             loss.backward()
             opt.step()
             masked.reapply()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
         history.append(total / max(count, 1))
         if on_epoch is not None:

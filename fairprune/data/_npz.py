@@ -70,7 +70,13 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason=err)) from err
     label_key = "y" if label == "label" else label
     group_keys = tuple(label_key if g in ("label", label_key) else g for g in groups)
-    with np.load(path, allow_pickle=False) as npz:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # e.g. a zip with a prefix, which np.load takes for a pickle
+        raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason=err)) from err
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason="a single array"))
+    with npz:
         found = list(npz.files)
 
         def get(key, required=True):
