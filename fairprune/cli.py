@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="where to write the fairprune.audit/1 JSON")
     a.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
+    # `fairprune worker ...` is handed to fairprune.jobs.worker_main whole (see main); listed here for --help.
+    sub.add_parser("worker", help="execute queued runs from the run store (the dashboard starts one itself)")
     sub.add_parser("models", help="list the architectures --arch accepts, with their arguments")
     sub.add_parser("demo", help="list the built-in demos")
     return parser
@@ -151,6 +153,11 @@ COMMANDS = {"audit": cmd_audit, "models": cmd_models, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:
+        from .jobs import worker_main
+
+        return worker_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
