@@ -23,7 +23,7 @@ from .data import GroupedDataset
 from .errors import InputError
 from .evaluate import check_model_fits, evaluate, resolve_device
 from .metrics import accuracy_gap, compare, group_metrics
-from .prune import MaskedModel, compute_masks, get_method, prunable_parameters
+from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
 from .result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
 
 __all__ = ["AuditSpec", "audit", "run_spec", "load_inputs", "Progress"]
@@ -197,8 +197,8 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
     masked = MaskedModel(module)
     results = []
     try:
-        for i, s in enumerate(levels):
-            masks = compute_masks(module, method, s, seed=seed + i, example_input=example)
+        all_masks = iter_masks(module, method, levels, seed=seed, example_input=example)
+        for i, (s, masks) in enumerate(zip(levels, all_masks)):
             masked.apply(masks)
             if finetune_epochs:
                 from .finetune import finetune

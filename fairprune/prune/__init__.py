@@ -1,8 +1,8 @@
 """Pruning: a registry of methods that compute masks, and masks that can always be undone."""
 
 from ._masks import MaskedModel, classifier_parameter, prunable_parameters
-from ._methods import PruningMethod, compute_masks, get_method, list_methods, register_method
+from ._methods import PruningMethod, compute_masks, get_method, iter_masks, list_methods, register_method
 from . import _structured  # noqa: F401  (registers structured_l1)
 
-__all__ = ["MaskedModel", "PruningMethod", "classifier_parameter", "compute_masks", "get_method",
+__all__ = ["MaskedModel", "PruningMethod", "classifier_parameter", "compute_masks", "get_method", "iter_masks",
            "list_methods", "prunable_parameters", "register_method"]

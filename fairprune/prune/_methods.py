@@ -7,6 +7,7 @@ bool tensor per parameter name, True = kept. Unstructured methods mask prunable 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 from ..errors import InputError
 from ._masks import classifier_parameter, prunable_parameters
 
-__all__ = ["PruningMethod", "register_method", "get_method", "list_methods", "compute_masks"]
+__all__ = ["PruningMethod", "register_method", "get_method", "list_methods", "compute_masks", "iter_masks"]
 
 _METHODS: dict[str, "PruningMethod"] = {}
 
@@ -30,6 +31,13 @@ class PruningMethod:
     def masks(self, module: nn.Module, sparsity: float, *, seed: int,
               example_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def iter_masks(self, module: nn.Module, sparsities: Sequence[float], *, seed: int,
+                   example_input: torch.Tensor | None) -> Iterator[dict[str, torch.Tensor]]:
+        """Masks for each level in turn. The caller must restore the dense weights before asking
+        for the next level. Methods whose scores do not depend on the level override this to score once."""
+        for s in sparsities:
+            yield self.masks(module, s, seed=seed, example_input=example_input)
 
 
 def register_method(cls):
@@ -59,6 +67,21 @@ def compute_masks(module: nn.Module, method: str, sparsity: float, *, seed: int 
     return get_method(method).masks(module, float(sparsity), seed=seed, example_input=example_input)
 
 
+def iter_masks(module: nn.Module, method: str, sparsities: Sequence[float], *, seed: int = 0,
+               example_input: torch.Tensor | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Masks for several levels of one method, scoring the weights once where the method allows.
+
+    A K-level sweep of a global method then costs one sort, not K.
+    """
+    for s in sparsities:
+        if not 0.0 <= float(s) < 1.0:
+            raise InputError(f"sparsity must be a fraction in [0, 1), e.g. 0.9 for 90%; got {s!r}")
+    if not prunable_parameters(module):
+        raise InputError("the model has no prunable weights (conv or linear weight tensors with dim >= 2)")
+    yield from get_method(method).iter_masks(module, [float(s) for s in sparsities], seed=seed,
+                                              example_input=example_input)
+
+
 def _k_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool keep-mask over a flat score vector that removes exactly the k smallest (ties by position)."""
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
@@ -68,15 +91,19 @@ def _k_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
-def _global_masks(params: dict[str, nn.Parameter], scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+def _global_masks_many(params, scores, sparsities) -> Iterator[dict[str, torch.Tensor]]:
     # One threshold over all prunable weights (torch.nn.utils.prune.global_unstructured's recipe).
+    # One stable sort serves every level: level s removes the first round(s * N) entries of the order.
     flat = torch.cat([scores[n].reshape(-1) for n in params])
-    keep = _k_smallest(flat, round(sparsity * flat.numel()))
-    out, start = {}, 0
-    for n, p in params.items():
-        out[n] = keep[start:start + p.numel()].view_as(p)
-        start += p.numel()
-    return out
+    order = torch.sort(flat, stable=True).indices
+    for sparsity in sparsities:
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+        keep[order[:round(sparsity * flat.numel())]] = False
+        out, start = {}, 0
+        for n, p in params.items():
+            out[n] = keep[start:start + p.numel()].view_as(p)
+            start += p.numel()
+        yield out
 
 
 @register_method
@@ -86,8 +113,11 @@ class GlobalMagnitude(PruningMethod):
     description: str = "remove the smallest |w| over all prunable weights at once (one threshold, as in the paper)"
 
     def masks(self, module, sparsity, *, seed, example_input):
+        return next(self.iter_masks(module, [sparsity], seed=seed, example_input=example_input))
+
+    def iter_masks(self, module, sparsities, *, seed, example_input):
         params = prunable_parameters(module)
-        return _global_masks(params, {n: p.detach().abs() for n, p in params.items()}, sparsity)
+        yield from _global_masks_many(params, {n: p.detach().abs() for n, p in params.items()}, sparsities)
 
 
 @register_method
@@ -110,7 +140,11 @@ class RandomUnstructured(PruningMethod):
     description: str = "remove a uniformly random fraction of all prunable weights (seeded; a control)"
 
     def masks(self, module, sparsity, *, seed, example_input):
+        return next(self.iter_masks(module, [sparsity], seed=seed, example_input=example_input))
+
+    def iter_masks(self, module, sparsities, *, seed, example_input):
+        # One random score per weight for all levels: the levels' masks are nested, as magnitude's are.
         params = prunable_parameters(module)
         g = torch.Generator().manual_seed(seed)
         scores = {n: torch.rand(p.shape, generator=g).to(p.device) for n, p in params.items()}
-        return _global_masks(params, scores, sparsity)
+        yield from _global_masks_many(params, scores, sparsities)
