@@ -26,7 +26,7 @@ from .metrics import accuracy_gap, compare, group_metrics
 from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
 from .result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
 
-__all__ = ["AuditSpec", "audit", "run_spec", "load_inputs", "Progress"]
+__all__ = ["AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress"]
 
 #: progress(done, total, message): called after each step of a run.
 Progress = Callable[[int, int, str], None]
@@ -129,6 +129,115 @@ def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
     return sorted(out)
 
 
+def _level_seed(seed: int, sparsity: float) -> int:
+    """A level's own seed (bootstrap, fine-tuning): the same level gets the same numbers whatever other
+    levels are measured beside it, so a search can reuse an audit's levels."""
+    return seed + round(sparsity * 1_000_000)
+
+
+class Auditor:
+    """A model and a grouped dataset, validated, with the dense model measured once.
+
+    Levels are measured on demand and cached by sparsity; :func:`audit` and the operating-point
+    search both use this, so a level is never evaluated twice. The dense weights are restored after
+    every level (and on error or cancel).
+    """
+
+    def __init__(self, model, data: GroupedDataset, *, method: str = "global_magnitude", finetune_epochs: int = 0,
+                 train_data: GroupedDataset | None = None, seed: int = 0, device: str | torch.device | None = None,
+                 batch_size: int = 256, cancel: Callable[[], bool] | None = None):
+        from .data import validate_labels
+        from .zoo import LoadedModel
+
+        if not isinstance(model, LoadedModel):
+            model = LoadedModel.from_module(model, name=type(model).__name__)
+        get_method(method)
+        if finetune_epochs < 0:
+            raise InputError(f"--finetune-epochs must be >= 0; found {finetune_epochs}")
+        self.model, self.data, self.method, self.seed = model, data, method, seed
+        self.finetune_epochs, self.batch_size, self.cancel = finetune_epochs, batch_size, cancel
+        self.device = resolve_device(device)
+        self.eval_data = data.part("test") if data.split is not None else data
+        if finetune_epochs and train_data is None:
+            if data.split is None:
+                raise InputError("--finetune-epochs needs training rows distinct from the evaluated ones: "
+                                 "a 'split' column (train/test) in the data, or --train-data PATH")
+            train_data = data.part("train")
+        self.train_data = train_data
+
+        self.module = model.module.to(self.device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.num_outputs = check_model_fits(model, self.eval_data, self.device)
+        self.warnings = [str(w.message) for w in caught]
+        validate_labels(self.eval_data, self.num_outputs, source=self.eval_data.name)
+        if train_data is not None:
+            validate_labels(train_data, self.num_outputs, source=train_data.name)
+
+        self.names = self.eval_data.group_names
+        self.y = self.eval_data.y.numpy()
+        self.groups = self.eval_data.group.astype(str)
+        self.dense_pred = self._evaluate()
+        d_overall, d_groups = group_metrics(self.dense_pred, self.y, self.groups, self.names)
+        self.dense = DenseResult(d_overall, d_groups, accuracy_gap(d_groups))
+        self.prunable = list(prunable_parameters(self.module))
+        self.example = next(self.eval_data.batches(min(2, self.eval_data.n), self.device))[0]
+        self.masked = MaskedModel(self.module)
+        self._levels: dict[float, LevelResult] = {}
+
+    def _evaluate(self):
+        return evaluate(self.model, self.eval_data, batch_size=self.batch_size, device=self.device, cancel=self.cancel)
+
+    def measure(self, sparsities: Sequence[float], *, on_level: Callable[[LevelResult], None] | None = None,
+                inspect: Callable[[float, object], None] | None = None) -> list[LevelResult]:
+        """LevelResults for ``sparsities`` (validated, sorted); levels measured before come from the cache.
+
+        ``inspect(sparsity, predictions)`` is called while a level's pruned weights are in place
+        (diagnostics use it); ``on_level`` after each newly measured level.
+        """
+        levels = _check_sparsities(sparsities)
+        todo = [s for s in levels if s not in self._levels]
+        try:
+            all_masks = iter_masks(self.module, self.method, todo, seed=self.seed, example_input=self.example)
+            for s, masks in zip(todo, all_masks):
+                self.masked.apply(masks)
+                if self.finetune_epochs:
+                    from .finetune import finetune
+
+                    finetune(self.model, self.masked, self.train_data, epochs=self.finetune_epochs,
+                             seed=_level_seed(self.seed, s), device=self.device, cancel=self.cancel)
+                pred = self._evaluate()
+                overall, g_metrics, violation, violation_ci, gap = compare(
+                    self.dense_pred, pred, self.y, self.groups, self.names, seed=_level_seed(self.seed, s))
+                self._levels[s] = LevelResult(
+                    sparsity=s, achieved_sparsity=self.masked.achieved_sparsity(self.prunable), overall=overall,
+                    groups=g_metrics, weight_distance=self.masked.weight_distance(self.prunable),
+                    fairness_violation=violation, fairness_violation_ci95=violation_ci, accuracy_gap=gap,
+                )
+                if inspect is not None:
+                    inspect(s, pred)
+                self.masked.restore()
+                if on_level is not None:
+                    on_level(self._levels[s])
+        finally:
+            self.masked.restore()
+        return [self._levels[s] for s in levels]
+
+    def result(self, levels: list[LevelResult]) -> AuditResult:
+        model, data, eval_data = self.model, self.data, self.eval_data
+        params = dict(self.module.named_parameters())
+        return AuditResult(
+            model=ModelInfo(model.name, sum(p.numel() for p in params.values()),
+                            sum(params[n].numel() for n in self.prunable)),
+            data=DataInfo(eval_data.name, eval_data.n, eval_data.group_sizes),
+            config=AuditConfig(self.method, [lv.sparsity for lv in levels], self.finetune_epochs, self.seed,
+                               str(self.device.type)),
+            provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
+                                  list(data.group_columns), eval_data.n_features),
+            dense=self.dense, levels=levels, warnings=list(self.warnings),
+        )
+
+
 def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: str = "global_magnitude",
           finetune_epochs: int = 0, train_data: GroupedDataset | None = None, diagnostics: bool = False,
           seed: int = 0, device: str | torch.device | None = None, batch_size: int = 256,
@@ -144,84 +253,19 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
         finetune_epochs: plain fine-tuning of each pruned model, masks fixed, before measuring.
         progress: ``progress(done, total, message)`` after each step; cancel: returns True to stop.
     """
-    from .zoo import LoadedModel
-
-    if not isinstance(model, LoadedModel):
-        model = LoadedModel.from_module(model, name=type(model).__name__)
     levels = _check_sparsities(sparsities)
-    get_method(method)
     if diagnostics:
         raise InputError("--diagnostics is not available in this version of fairprune")
-    if finetune_epochs < 0:
-        raise InputError(f"--finetune-epochs must be >= 0; found {finetune_epochs}")
-    dev = resolve_device(device)
-
-    eval_data = data.part("test") if data.split is not None else data
-    if finetune_epochs:
-        if train_data is None:
-            if data.split is None:
-                raise InputError("--finetune-epochs needs training rows distinct from the evaluated ones: "
-                                 "a 'split' column (train/test) in the data, or --train-data PATH")
-            train_data = data.part("train")
-
-    module = model.module.to(dev)
-    from .data import validate_labels
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        k = check_model_fits(model, eval_data, dev)
-    run_warnings = [str(w.message) for w in caught]
-    validate_labels(eval_data, k, source=eval_data.name)
-    if train_data is not None:
-        validate_labels(train_data, k, source=train_data.name)
-
     total = 1 + len(levels)
-    done = 0
+    auditor = Auditor(model, data, method=method, finetune_epochs=finetune_epochs, train_data=train_data, seed=seed,
+                      device=device, batch_size=batch_size, cancel=cancel)
+    if progress is not None:
+        progress(1, total, "dense model evaluated")
+    done = iter(range(2, total + 1))
 
-    def step(msg):
-        nonlocal done
-        done += 1
+    def on_level(lv):
+        step = next(done)
         if progress is not None:
-            progress(done, total, msg)
+            progress(step, total, f"level {step - 1} of {len(levels)} (sparsity {lv.sparsity:g}) done")
 
-    names = eval_data.group_names
-    y = eval_data.y.numpy()
-    groups = eval_data.group.astype(str)
-    dense_pred = evaluate(model, eval_data, batch_size=batch_size, device=dev, cancel=cancel)
-    d_overall, d_groups = group_metrics(dense_pred, y, groups, names)
-    dense = DenseResult(d_overall, d_groups, accuracy_gap(d_groups))
-    step("dense model evaluated")
-
-    prunable = list(prunable_parameters(module))
-    example = next(eval_data.batches(min(2, eval_data.n), dev))[0]
-    masked = MaskedModel(module)
-    results = []
-    try:
-        all_masks = iter_masks(module, method, levels, seed=seed, example_input=example)
-        for i, (s, masks) in enumerate(zip(levels, all_masks)):
-            masked.apply(masks)
-            if finetune_epochs:
-                from .finetune import finetune
-
-                finetune(model, masked, train_data, epochs=finetune_epochs, seed=seed + i, device=dev, cancel=cancel)
-            pred = evaluate(model, eval_data, batch_size=batch_size, device=dev, cancel=cancel)
-            overall, g_metrics, violation, violation_ci, gap = compare(dense_pred, pred, y, groups, names, seed=seed + i)
-            results.append(LevelResult(
-                sparsity=s, achieved_sparsity=masked.achieved_sparsity(prunable), overall=overall, groups=g_metrics,
-                weight_distance=masked.weight_distance(prunable), fairness_violation=violation,
-                fairness_violation_ci95=violation_ci, accuracy_gap=gap,
-            ))
-            masked.restore()
-            step(f"level {i + 1} of {len(levels)} (sparsity {s:g}) done")
-    finally:
-        masked.restore()
-
-    params = dict(module.named_parameters())
-    return AuditResult(
-        model=ModelInfo(model.name, sum(p.numel() for p in params.values()), sum(params[n].numel() for n in prunable)),
-        data=DataInfo(eval_data.name, eval_data.n, eval_data.group_sizes),
-        config=AuditConfig(method, levels, finetune_epochs, seed, str(dev.type)),
-        provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
-                              list(data.group_columns), eval_data.n_features),
-        dense=dense, levels=results, warnings=run_warnings,
-    )
+    return auditor.result(auditor.measure(levels, on_level=on_level))
