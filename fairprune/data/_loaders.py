@@ -142,3 +142,39 @@ def validate_labels(data: GroupedDataset, num_outputs: int, *, source: str) -> N
                 s="" if num_outputs == 1 else "s", n=int(bad.sum()), values=fmt_counts(y[bad]),
             )
         )
+
+
+#: NPZ arrays that are never a label or a group.
+_NPZ_NOT_COLUMNS = {"x", "class_names", "group_names", "feature_names", "split"}
+
+
+def columns(path: str | Path) -> list[str]:
+    """The names a user can pick as label or group, reading headers only.
+
+    A CSV's header, an image zip's ``metadata.csv`` header (without ``path``), an NPZ's arrays
+    (``label`` standing for the array ``y``). A file that cannot be read gives [] and
+    :func:`load_dataset` says why when it is loaded.
+    """
+    import zipfile
+
+    import pandas as pd
+
+    p = Path(path)
+    name = p.name.lower()
+    try:
+        if name.endswith((".csv", ".csv.gz")):
+            return [str(c) for c in pd.read_csv(p, nrows=0).columns]
+        if name.endswith(".npz"):
+            with np.load(p, allow_pickle=False) as z:
+                keys = [k for k in z.files if k not in _NPZ_NOT_COLUMNS]
+            return ["label"] + [k for k in keys if k != "y"]
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(p) as zf:
+                meta = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "metadata.csv"]
+                if len(meta) != 1:
+                    return []
+                with zf.open(meta[0]) as f:
+                    return [str(c) for c in pd.read_csv(f, nrows=0).columns if c != "path"]
+    except (OSError, ValueError, zipfile.BadZipFile, pd.errors.ParserError, UnicodeDecodeError):
+        return []
+    return []

@@ -1,0 +1,1 @@
+"""fairprune's Streamlit dashboard: `streamlit run app/main.py` (or `make run`)."""

@@ -1,0 +1,152 @@
+"""What a user brings: per-session upload folders, files from server folders, a first look at a file.
+
+Two browser sessions never see each other's uploads: each writes to ``<FAIRPRUNE_HOME>/uploads/<session
+uuid>/``, and a queued run gets its own copies (``RunStore.create_run(files=...)``). Server folders are
+the ones listed in ``$FAIRPRUNE_DATA_DIRS``; only files that resolve inside them are ever offered or read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import streamlit as st
+
+from app.widgets import store
+
+#: Server folders a user may pick files from (os.pathsep-separated).
+DATA_DIRS_ENV = "FAIRPRUNE_DATA_DIRS"
+#: Upload folders of browser sessions untouched for this long are removed (seconds).
+STAGING_MAX_AGE_S = 24 * 3600
+MODEL_TYPES = ["pt2", "pt", "pth", "safetensors", "ts", "jit"]
+DATA_TYPES = ["csv", "gz", "npz", "zip"]
+
+
+# ---- uploads: one staging folder per browser session -------------------------------------------------
+def session_id() -> str:
+    """This browser session's id: names its private upload folder."""
+    if "session_uuid" not in st.session_state:
+        st.session_state["session_uuid"] = uuid.uuid4().hex
+        _remove_stale_uploads()
+    return st.session_state["session_uuid"]
+
+
+def _remove_stale_uploads() -> None:
+    """Remove other sessions' upload folders untouched for a day (each run keeps its own copies)."""
+    root = store().home / "uploads"
+    if not root.is_dir():
+        return
+    cutoff = time.time() - STAGING_MAX_AGE_S
+    for d in root.iterdir():
+        try:
+            if d.is_dir() and max([d.stat().st_mtime] + [f.stat().st_mtime for f in d.rglob("*")]) < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def staging_dir() -> Path:
+    """<FAIRPRUNE_HOME>/uploads/<session uuid>/: this browser session's uploads, invisible to others."""
+    d = store().home / "uploads" / session_id()
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def safe_name(name: str) -> str:
+    """A plain file name (no folders, only [A-Za-z0-9._-]) that keeps the extension loaders dispatch on."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).lstrip(".")
+    return base or "upload"
+
+
+def stage_upload(uploaded, slot: str) -> Path:
+    """Write an st.file_uploader file to this session's staging folder (once per upload) and return its path."""
+    key = f"staged-{slot}"
+    prev = st.session_state.get(key)
+    if prev and prev[0] == uploaded.file_id and Path(prev[1]).is_file():
+        return Path(prev[1])
+    folder = staging_dir() / slot
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():   # one file per slot: a new upload replaces the last one
+        if old.is_file():
+            old.unlink()
+    path = folder / safe_name(uploaded.name)
+    path.write_bytes(uploaded.getbuffer())
+    st.session_state[key] = (uploaded.file_id, str(path))
+    return path
+
+
+# ---- server folders ---------------------------------------------------------------------------------
+def data_dirs() -> list[Path]:
+    raw = os.environ.get(DATA_DIRS_ENV, "")
+    out = []
+    for part in raw.split(os.pathsep):
+        if part.strip():
+            p = Path(part.strip()).expanduser().resolve()
+            if p.is_dir():
+                out.append(p)
+    return out
+
+
+def inside_data_dirs(path: str | Path) -> Path | None:
+    """The resolved path if it is a file under one of the server folders, else None (never elsewhere)."""
+    p = Path(path).resolve()
+    if not p.is_file():
+        return None
+    return p if any(p.is_relative_to(root) for root in data_dirs()) else None
+
+
+def server_files(types: list[str], limit: int = 2000) -> dict[str, Path]:
+    """{label: resolved path} of files under the server folders whose name ends with one of ``types``."""
+    out: dict[str, Path] = {}
+    for root in data_dirs():
+        for p in sorted(root.rglob("*")):
+            if len(out) >= limit:
+                return out
+            if any(part.startswith(".") for part in p.relative_to(root).parts):
+                continue
+            if p.is_file() and p.name.lower().endswith(tuple("." + t for t in types)):
+                safe = inside_data_dirs(p)   # a symlink out of the folder is not offered
+                if safe is not None:
+                    out[f"{root.name}/{p.relative_to(root)}"] = safe
+    return out
+
+
+# ---- looking at a chosen file ------------------------------------------------------------------------
+def file_columns(path: str | Path) -> list[str]:
+    """The names a user can pick as label or group (the library reads the header)."""
+    from fairprune.data import columns
+
+    return columns(path)
+
+
+def model_summary(loaded) -> dict[str, int]:
+    """Parameters, prunable parameters (fairprune.prune.prunable_parameters) and prunable layers of a LoadedModel."""
+    from fairprune.prune import prunable_parameters
+
+    prunable = prunable_parameters(loaded.module)
+    return {"parameters": loaded.parameters, "prunable": sum(p.numel() for p in prunable.values()),
+            "prunable_layers": len(prunable)}
+
+
+def compact(n: int) -> str:
+    """151306 -> '151.3k', 25557032 -> '25.56M'."""
+    if n >= 1_000_000:
+        return f"{n / 1e6:.2f}M"
+    return f"{n / 1e3:.1f}k" if n >= 10_000 else f"{n:,}"
+
+
+def show_model_summary(summary: dict[str, int], caption: str = "") -> None:
+    c = st.columns(3)
+    c[0].metric("Parameters", compact(summary["parameters"]),
+                help=f"Every parameter of the model: {summary['parameters']:,}.")
+    c[1].metric("Prunable", compact(summary["prunable"]),
+                help=f"{summary['prunable']:,} weights of conv and linear layers: what pruning removes. Biases "
+                     "and normalisation parameters are kept, as in the paper.")
+    c[2].metric("Layers", f"{summary['prunable_layers']}",
+                help="Conv and linear weight tensors the pruning methods act on.")
+    if caption:
+        st.caption(caption)

@@ -1,0 +1,105 @@
+"""Audit: sparsity levels, pruning method, seed and device; Run queues the audit for the background worker."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import widgets
+from fairprune.audit import AuditSpec
+from fairprune.errors import InputError
+from fairprune.prune import list_methods
+
+st.title("Audit")
+inp = widgets.inputs()
+
+ready = True
+if inp["source"] == "demo":
+    from fairprune.data.demos import get_demo
+
+    demo_info = get_demo(inp["demo"])
+    st.markdown(f"Auditing {widgets.describe_inputs(inp)}.")
+else:
+    m, d = inp.get("model") or {}, inp.get("data") or {}
+    ready = bool(m.get("valid") and d.get("valid") and inp.get("fits"))
+    if ready:
+        st.markdown(f"Auditing {widgets.describe_inputs(inp)}.")
+    else:
+        st.warning("Choose a model and a dataset that work together on the Data & model page first "
+                   "(or switch back to the built-in demo there).", icon=":material/folder_open:")
+st.page_link(widgets.PAGES["data"], label="Change data & model", icon=":material/folder_open:")
+
+PRESETS: dict[str, tuple[str, tuple[float, ...] | None]] = {}
+if inp["source"] == "demo":
+    PRESETS["demo"] = (f"Demo default — {widgets.sparsity_text(demo_info.default_sparsities)}",
+                       tuple(demo_info.default_sparsities))
+PRESETS["moderate"] = ("Moderate — 50%, 70%, 90%", (0.5, 0.7, 0.9))
+PRESETS["aggressive"] = ("Aggressive — 80%, 90%, 95%, 98%", (0.8, 0.9, 0.95, 0.98))
+PRESETS["custom"] = ("Custom", None)
+
+left, right = st.columns(2, gap="large")
+with left:
+    preset = st.radio("Sparsity levels", list(PRESETS), format_func=lambda k: PRESETS[k][0], key="audit-preset",
+                      help="Sparsity = the share of prunable weights (conv and linear weights) set to zero. "
+                           "Each level is pruned from the dense model and measured on every group.")
+    levels: tuple[float, ...] | None = PRESETS[preset][1]
+    if levels is None:
+        text = st.text_input("Levels, comma-separated (fractions or percentages)", value="0.5, 0.9",
+                             key="audit-levels", placeholder="0.5, 0.9")
+        try:
+            levels = widgets.parse_sparsities(text)
+        except InputError as err:
+            st.error(str(err), icon=":material/error:")
+            levels = None
+with right:
+    methods = {m.name: m for m in list_methods()}
+    method = st.selectbox("Pruning method", list(methods), key="audit-method",
+
+                          help="How weights are chosen for removal. The paper prunes by magnitude with one "
+                               "global threshold (global_magnitude).")
+    st.caption(methods[method].description)
+    c1, c2 = st.columns(2)
+    seed = c1.number_input("Seed", min_value=0, value=0, step=1, key="audit-seed",
+                           help="Seeds the random choices (random pruning, the bootstrap intervals).")
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    device = c2.radio("Device", devices, index=len(devices) - 1, horizontal=True, key="audit-device",
+                      help="cuda appears only when this server has a GPU.")
+    with st.expander("Fine-tuning (optional)"):
+        epochs = st.number_input("Fine-tuning epochs after pruning", min_value=0, max_value=100, value=0, step=1,
+                                 key="audit-epochs",
+                                 help="Plain fine-tuning of each pruned model, masks fixed, on training rows "
+                                      "(the data's split column); 0 measures the pruned models as they are.")
+
+run_clicked = st.button("Run the audit", type="primary", icon=":material/play_arrow:", key="audit-run",
+                        disabled=not ready or levels is None)
+if run_clicked and ready and levels:
+    with widgets.friendly_errors("Queuing the audit"):
+        common = dict(sparsities=tuple(levels), method=method, seed=int(seed), device=device,
+                      finetune_epochs=int(epochs))
+        if inp["source"] == "demo":
+            spec = widgets.demo_spec(inp["demo"], group=tuple(inp["group"]), **common)
+            title = f"{inp['demo']} demo · {' & '.join(inp['group'])}"
+            files = {}
+        else:
+            m, d = inp["model"], inp["data"]
+            model_name, data_name = m["name"], d["name"]
+            if data_name == model_name:
+                data_name = "data-" + data_name
+            spec = AuditSpec(model=model_name, data=data_name, arch=m.get("arch"), num_classes=m.get("num_classes"),
+                             arch_args=m.get("arch_args") or {}, label=d["label"], group=tuple(d["group"]),
+                             ignore=tuple(d["ignore"]) if d.get("ignore") else None,
+                             missing_group=d.get("missing_group", "error"), **common)
+            title = f"{model_name} on {data_name}"
+            files = {model_name: m["path"], data_name: d["path"]}
+        run_id = widgets.enqueue(spec, title=title, files=files)
+        widgets.open_results(run_id)
+
+active = [r for r in widgets.store().list(kind="audit") if r.active]
+if active:
+    st.subheader("In progress")
+    for run in active:
+        st.markdown(f"**{run.title or run.id}** — {widgets.run_inputs(run)}")
+        widgets.progress_panel(run.id)
+        st.page_link(widgets.PAGES["results"], label="Open its results page", icon=":material/insights:",
+                     query_params={"run": run.id})

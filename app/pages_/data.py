@@ -1,0 +1,289 @@
+"""Data & model: the built-in demo (preselected), or the user's own model and test set, checked as they are chosen."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import streamlit as st
+
+from app import files, widgets
+from fairprune import plots
+from fairprune.errors import InputError
+
+st.title("Data & model")
+inp = widgets.inputs()
+
+SOURCES = {"demo": "Built-in demo", "files": "My own model and data"}
+source = st.radio("What to audit", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="data-source",
+                  index=0 if inp["source"] == "demo" else 1)
+
+
+# ---- cached loads (the library does the loading and the checking) -----------------------------------
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _load_data(path: str, mtime: float, label: str, group: tuple, ignore: tuple | None, missing: str):
+    from fairprune.data import load_dataset
+
+    return load_dataset(path, label=label, group=group, ignore=ignore, missing_group=missing)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _load_model(path: str, mtime: float, arch: str | None, num_classes: int | None, arch_args: tuple):
+    from fairprune.zoo import load_model
+
+    return load_model(path, arch=arch, num_classes=num_classes, arch_args=dict(arch_args))
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _demo_summary(name: str) -> dict:
+    from fairprune.data.demos import demo_model
+    from fairprune.zoo import LoadedModel
+
+    return files.model_summary(LoadedModel.from_module(demo_model(name), name=name))
+
+
+def _preview_data(data) -> None:
+    """Group sizes (of the rows that will be measured) and the first rows of the file."""
+    measured = data.part("test") if data.split is not None else data
+    where = " (the test rows the audit measures)" if data.split is not None else ""
+    st.plotly_chart(plots.group_sizes(measured.group_sizes, title=f"Samples per group{where}"),
+                    key=f"sizes-{data.name}", theme=None, config={"displaylogo": False})
+    small = [g for g, n in measured.group_sizes.items() if n < 30]
+    if small:
+        st.warning(f"Groups with fewer than 30 samples are measured but marked unreliable: {', '.join(small)}.")
+    if data.frame is not None:
+        st.caption(f"First rows of {data.name} ({data.n:,} rows)")
+        st.dataframe(data.frame.head(8), hide_index=True, width="stretch")
+    else:
+        st.caption(f"{data.name}: {data.n:,} samples, features of shape {data.feature_shape}")
+
+
+def _forget_upload(kind: str) -> None:
+    """The user removed the file from the uploader: forget the staged copy too."""
+    if st.session_state.get(f"{kind}-upload") is None:
+        st.session_state.pop(f"staged-{kind}", None)
+
+
+def _pick_file(kind: str, types: list[str], help_text: str, prev: dict) -> Path | None:
+    """Upload (staged in this session's folder) or, when the server offers folders, a file from them.
+
+    A file chosen earlier in this session is kept when the user comes back to the page (Streamlit forgets
+    an uploader's file once its page is left; the staged copy remains).
+    """
+    origin = "upload"
+    if files.data_dirs():
+        origins = ["upload", "server"]
+        origin = st.radio(f"{kind.capitalize()} from", origins, horizontal=True, key=f"{kind}-origin",
+                          index=origins.index(prev.get("origin", "upload")),
+                          format_func={"upload": "Upload", "server": "Server folders"}.get)
+    if origin == "upload":
+        up = st.file_uploader(f"{kind.capitalize()} file", type=types, key=f"{kind}-upload", help=help_text,
+                              on_change=_forget_upload, args=(kind,))
+        if up is not None:
+            return files.stage_upload(up, kind)
+        staged = st.session_state.get(f"staged-{kind}")
+        if staged and Path(staged[1]).is_file():
+            st.caption(f"Using **{Path(staged[1]).name}**, uploaded earlier in this session; upload another file "
+                       "to replace it.")
+            return Path(staged[1])
+        return None
+    offered = files.server_files(types)
+    if not offered:
+        st.info(f"No {kind} files ({', '.join('.' + t for t in types)}) in the server folders.")
+        return None
+    labels = list(offered)
+    previous = next((i for i, lab in enumerate(labels) if str(offered[lab]) == prev.get("path")), None)
+    label = st.selectbox(f"{kind.capitalize()} file on the server", labels, index=previous, key=f"{kind}-server",
+                         placeholder="Choose a file", help=help_text)
+    return files.inside_data_dirs(offered[label]) if label else None
+
+
+# ---- the demo --------------------------------------------------------------------------------------
+def demo_section() -> None:
+    from fairprune.data.demos import demo_dataset, list_demos
+
+    demos = {d.name: d for d in list_demos()}
+    current = inp.get("demo", widgets.DEFAULT_DEMO) if inp["source"] == "demo" else widgets.DEFAULT_DEMO
+    name = st.selectbox("Demo", list(demos), index=list(demos).index(current), key="demo-name",
+                        format_func=lambda n: demos[n].title)
+    info = demos[name]
+    st.markdown(info.description)
+    options = list(info.group_options)
+    chosen = tuple(inp.get("group") or info.default_group) if inp["source"] == "demo" and current == name \
+        else info.default_group
+    default = next((i for i, o in enumerate(options) if info.group_options[o] == chosen), 0)
+    option = st.selectbox("Groups", options, index=default, key=f"demo-group-{name}",
+                          help="Which attribute defines the groups whose accuracy is compared.")
+    cols = info.group_options[option]
+    st.session_state["inputs"] = {"source": "demo", "demo": name, "group": list(cols)}
+
+    data_col, model_col = st.columns([3, 2], gap="large")
+    with data_col:
+        st.subheader("Data")
+        with widgets.friendly_errors("Loading the demo data"):
+            _preview_data(demo_dataset(name, group=cols))
+    with model_col:
+        st.subheader("Model")
+        with widgets.friendly_errors("Loading the demo model"):
+            files.show_model_summary(_demo_summary(name),
+                                     caption=f"{info.arch} with the shipped weights ({info.weights.name}).")
+    st.page_link(widgets.PAGES["audit"], label="Next: choose sparsity levels and run",
+                 icon=":material/content_cut:")
+
+
+#: The command-line options library messages name, and where the same choice is made on this page.
+_WHERE = {
+    "--arch": "choose the architecture in the list under the model file",
+    "--num-classes": "set the number of classes under the architecture",
+    "--arch-arg": "add KEY=VALUE lines under the architecture",
+    "--ignore": "open 'More options' under the data file and pick the columns that are not model inputs",
+    "--group": "pick the group column(s) under the data file",
+    "--label": "pick the label column under the data file",
+    "--missing-group": "open 'More options' and choose what to do with rows without a group",
+}
+
+
+def show_input_error(err: InputError, *paths: Path) -> None:
+    """The library's message, with this session's private upload folder shortened to the file's name, and
+    where on this page to make the choice it refers to by its command-line name."""
+    msg = str(err)
+    for p in paths:
+        msg = msg.replace(str(p), p.name)
+    st.error(msg, icon=":material/error:")
+    hints = [where for flag, where in _WHERE.items() if re.search(re.escape(flag) + r"\b", msg)]
+    if hints:
+        st.caption("On this page: " + "; ".join(hints) + ".")
+
+
+def _origin(kind: str) -> str:
+    return st.session_state.get(f"{kind}-origin", "upload")
+
+
+# ---- the user's own files ----------------------------------------------------------------------------
+def model_section(prev: dict) -> dict | None:
+    from fairprune.zoo import list_models, model_info, parse_arch_args
+
+    path = _pick_file("model", files.MODEL_TYPES,
+                      "A torch.export program (.pt2, recommended), TorchScript, or bare weights "
+                      "(.safetensors or a state_dict .pt) together with an architecture below.", prev)
+    archs = [""] + list_models()
+    arch = st.selectbox("Architecture (bare weights only)", archs, key="model-arch",
+                        index=archs.index(prev.get("arch") or ""),
+                        format_func=lambda a: a or "— none: the file holds its own architecture —",
+                        help="Needed only when the file holds bare weights (.safetensors, state_dict .pt).")
+    num_classes, arch_args, text = None, {}, ""
+    if arch:
+        info = model_info(arch)
+        st.caption(f"{info.description}. Arguments: " + ", ".join(f"{k}={v}" for k, v in info.arguments.items()))
+        num_classes = st.number_input("Number of classes", min_value=1, value=prev.get("num_classes"), step=1,
+                                      key="model-classes", placeholder="as the architecture's default")
+        text = st.text_area("Further arguments (one KEY=VALUE per line)", key="model-args",
+                            value=prev.get("arch_args_text", ""),
+                            placeholder="hidden=64,32", height=80)
+        with widgets.friendly_errors("Reading the architecture arguments"):
+            arch_args = parse_arch_args([ln for ln in text.splitlines() if ln.strip()])
+    if path is None:
+        return None
+    out = {"path": str(path), "name": path.name, "arch": arch or None, "origin": _origin("model"),
+           "num_classes": int(num_classes) if num_classes else None, "arch_args": arch_args,
+           "arch_args_text": text, "valid": False}
+    try:
+        loaded = _load_model(str(path), path.stat().st_mtime, out["arch"], out["num_classes"],
+                             tuple(sorted(arch_args.items())))
+    except InputError as err:
+        show_input_error(err, path)
+        return out
+    except Exception as err:
+        widgets.show_unexpected("Loading the model", err)
+        return out
+    files.show_model_summary(files.model_summary(loaded), caption=f"{path.name}: {loaded.kind}"
+                               + (f" ({loaded.arch})" if loaded.arch else ""))
+    out["valid"] = True
+    out["loaded"] = loaded
+    return out
+
+
+def data_section(prev: dict) -> dict | None:
+    path = _pick_file("data", files.DATA_TYPES,
+                      "CSV (a label column, group column(s), features), NPZ (arrays x, y, group) or a zip of "
+                      "images with a metadata.csv (path,label,group).", prev)
+    if path is None:
+        return None
+    columns = files.file_columns(path)
+    if columns:
+        lab_default = prev.get("label") if prev.get("label") in columns else ("label" if "label" in columns else None)
+        label = st.selectbox("Label column", columns, key="data-label", placeholder="Choose the label column",
+                             index=columns.index(lab_default) if lab_default else None,
+                             help="The true class of each row, as integer class indices 0..K-1.")
+        grp_default = [g for g in (prev.get("group") or ["group"]) if g in columns]
+        group = st.multiselect("Group column(s)", columns, default=grp_default, key="data-group",
+                               placeholder="Choose one or more group columns",
+                               help="The groups whose accuracy is compared. Several columns make intersectional "
+                                    "groups (e.g. race & sex). The label column itself gives classes as groups.")
+        with st.expander("More options"):
+            choices = [c for c in columns if c not in group and c != label]
+            ignore = st.multiselect("Columns that are not model inputs", choices, key="data-ignore",
+                                    default=[c for c in prev.get("ignore") or [] if c in choices],
+                                    help="CSV only: left out of the features.")
+            modes = ["error", "drop", "category"]
+            missing = st.radio("Rows without a group", modes, horizontal=True, key="data-missing",
+                               index=modes.index(prev.get("missing_group", "error")),
+                               format_func={"error": "Stop with an error", "drop": "Leave them out",
+                                            "category": "Group them as 'missing'"}.get)
+    else:
+        label, group, ignore, missing = None, [], [], "error"
+    out = {"path": str(path), "name": path.name, "label": label, "group": list(group), "origin": _origin("data"),
+           "ignore": list(ignore) or None, "missing_group": missing, "valid": False}
+    try:
+        # Nothing picked yet: check with the library's defaults, so its message says what is missing.
+        data = _load_data(str(path), path.stat().st_mtime, label or "label", tuple(group) or ("group",),
+                          tuple(ignore) or None, missing)
+    except InputError as err:
+        show_input_error(err, path)
+        return out
+    except Exception as err:
+        widgets.show_unexpected("Loading the data", err)
+        return out
+    out.update(valid=True, label=data.label_column, group=list(data.group_columns), loaded=data)
+    _preview_data(data)
+    return out
+
+
+def files_section() -> None:
+    prev = inp if inp["source"] == "files" else {}
+    model_col, data_col = st.columns(2, gap="large")
+    with model_col:
+        st.subheader("Model")
+        model = model_section(prev.get("model") or {})
+    with data_col:
+        st.subheader("Data")
+        data = data_section(prev.get("data") or {})
+    fits = False
+    if model and data and model["valid"] and data["valid"]:
+        from fairprune.data import validate_labels
+        from fairprune.evaluate import check_model_fits
+
+        m, d = model.pop("loaded"), data.pop("loaded")
+        measured = d.part("test") if d.split is not None else d
+        try:
+            k = check_model_fits(m, measured, "cpu")   # one forward pass on two rows
+            validate_labels(measured, k, source=measured.name)
+            st.success(f"The model runs on this data: {k} output{'s' if k > 1 else ''}, {measured.n:,} rows to "
+                       f"measure in {len(measured.group_sizes)} groups.", icon=":material/check_circle:")
+            fits = True
+        except InputError as err:
+            show_input_error(err, Path(model["path"]), Path(data["path"]))
+        except Exception as err:
+            widgets.show_unexpected("Running the model on two rows of the data", err)
+    for part in (model, data):
+        if part:
+            part.pop("loaded", None)
+    st.session_state["inputs"] = {"source": "files", "model": model, "data": data, "fits": fits}
+    if fits:
+        st.page_link(widgets.PAGES["audit"], label="Next: choose sparsity levels and run", icon=":material/content_cut:")
+
+
+if source == "demo":
+    demo_section()
+else:
+    files_section()

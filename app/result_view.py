@@ -1,0 +1,231 @@
+"""How an audit result is shown: the reading, the headline figures, the charts, every number in a table.
+
+Used by the Results page (one run) and the Runs page (two runs side by side). Charts come from
+fairprune.plots, sentences from fairprune.reading; this module only arranges them and formats tables.
+"""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+import streamlit as st
+
+from fairprune import plots
+from fairprune.reading import headline, worst_group
+from fairprune.result import AuditResult, LevelResult
+
+DEF = plots.DEFINITIONS
+CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def pick_level(result: AuditResult, key: str) -> LevelResult:
+    """Radio over the measured levels (default: the highest)."""
+    options = [lv.sparsity for lv in result.levels]
+    s = st.radio("Sparsity level to read", options, index=len(options) - 1, horizontal=True, key=f"{key}-level",
+                 format_func=plots.sparsity_label, help=DEF["sparsity"])
+    return result.level(s)
+
+
+def show_headline(result: AuditResult, lv: LevelResult) -> None:
+    text = headline(result, lv)
+    with st.container(border=True):
+        st.markdown(f"<div class='fp-headline' style='font-size:1.3rem;line-height:1.5;font-weight:500'>"
+                    f"{html.escape(text)}</div>", unsafe_allow_html=True)
+        st.caption("Points are percentage points of accuracy. " + DEF["accuracy_drop_ci95"])
+
+
+def show_figures(result: AuditResult, lv: LevelResult) -> None:
+    """The headline numbers at one level, each with its definition as help text."""
+    g = worst_group(lv)
+    m = lv.groups[g]
+    c = st.columns(5)
+    c[0].metric("Overall accuracy", f"{_pts(lv.overall.accuracy)}%", f"{-100 * lv.overall.accuracy_drop:+.1f} pts",
+                help=f"{DEF['accuracy']} Change from the dense model ({_pts(result.dense.overall.accuracy)}%) "
+                     f"in points.")
+    c[1].metric(f"Worst group: {g}", f"{_pts(m.accuracy)}%", f"{-100 * m.accuracy_drop:+.1f} pts",
+                help=f"{g}: the group with the largest accuracy drop at this level (n = {m.n}). "
+                     f"{DEF['accuracy_drop']}")
+    lo, hi = lv.fairness_violation_ci95.get("accuracy", (float("nan"), float("nan")))
+    c[2].metric("Violation, accuracy", f"{_pts(lv.fairness_violation['accuracy'])} pts",
+                help=f"{DEF['fairness_violation_accuracy']} 95% CI {_pts(lo)} to {_pts(hi)} points (bootstrap "
+                     "within groups).", delta=None)
+    c[3].metric("Violation ξ, loss", f"{lv.fairness_violation['loss']:.3f}",
+                help=f"{DEF['fairness_violation_loss']} {DEF['excessive_loss']}")
+    c[4].metric("Accuracy gap", f"{_pts(lv.accuracy_gap)} pts",
+                f"{100 * (lv.accuracy_gap - result.dense.accuracy_gap):+.1f} pts vs dense", delta_color="inverse",
+                help=DEF["accuracy_gap"])
+
+
+def chart(fig, *, key: str, heading: str, help: str) -> None:
+    """A figure from fairprune.plots under a heading that carries its definition (the figure's own title is
+    dropped: the heading replaces it and long titles do not fit narrow columns)."""
+    st.markdown(f"**{heading}**", help=help)
+    fig.update_layout(title_text="", margin_t=30)
+    st.plotly_chart(fig, key=key, theme=None, config=CHART_CONFIG)
+
+
+ACC_HELP = (DEF["accuracy"] + " Each line is one group; the dashed line is the whole test set. Bands: 95% interval "
+            "of the group's accuracy at each level, from the bootstrap interval of its drop (dense accuracy minus the "
+            "upper and lower bounds). Dotted grey lines: groups with fewer than 30 samples (no band: too noisy).")
+DROP_HELP = (DEF["accuracy_drop"] + " Whiskers: " + DEF["accuracy_drop_ci95"] + " Dashed line: the drop of the whole "
+             "test set. Outlined bars with *: " + DEF["significant"] + " Grey hatched bars: " + DEF["unreliable"])
+VIOL_HELP = (DEF["fairness_violation"] + " " + DEF["accuracy_gap"]
+             + " Band: 95% bootstrap interval of the accuracy violation.")
+
+
+def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
+    chart(plots.accuracy_vs_sparsity(result), key=f"{key}-acc", heading="Accuracy of each group as the model is pruned",
+          help=ACC_HELP)
+    st.caption("Each line is one group, the dashed line the whole test set; bands are 95% intervals.")
+    cols = st.columns(2, gap="large")
+    with cols[0]:
+        chart(plots.drop_by_group(result, lv.sparsity), key=f"{key}-drop",
+              heading=f"Who pays at {plots.sparsity_label(lv.sparsity)} sparsity: accuracy drop per group",
+              help=DROP_HELP)
+        small = [g for g, m in lv.groups.items() if m.unreliable]
+        if small:
+            st.caption(f"Unreliable (fewer than 30 samples): {', '.join(small)}.")
+    with cols[1]:
+        chart(plots.violation_vs_sparsity(result), key=f"{key}-viol",
+              heading="Fairness violation: how unequally pruning hurts the groups", help=VIOL_HELP)
+
+
+GROUP_COLUMNS = {
+    "sparsity": st.column_config.NumberColumn("sparsity", help=DEF["sparsity"], format="%.3g"),
+    "group": st.column_config.TextColumn("group", help="'(overall)' is the whole test set."),
+    "n": st.column_config.NumberColumn("n", help=DEF["n"]),
+    "accuracy %": st.column_config.NumberColumn("accuracy %", help=DEF["accuracy"], format="%.2f"),
+    "drop (pts)": st.column_config.NumberColumn("drop (pts)", help=DEF["accuracy_drop"], format="%+.2f"),
+    "CI low": st.column_config.NumberColumn("CI low", help=DEF["accuracy_drop_ci95"], format="%+.2f"),
+    "CI high": st.column_config.NumberColumn("CI high", help=DEF["accuracy_drop_ci95"], format="%+.2f"),
+    "loss": st.column_config.NumberColumn("loss", help=DEF["loss"], format="%.4f"),
+    "excessive loss R(a)": st.column_config.NumberColumn("excessive loss R(a)", help=DEF["excessive_loss"],
+                                                         format="%+.4f"),
+    "significant": st.column_config.CheckboxColumn("significant", help=DEF["significant"]),
+    "p (Holm)": st.column_config.NumberColumn("p (Holm)", help=DEF["p_value"], format="%.3g"),
+    "unreliable": st.column_config.CheckboxColumn("unreliable", help=DEF["unreliable"]),
+    "achieved sparsity": st.column_config.NumberColumn("achieved sparsity", help=DEF["achieved_sparsity"],
+                                                       format="%.4f"),
+}
+
+
+def group_table(result: AuditResult) -> pd.DataFrame:
+    """result.table() in display units: accuracy in %, drops and their CI in points."""
+    t = result.table()
+    ci = t["accuracy_drop_ci95"] if "accuracy_drop_ci95" in t else pd.Series([None] * len(t))
+    out = pd.DataFrame({
+        "sparsity": t["sparsity"], "group": t["group"], "n": t["n"], "accuracy %": 100 * t["accuracy"],
+        "drop (pts)": 100 * t["accuracy_drop"] if "accuracy_drop" in t else None,
+        "CI low": [100 * c[0] if isinstance(c, (list, tuple)) else None for c in ci],
+        "CI high": [100 * c[1] if isinstance(c, (list, tuple)) else None for c in ci],
+        "loss": t["loss"],
+        "excessive loss R(a)": t["excessive_loss"] if "excessive_loss" in t else None,
+        "significant": t["significant"] if "significant" in t else None,
+        "p (Holm)": t["p_value"] if "p_value" in t else None,
+        "unreliable": t["unreliable"] if "unreliable" in t else None,
+        "achieved sparsity": t["achieved_sparsity"],
+    })
+    for extra in ("tpr", "fpr", "selection_rate"):
+        if extra in t:
+            out[extra] = t[extra]
+    return out.astype({c: float for c in ("drop (pts)", "CI low", "CI high", "excessive loss R(a)", "p (Holm)")})
+
+
+LEVEL_COLUMNS = {
+    "sparsity": GROUP_COLUMNS["sparsity"],
+    "violation acc (pts)": st.column_config.NumberColumn("violation acc (pts)",
+                                                         help=DEF["fairness_violation_accuracy"], format="%.2f"),
+    "CI low": st.column_config.NumberColumn("CI low", help="95% bootstrap interval of the accuracy violation, "
+                                            "resampling within groups.", format="%.2f"),
+    "CI high": st.column_config.NumberColumn("CI high", help="95% bootstrap interval of the accuracy violation, "
+                                             "resampling within groups.", format="%.2f"),
+    "violation loss ξ": st.column_config.NumberColumn("violation loss ξ", help=DEF["fairness_violation_loss"],
+                                                      format="%.4f"),
+    "accuracy gap (pts)": st.column_config.NumberColumn("accuracy gap (pts)", help=DEF["accuracy_gap"],
+                                                        format="%.2f"),
+    "‖θ̄ − θ*‖": st.column_config.NumberColumn("‖θ̄ − θ*‖", help=DEF["weight_distance"], format="%.3f"),
+    "achieved sparsity": GROUP_COLUMNS["achieved sparsity"],
+}
+
+
+def level_table(result: AuditResult) -> pd.DataFrame:
+    rows = [{"sparsity": 0.0, "violation acc (pts)": None, "CI low": None, "CI high": None, "violation loss ξ": None,
+             "accuracy gap (pts)": 100 * result.dense.accuracy_gap, "‖θ̄ − θ*‖": 0.0, "achieved sparsity": 0.0}]
+    for lv in result.levels:
+        lo, hi = lv.fairness_violation_ci95.get("accuracy", (None, None))
+        rows.append({"sparsity": lv.sparsity, "violation acc (pts)": 100 * lv.fairness_violation["accuracy"],
+                     "CI low": None if lo is None else 100 * lo, "CI high": None if hi is None else 100 * hi,
+                     "violation loss ξ": lv.fairness_violation["loss"], "accuracy gap (pts)": 100 * lv.accuracy_gap,
+                     "‖θ̄ − θ*‖": lv.weight_distance, "achieved sparsity": lv.achieved_sparsity})
+    return pd.DataFrame(rows).astype(float)
+
+
+def tables(result: AuditResult, key: str) -> None:
+    st.markdown("#### Every figure", help="Click a column header to sort. Hover a header for its definition. "
+                "Sparsity 0 is the dense model.")
+    t = group_table(result)
+    st.dataframe(t, column_config=GROUP_COLUMNS, hide_index=True, key=f"{key}-groups", width="stretch",
+                 height=_height(len(t)))
+    st.markdown("##### Per level")
+    t = level_table(result)
+    st.dataframe(t, column_config=LEVEL_COLUMNS, hide_index=True, key=f"{key}-levels", width="stretch",
+                 height=_height(len(t)))
+
+
+def _height(rows: int, cap: int = 30) -> int:
+    """Pixels that show every row up to ``cap`` rows (then the table scrolls)."""
+    return 38 + 35 * min(rows, cap)
+
+
+def provenance(result: AuditResult) -> None:
+    c, p = result.config, result.provenance
+    st.markdown(
+        f"- **Model:** {result.model.name} — {result.model.parameters:,} parameters, "
+        f"{result.model.prunable_parameters:,} prunable\n"
+        f"- **Data:** {result.data.name} — {result.data.n:,} test samples; label `{p.label}`, groups by "
+        f"{' & '.join(p.group_columns)}: " + ", ".join(f"{g} ({n:,})" for g, n in result.data.groups.items()) + "\n"
+        f"- **Pruning:** {c.method} at {', '.join(plots.sparsity_label(s) for s in c.sparsities)}; "
+        f"fine-tuning epochs {c.finetune_epochs}; seed {c.seed}; device {c.device}\n"
+        f"- **Versions:** fairprune {p.fairprune_version}, torch {p.torch_version}; model sha256 "
+        f"`{p.model_sha256[:12]}…`, data sha256 `{p.data_sha256[:12]}…`"
+    )
+
+
+def render_result(result: AuditResult, *, key: str, run_id: str | None = None) -> None:
+    """The whole reading of one result."""
+    if not result.levels:
+        st.warning("This result has no sparsity levels.")
+        return
+    lv = pick_level(result, key)
+    show_headline(result, lv)
+    for w in result.warnings:
+        st.warning(w)
+    show_figures(result, lv)
+    charts(result, lv, key)
+    tables(result, key)
+    with st.expander("What was audited"):
+        provenance(result)
+    st.download_button("Download the result (JSON)", data=result.to_json(), mime="application/json",
+                       file_name=f"fairprune-{run_id or 'result'}.json", key=f"{key}-download", icon=":material/download:",
+                       help="The full result in fairprune's schema (fairprune.audit/1); "
+                            "`fairprune report` and the CLI read it.")
+
+
+def render_compact(result: AuditResult, *, key: str) -> None:
+    """One column of a side-by-side comparison: the reading and the same charts, stacked."""
+    lv = result.levels[-1]
+    show_headline(result, lv)
+    st.caption(f"{result.model.name} on {result.data.name}; {result.config.method}")
+    acc = plots.accuracy_vs_sparsity(result)
+    # half-width column: the legend goes under the plot so the lines keep the width
+    acc.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), margin_b=60,
+                      height=440 + 22 * (len(result.group_names) // 3))
+    chart(acc, key=f"{key}-acc", heading="Accuracy of each group", help=ACC_HELP)
+    chart(plots.drop_by_group(result, lv.sparsity), key=f"{key}-drop",
+          heading=f"Accuracy drop per group at {plots.sparsity_label(lv.sparsity)}", help=DROP_HELP)
+    chart(plots.violation_vs_sparsity(result), key=f"{key}-viol", heading="Fairness violation", help=VIOL_HELP)

@@ -1,0 +1,267 @@
+"""Plotly figures of an audit, shared by the dashboard and the report: pure functions, no UI imports.
+
+Every builder takes an :class:`~fairprune.result.AuditResult` (or plain numbers) and returns a
+``plotly.graph_objects.Figure``; nothing here computes a metric, it only draws the result's numbers.
+Accuracies are drawn in percent and accuracy changes in percentage points ("points"), the units the
+headline sentence uses. ``DEFINITIONS`` holds the one-line definition of every figure drawn, for help
+texts and captions (symbols as in PAPER.md: θ* dense, θ̄ pruned, J(θ; D_a) group a's mean loss).
+
+The x axis of the sweep charts is categorical ("dense", "50%", "80%", ...): the levels users ask for
+crowd near 100%, and evenly spaced categories keep every level readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import plotly.graph_objects as go
+
+from .result import AuditResult, LevelResult, Metrics
+
+__all__ = ["DEFINITIONS", "group_colors", "accuracy_vs_sparsity", "drop_by_group", "violation_vs_sparsity",
+           "group_sizes", "sparsity_label"]
+
+#: One-line definitions, keyed by the names used in the result JSON. [paper] / [fairprune] as in PAPER.md.
+DEFINITIONS: dict[str, str] = {
+    "sparsity": "Fraction of the prunable weights (conv and linear weight tensors) set to zero; biases and "
+                "normalisation parameters are kept. 'dense' is the original model.",
+    "accuracy": "Share of a group's samples the model classifies correctly, acc(θ; D_a).",
+    "loss": "Mean cross-entropy of the group's samples, J(θ; D_a).",
+    "n": "Number of samples of the group that were measured.",
+    "accuracy_drop": "Accuracy drop of group a = acc(θ*; D_a) − acc(θ̄; D_a): the dense model's accuracy minus the "
+                     "pruned model's, in percentage points. Positive: the group lost accuracy; negative: it gained.",
+    "excessive_loss": "Excessive loss R(a) = J(θ̄; D_a) − J(θ*; D_a): how much the group's mean cross-entropy grows "
+                      "when the model is pruned (Tran et al. 2022, Eq. 2).",
+    "fairness_violation": "Fairness violation ξ = max_a R(a) − min_a R(a) (Tran et al. 2022, Eq. 3): the spread of "
+                          "excessive losses across groups; 0 means pruning hurt every group equally. fairprune "
+                          "reports it for accuracy drops the same way (max drop − min drop, in points).",
+    "fairness_violation_accuracy": "Accuracy fairness violation = largest group accuracy drop − smallest group "
+                                   "accuracy drop, in points (ξ of Eq. 3 computed on accuracy drops).",
+    "fairness_violation_loss": "Loss fairness violation ξ = max_a R(a) − min_a R(a) (Tran et al. 2022, Eq. 3), in "
+                               "nats of cross-entropy.",
+    "accuracy_gap": "Accuracy gap of one model = best group accuracy − worst group accuracy, in points (what the "
+                    "paper's experiments plot as 'fairness violation', Sec. 6.2).",
+    "accuracy_drop_ci95": "95% interval of the accuracy drop from a paired bootstrap that resamples samples within "
+                          "each group (2,000 resamples). Not adjusted for the number of groups.",
+    "significant": "The group's drop differs from the overall drop by more than chance: two-sided test, "
+                   "Holm-corrected for the number of groups, at the 5% level.",
+    "p_value": "Holm-adjusted p-value of the test that the group's drop equals the overall drop.",
+    "unreliable": "Fewer than 30 samples in the group: its figures are shown but too noisy to act on.",
+    "weight_distance": "‖θ̄ − θ*‖₂ over the prunable weights: how far pruning moved the model.",
+    "achieved_sparsity": "Share of prunable weights that are zero in the pruned model (measured).",
+}
+
+# Okabe–Ito (colour-blind safe) first, then more distinct hues for many groups.
+_PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#F0C800",
+            "#7F3C8D", "#11A579", "#3969AC", "#E73F74", "#80BA5A", "#008695", "#CF1C90", "#4B4B8F")
+OVERALL_COLOR = "#333333"
+UNRELIABLE_COLOR = "#9E9E9E"
+_FONT = dict(family="Inter, 'Source Sans Pro', Arial, sans-serif", size=14)
+
+
+def _pts(x: float) -> float:
+    return 100.0 * x
+
+
+def sparsity_label(s: float) -> str:
+    """0 -> 'dense', 0.9 -> '90%', 0.975 -> '97.5%'."""
+    return "dense" if s == 0 else f"{100 * s:g}%"
+
+
+def group_colors(groups: Sequence[str]) -> dict[str, str]:
+    """A stable colour per group, in the order given (the result's order: largest group first)."""
+    return {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _layout(fig: go.Figure, *, title: str, height: int = 440) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left", font=dict(size=17)),
+        template="plotly_white", font=_FONT, height=height, margin=dict(l=60, r=30, t=70, b=60),
+        hoverlabel=dict(font_size=13), legend=dict(title_text=""),
+    )
+    return fig
+
+
+def _group_label(name: str, m: Metrics) -> str:
+    return f"{name} (n={m.n}, unreliable)" if m.n < 30 else f"{name} (n={m.n})"
+
+
+def accuracy_vs_sparsity(result: AuditResult, *, groups: Sequence[str] | None = None, show_ci: bool = True,
+                         show_overall: bool = True) -> go.Figure:
+    """Accuracy of every group (and overall) at each sparsity, the dense model first.
+
+    Bands: the 95% bootstrap interval of each group's accuracy drop, read as accuracy
+    (acc_dense − hi .. acc_dense − lo); the dense point has no band (the drop is measured from it).
+    """
+    groups = list(groups) if groups is not None else result.group_names
+    colors = group_colors(result.group_names)
+    cats = ["dense"] + [sparsity_label(lv.sparsity) for lv in result.levels]
+    alpha = 0.15 if len(groups) <= 4 else 0.07   # many overlapping bands would hide the lines
+    fig = go.Figure()
+    for g in groups:
+        dense = result.dense.groups[g]
+        per_level = [lv.groups[g] for lv in result.levels]
+        acc = [_pts(dense.accuracy)] + [_pts(m.accuracy) for m in per_level]
+        unreliable = dense.n < 30
+        color = UNRELIABLE_COLOR if unreliable else colors[g]
+        # No band for an unreliable group: its interval is wide enough to hide the others.
+        if show_ci and not unreliable and all(m.accuracy_drop_ci95 for m in per_level):
+            lower = [_pts(dense.accuracy)] + [_pts(dense.accuracy - m.accuracy_drop_ci95[1]) for m in per_level]
+            upper = [_pts(dense.accuracy)] + [_pts(dense.accuracy - m.accuracy_drop_ci95[0]) for m in per_level]
+            fig.add_trace(go.Scatter(
+                x=cats + cats[::-1], y=upper + lower[::-1], mode="lines", fill="toself", fillcolor=_rgba(color, alpha),
+                line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=g, name=f"{g} 95% CI",
+            ))
+        hover = [f"<b>{g}</b> · dense<br>accuracy {acc[0]:.1f}%<br>n = {dense.n}"]
+        for lv, m in zip(result.levels, per_level):
+            lo, hi = m.accuracy_drop_ci95 or (float("nan"), float("nan"))
+            hover.append(f"<b>{g}</b> · {sparsity_label(lv.sparsity)} sparsity<br>accuracy {_pts(m.accuracy):.1f}%"
+                         f"<br>drop {_pts(m.accuracy_drop):+.1f} pts (95% CI {_pts(lo):.1f} to {_pts(hi):.1f})"
+                         f"<br>n = {m.n}" + (" · unreliable" if m.unreliable else "")
+                         + (" · significant" if m.significant else ""))
+        fig.add_trace(go.Scatter(
+            x=cats, y=acc, mode="lines+markers", name=_group_label(g, dense), legendgroup=g,
+            line=dict(color=color, width=3, dash="dot" if unreliable else "solid"), marker=dict(size=8),
+            hovertext=hover, hoverinfo="text",
+        ))
+    if show_overall:
+        acc = [_pts(result.dense.overall.accuracy)] + [_pts(lv.overall.accuracy) for lv in result.levels]
+        fig.add_trace(go.Scatter(
+            x=cats, y=acc, mode="lines+markers", name="overall", line=dict(color=OVERALL_COLOR, width=2, dash="dash"),
+            marker=dict(size=6, symbol="diamond"),
+            hovertext=[f"<b>overall</b> · {c}<br>accuracy {a:.1f}%" for c, a in zip(cats, acc)], hoverinfo="text",
+        ))
+    fig.update_xaxes(title_text="sparsity (share of prunable weights removed)", type="category",
+                     categoryorder="array", categoryarray=cats)
+    fig.update_yaxes(title_text="accuracy (%)", ticksuffix="%")
+    return _layout(fig, title="Accuracy of each group as the model is pruned (bands: 95% CI)")
+
+
+def _level(result: AuditResult, sparsity: float | None) -> LevelResult:
+    if not result.levels:
+        raise ValueError("the result has no sparsity levels to draw")
+    return result.levels[-1] if sparsity is None else result.level(sparsity)
+
+
+def drop_by_group(result: AuditResult, sparsity: float | None = None) -> go.Figure:
+    """Accuracy drop per group at one level (default: the highest), largest first, with 95% CI whiskers.
+
+    Horizontal bars, so long and intersectional group names stay readable however many groups there
+    are. The overall drop is a dashed reference line; groups under 30 samples are grey and hatched;
+    groups whose drop differs significantly from the overall drop (Holm) are outlined and carry a ``*``.
+    """
+    lv = _level(result, sparsity)
+    colors = group_colors(result.group_names)
+    order = sorted(result.group_names, key=lambda g: -lv.groups[g].accuracy_drop)
+    ms = [lv.groups[g] for g in order]
+    drop = [_pts(m.accuracy_drop) for m in ms]
+    ci = [m.accuracy_drop_ci95 or (m.accuracy_drop, m.accuracy_drop) for m in ms]
+    fig = go.Figure(go.Bar(
+        y=order, x=drop, orientation="h",
+        marker=dict(
+            color=[UNRELIABLE_COLOR if m.unreliable else colors[g] for g, m in zip(order, ms)],
+            pattern=dict(shape=["/" if m.unreliable else "" for m in ms], fgcolor="#555555", solidity=0.3),
+            line=dict(color=["#000000" if m.significant else "rgba(0,0,0,0)" for m in ms], width=2),
+        ),
+        error_x=dict(type="data", symmetric=False, array=[_pts(hi - m.accuracy_drop) for m, (lo, hi) in zip(ms, ci)],
+                     arrayminus=[_pts(m.accuracy_drop - lo) for m, (lo, hi) in zip(ms, ci)],
+                     color="#444444", thickness=1.5, width=5),
+        hovertext=[f"<b>{g}</b> (n = {m.n})<br>drop {d:+.1f} pts (95% CI {_pts(lo):.1f} to {_pts(hi):.1f})"
+                   f"<br>accuracy {_pts(result.dense.groups[g].accuracy):.1f}% → {_pts(m.accuracy):.1f}%"
+                   + ("<br>significantly different from the overall drop" if m.significant else "")
+                   + ("<br>fewer than 30 samples: unreliable" if m.unreliable else "")
+                   for g, m, d, (lo, hi) in zip(order, ms, drop, ci)],
+        hoverinfo="text", showlegend=False,
+    ))
+    overall = _pts(lv.overall.accuracy_drop)
+    fig.add_vline(x=0, line=dict(color="#BBBBBB", width=1))
+    fig.add_vline(x=overall, line=dict(color=OVERALL_COLOR, dash="dash", width=2))
+    fig.add_annotation(text=f"overall {overall:+.1f} pts", x=overall, xref="x", y=1, yref="paper", yanchor="bottom",
+                       showarrow=False, font=dict(size=13, color=OVERALL_COLOR))
+    notes = ["bars: drop (dense − pruned); whiskers: 95% CI"]
+    if any(m.significant for m in ms):
+        notes.append("* outlined: differs from the overall drop (Holm)")
+    if any(m.unreliable for m in ms):
+        notes.append("grey hatched: under 30 samples, unreliable")
+    # Anchored right: in a narrow figure the notes run into the empty space under the group names.
+    fig.add_annotation(text="<br>".join(notes), xref="paper", yref="paper", x=1, y=0, yshift=-58, showarrow=False,
+                       xanchor="right", yanchor="top", align="right", font=dict(size=12, color="#555555"))
+    # The value sits under each group's name, where whiskers cannot cover it.
+    ticks = [f"<b>{g}</b><br>{d:+.1f} pts{' *' if m.significant else ''} (n={m.n})" for g, d, m in zip(order, drop, ms)]
+    fig.update_yaxes(title_text="", type="category", tickmode="array", tickvals=order, ticktext=ticks,
+                     autorange="reversed")
+    fig.update_xaxes(title_text="accuracy drop (points)", zeroline=False)
+    fig = _layout(fig, title=f"Who pays at {sparsity_label(lv.sparsity)} sparsity: accuracy drop per group",
+                  height=150 + 48 * len(order) + 18 * len(notes))
+    fig.update_layout(margin=dict(t=80, b=70 + 18 * len(notes)), bargap=0.3)
+    return fig
+
+
+def violation_vs_sparsity(result: AuditResult) -> go.Figure:
+    """Fairness violation ξ at each level: accuracy (points, with its 95% CI band) and loss (nats, right axis),
+    and the accuracy gap of each model (points; the dense model's gap at 'dense')."""
+    cats = [sparsity_label(lv.sparsity) for lv in result.levels]
+    acc = [_pts(lv.fairness_violation["accuracy"]) for lv in result.levels]
+    loss = [lv.fairness_violation["loss"] for lv in result.levels]
+    fig = go.Figure()
+    ci = [lv.fairness_violation_ci95.get("accuracy") for lv in result.levels]
+    if all(ci):
+        fig.add_trace(go.Scatter(
+            x=cats + cats[::-1], y=[_pts(c[1]) for c in ci] + [_pts(c[0]) for c in ci][::-1], mode="lines", fill="toself",
+            fillcolor=_rgba("#0072B2", 0.15), line=dict(width=0), hoverinfo="skip", name="95% CI (accuracy)",
+            showlegend=True,
+        ))
+    fig.add_trace(go.Scatter(
+        x=cats, y=acc, mode="lines+markers", name="violation, accuracy (pts)", line=dict(color="#0072B2", width=3),
+        marker=dict(size=8),
+        hovertext=[f"{c}: accuracy violation {a:.1f} pts" + (f" (95% CI {_pts(v[0]):.1f} to {_pts(v[1]):.1f})" if v else "")
+                   for c, a, v in zip(cats, acc, ci)], hoverinfo="text",
+    ))
+    gap_cats = ["dense"] + cats
+    gap = [_pts(result.dense.accuracy_gap)] + [_pts(lv.accuracy_gap) for lv in result.levels]
+    fig.add_trace(go.Scatter(
+        x=gap_cats, y=gap, mode="lines+markers", name="accuracy gap (pts)", line=dict(color="#009E73", width=2, dash="dot"),
+        marker=dict(size=7, symbol="square"),
+        hovertext=[f"{c}: best − worst group accuracy {g:.1f} pts" for c, g in zip(gap_cats, gap)], hoverinfo="text",
+    ))
+    fig.add_trace(go.Scatter(
+        x=cats, y=loss, mode="lines+markers", name="violation, loss (nats, right axis)", yaxis="y2",
+        line=dict(color="#D55E00", width=2, dash="dash"), marker=dict(size=7, symbol="diamond"),
+        hovertext=[f"{c}: loss violation ξ {v:.3f} nats" for c, v in zip(cats, loss)], hoverinfo="text",
+    ))
+    fig.update_xaxes(title_text="sparsity (share of prunable weights removed)", type="category",
+                     categoryorder="array", categoryarray=gap_cats)
+    fig.update_layout(
+        yaxis=dict(title_text="accuracy violation and gap (points)", rangemode="tozero"),
+        yaxis2=dict(title_text="loss violation ξ (nats)", overlaying="y", side="right", rangemode="tozero",
+                    showgrid=False),
+    )
+    fig = _layout(fig, title="Fairness violation: how unequally pruning hurts the groups", height=500)
+    # Legend under the plot: four entries fit a narrow column there without covering the lines or the title.
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0, xanchor="left"),
+                      margin=dict(r=70, b=110))
+    return fig
+
+
+def group_sizes(sizes: Mapping[str, int], *, title: str = "Samples per group") -> go.Figure:
+    """Horizontal bars of samples per group (largest first); groups under 30 samples grey and hatched."""
+    names = sorted(sizes, key=lambda g: -sizes[g])
+    colors = group_colors(list(sizes))
+    small = [sizes[g] < 30 for g in names]
+    fig = go.Figure(go.Bar(
+        y=names, x=[sizes[g] for g in names], orientation="h",
+        marker=dict(color=[UNRELIABLE_COLOR if s else colors[g] for g, s in zip(names, small)],
+                    pattern=dict(shape=["/" if s else "" for s in small], fgcolor="#555555", solidity=0.3)),
+        text=[f"{sizes[g]:,}" + (" (under 30: unreliable)" if s else "") for g, s in zip(names, small)],
+        textposition="auto", hoverinfo="text",
+        hovertext=[f"<b>{g}</b>: {sizes[g]:,} samples" for g in names],
+    ))
+    fig.update_yaxes(autorange="reversed", type="category")
+    fig.update_xaxes(title_text="samples")
+    return _layout(fig, title=title, height=max(220, 60 + 34 * len(names)))

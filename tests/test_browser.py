@@ -1,0 +1,194 @@
+"""The dashboard in a real browser: `streamlit run app/main.py` driven through Debian's Chromium.
+
+The server runs as a subprocess on a free port with its own FAIRPRUNE_HOME; Chromium is Debian's
+(/usr/bin/chromium, installed by `make test`), never a Playwright download. Screenshots land in
+tests/artifacts/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+WIDTH = 1400
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"streamlit did not answer /_stcore/health within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop_workers(home: Path) -> None:
+    """Stop the background workers the app started for this home (by pid: only ours)."""
+    from fairprune.store import RunStore
+
+    pids = set(RunStore(home).live_workers(max_age=3600))
+    lock = home / "worker.lock"
+    if lock.is_file() and len(lock.read_text().split()) == 2:
+        pids.add(int(lock.read_text().split()[0]))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base url, FAIRPRUNE_HOME) of a dashboard served for this module."""
+    home = tmp_path_factory.mktemp("browser_home")
+    port = _free_port()
+    log = home / "streamlit.log"
+    env = dict(os.environ, FAIRPRUNE_HOME=str(home))
+    env.pop("FAIRPRUNE_DATA_DIRS", None)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url, home
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _stop_workers(home)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (`make chromium`)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": WIDTH, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(30_000)
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+def screenshot(pg, name: str) -> Path:
+    """The whole page: Streamlit scrolls inside its main block, so grow the viewport to its height first."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = pg.evaluate("() => { const m = document.querySelector('[data-testid=\"stMain\"]');"
+                         " return m ? m.scrollHeight : document.body.scrollHeight; }")
+    pg.set_viewport_size({"width": WIDTH, "height": max(900, int(height) + 40)})
+    pg.wait_for_timeout(1000)   # plotly redraws at the new size
+    path = ARTIFACTS / name
+    pg.screenshot(path=str(path), full_page=True)
+    pg.set_viewport_size({"width": WIDTH, "height": 900})
+    return path
+
+
+def no_exception(pg) -> None:
+    assert pg.locator('[data-testid="stException"]').count() == 0
+    assert pg.get_by_text("Something went wrong").count() == 0
+
+
+def test_try_the_demo_shows_results(server, page):
+    url, _ = server
+    page.goto(url)
+    button = page.get_by_role("button", name="Try the demo")
+    button.wait_for()
+    no_exception(page)
+    button.click()
+    page.wait_for_url(re.compile(r".*/results\?run=.+"))
+    # a generous wait, not a speed target (the demo takes seconds on an idle 2-core CPU; speed lives in bench/)
+    page.locator(".js-plotly-plot").nth(2).wait_for(timeout=240_000)
+    headline = page.locator(".fp-headline")
+    headline.wait_for()
+    text = headline.inner_text()
+    assert re.search(r"At 95% sparsity group (inverted|standard) (loses|gains)", text), text
+    assert page.locator(".js-plotly-plot").count() == 3
+    no_exception(page)
+    screenshot(page, "results.png")
+
+
+def test_bad_csv_shows_its_message_on_the_data_page(server, page, tmp_path):
+    url, _ = server
+    bad = tmp_path / "no_group.csv"
+    bad.write_text("f0,f1,label,team\n0.1,0.2,1,a\n0.3,0.1,0,b\n")
+    page.goto(f"{url}/data")
+    page.get_by_text("My own model and data").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Data file")
+    uploader.locator('input[type="file"]').set_input_files(str(bad))
+    error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="no_group.csv")
+    error.wait_for()
+    assert "expected group column 'group'" in error.inner_text()
+    assert "team" in error.inner_text()                  # the columns it found
+    no_exception(page)
+    screenshot(page, "bad_csv.png")
+
+
+def test_runs_page_lists_runs(server, page):
+    from fairprune import jobs
+    from fairprune.audit import AuditSpec
+    from fairprune.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    spec = AuditSpec(sparsities=(0.5, 0.9), demo="mnist", group=("label",))
+    run_id = store.create_run(spec.to_dict(), title="digits as groups")
+    while store.get(run_id).active:                      # the app's worker may already be serving this home
+        jobs.run_worker(store, once=True)
+        time.sleep(0.2)
+    assert store.get(run_id).status == "done"
+    page.goto(f"{url}/runs")
+    page.get_by_text("Compare two runs").wait_for()
+    page.get_by_text("digits as groups").first.wait_for()
+    if len(store.list()) >= 2:   # with the demo's run too, the two are compared side by side
+        page.locator(".js-plotly-plot").nth(5).wait_for()
+    page.wait_for_timeout(1000)
+    no_exception(page)
+    screenshot(page, "runs.png")

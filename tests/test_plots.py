@@ -1,0 +1,111 @@
+"""fairprune.plots: the figures draw the result's own numbers, in the documented units, and import no UI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import plotly.graph_objects as go
+import pytest
+
+from fairprune import plots
+from fairprune.result import (AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, Metrics, ModelInfo,
+                              Provenance)
+
+
+def _result() -> AuditResult:
+    """Two groups and a tiny one, two levels; numbers chosen so every drawn value can be checked by hand."""
+    dense_groups = {"a": Metrics(100, 0.90, 0.30), "b": Metrics(60, 0.80, 0.50), "c": Metrics(10, 0.70, 0.60)}
+
+    def level(s, drops, cis, sig):
+        groups = {g: Metrics(dense_groups[g].n, dense_groups[g].accuracy - d, dense_groups[g].loss + d,
+                             accuracy_drop=d, excessive_loss=d, accuracy_drop_ci95=ci, significant=sg,
+                             unreliable=dense_groups[g].n < 30)
+                  for (g, d), ci, sg in zip(drops.items(), cis, sig)}
+        spread = max(drops.values()) - min(drops.values())
+        return LevelResult(s, s, Metrics(170, 0.80, 0.45, accuracy_drop=0.05, excessive_loss=0.05), groups, 1.0,
+                           {"accuracy": spread, "loss": spread}, {"accuracy": (spread / 2, spread * 2)}, 0.3)
+
+    levels = [level(0.5, {"a": 0.01, "b": 0.05, "c": 0.10}, [(0.0, 0.02), (0.03, 0.08), (0.0, 0.3)],
+                    [False, False, False]),
+              level(0.9, {"a": 0.02, "b": 0.20, "c": 0.30}, [(0.01, 0.04), (0.15, 0.25), (0.1, 0.5)],
+                    [True, True, False])]
+    return AuditResult(ModelInfo("m", 10, 8), DataInfo("d", 170, {"a": 100, "b": 60, "c": 10}),
+                       AuditConfig("global_magnitude", [0.5, 0.9], 0, 0, "cpu"),
+                       Provenance("0", "0", "x", "y", "label", ["group"], 4),
+                       DenseResult(Metrics(170, 0.85, 0.4), dense_groups, 0.2), levels)
+
+
+def _trace(fig: go.Figure, name: str):
+    return next(t for t in fig.data if t.name == name)
+
+
+def test_accuracy_vs_sparsity_starts_dense_and_bands_follow_the_drop_ci():
+    r = _result()
+    fig = plots.accuracy_vs_sparsity(r)
+    line = _trace(fig, "b (n=60)")
+    assert list(line.x) == ["dense", "50%", "90%"]
+    assert list(line.y) == pytest.approx([80.0, 75.0, 60.0])
+    band = _trace(fig, "b 95% CI")
+    upper, lower = list(band.y[:3]), list(band.y[3:])[::-1]
+    # accuracy band = acc_dense - hi .. acc_dense - lo; none at the dense point
+    assert upper == pytest.approx([80.0, 80.0 - 3.0, 80.0 - 15.0])
+    assert lower == pytest.approx([80.0, 80.0 - 8.0, 80.0 - 25.0])
+    # the small group is drawn grey and dotted, without a band
+    small = _trace(fig, "c (n=10, unreliable)")
+    assert small.line.dash == "dot" and small.line.color == plots.UNRELIABLE_COLOR
+    assert not any(t.name == "c 95% CI" for t in fig.data)
+    assert list(_trace(fig, "overall").y) == pytest.approx([85.0, 80.0, 80.0])
+
+
+def test_drop_by_group_orders_marks_and_draws_the_overall_reference():
+    r = _result()
+    fig = plots.drop_by_group(r)          # default: the highest level
+    bar = fig.data[0]
+    assert list(bar.y) == ["c", "b", "a"]                     # largest drop first
+    assert list(bar.x) == pytest.approx([30.0, 20.0, 2.0])
+    assert list(bar.error_x.array) == pytest.approx([20.0, 5.0, 2.0])        # hi - drop
+    assert list(bar.error_x.arrayminus) == pytest.approx([20.0, 5.0, 1.0])   # drop - lo
+    assert bar.marker.color[0] == plots.UNRELIABLE_COLOR and bar.marker.pattern.shape[0] == "/"
+    ticks = list(fig.layout.yaxis.ticktext)
+    assert "+20.0 pts *" in ticks[1] and "*" not in ticks[0]   # significant marked, the unreliable one not
+    assert any(s.x0 == pytest.approx(5.0) and s.line.dash == "dash" for s in fig.layout.shapes)
+    notes = " ".join(a.text for a in fig.layout.annotations)
+    assert "under 30 samples" in notes and "Holm" in notes
+    assert "50%" in plots.drop_by_group(r, 0.5).layout.title.text
+    with pytest.raises(KeyError):
+        plots.drop_by_group(r, 0.7)
+
+
+def test_violation_vs_sparsity_has_accuracy_with_band_loss_on_the_right_and_the_gap():
+    fig = plots.violation_vs_sparsity(_result())
+    acc = _trace(fig, "violation, accuracy (pts)")
+    assert list(acc.y) == pytest.approx([9.0, 28.0])
+    band = _trace(fig, "95% CI (accuracy)")
+    assert list(band.y) == pytest.approx([18.0, 56.0, 14.0, 4.5])
+    loss = _trace(fig, "violation, loss (nats, right axis)")
+    assert loss.yaxis == "y2" and list(loss.y) == pytest.approx([0.09, 0.28])
+    gap = _trace(fig, "accuracy gap (pts)")
+    assert list(gap.x) == ["dense", "50%", "90%"] and list(gap.y) == pytest.approx([20.0, 30.0, 30.0])
+
+
+def test_group_sizes_marks_small_groups():
+    fig = plots.group_sizes({"a": 100, "b": 60, "c": 10})
+    bar = fig.data[0]
+    assert list(bar.y) == ["a", "b", "c"] and list(bar.x) == [100, 60, 10]
+    assert bar.marker.color[2] == plots.UNRELIABLE_COLOR
+
+
+def test_every_figure_serialises_and_definitions_cover_the_json_names():
+    r = _result()
+    for fig in (plots.accuracy_vs_sparsity(r), plots.drop_by_group(r), plots.violation_vs_sparsity(r)):
+        assert fig.to_json()
+    for key in ("accuracy_drop", "excessive_loss", "fairness_violation", "accuracy_gap", "accuracy_drop_ci95",
+                "significant", "unreliable"):
+        assert plots.DEFINITIONS[key]
+    assert "Eq. 2" in plots.DEFINITIONS["excessive_loss"] and "Eq. 3" in plots.DEFINITIONS["fairness_violation"]
+
+
+def test_plots_import_no_ui():
+    code = "import sys, fairprune.plots; assert 'streamlit' not in sys.modules, 'plots imported streamlit'"
+    subprocess.run([sys.executable, "-c", code], check=True)
