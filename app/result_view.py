@@ -13,6 +13,7 @@ import streamlit as st
 
 from fairprune import plots
 from fairprune.reading import headline, worst_group
+from fairprune.report import render_html
 from fairprune.result import AuditResult, LevelResult
 
 DEF = plots.DEFINITIONS
@@ -214,6 +215,16 @@ def render_result(result: AuditResult, *, key: str, run_id: str | None = None) -
                        file_name=f"fairprune-{run_id or 'result'}.json", key=f"{key}-download", icon=":material/download:",
                        help="The full result in fairprune's schema (fairprune.audit/1); "
                             "`fairprune report` and the CLI read it.")
+    redact = st.checkbox("Leave out per-sample content (for a report that leaves the team)", key=f"{key}-redact",
+                         help="Row indices of flipped and at-risk samples, rows and images are left out of the page "
+                              "and its embedded JSON; every aggregate is kept (`fairprune report --redact-samples`).")
+    # data as a callable: the report (plotly's JavaScript inlined, ~5 MB) is rendered only when clicked
+    st.download_button("Download report (HTML)", data=lambda: render_html(result, redact_samples=redact),
+                       mime="text/html", file_name=f"fairprune-report-{run_id or 'result'}.html", key=f"{key}-report",
+                       on_click="ignore", icon=":material/description:",
+                       help="One self-contained HTML file for stakeholders: the reading first, the charts (interactive, "
+                            "works offline), every figure, the definitions, the inputs' SHA-256 and the JSON. "
+                            "Prints to PDF. `fairprune report RUN_ID --out report.html` writes the same file.")
 
 
 def render_compact(result: AuditResult, *, key: str) -> None:

@@ -103,6 +103,7 @@ def demo_spec(name: str = DEFAULT_DEMO, *, group: tuple[str, ...] | None = None,
     from fairprune.data.demos import get_demo
 
     info = get_demo(name)
+    kw.setdefault("latency", True)   # the results page shows what each level buys, speed included
     return AuditSpec(sparsities=tuple(sparsities or info.default_sparsities), demo=name,
                      group=tuple(group or info.default_group), **kw)
 

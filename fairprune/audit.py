@@ -55,10 +55,12 @@ class AuditSpec:
     method: str = "global_magnitude"
     finetune_epochs: int = 0
     train_data: str | None = None
-    diagnostics: bool = False
+    diagnostics: bool | dict = False          # or a dict of fairprune.diagnose.DiagnosticsConfig options
     seed: int = 0
     device: str | None = None
     batch_size: int = 256
+    footprint: bool = True                    # measure size_bytes (fairprune.footprint)
+    latency: bool = False                     # also time each model (latency_ms): a timing, so off by default
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -109,7 +111,8 @@ def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
     model, data, train = load_inputs(spec)
     return audit(model, data, sparsities=spec.sparsities, method=spec.method,
                  finetune_epochs=spec.finetune_epochs, train_data=train, diagnostics=spec.diagnostics,
-                 seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel)
+                 seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel,
+                 measure_footprint=spec.footprint, measure_latency=spec.latency)
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
@@ -145,7 +148,8 @@ class Auditor:
 
     def __init__(self, model, data: GroupedDataset, *, method: str = "global_magnitude", finetune_epochs: int = 0,
                  train_data: GroupedDataset | None = None, seed: int = 0, device: str | torch.device | None = None,
-                 batch_size: int = 256, cancel: Callable[[], bool] | None = None):
+                 batch_size: int = 256, cancel: Callable[[], bool] | None = None, measure_footprint: bool = True,
+                 measure_latency: bool = False):
         from .data import validate_labels
         from .zoo import LoadedModel
 
@@ -179,7 +183,17 @@ class Auditor:
         self.groups = self.eval_data.group.astype(str)
         self.dense_pred = self._evaluate()
         d_overall, d_groups = group_metrics(self.dense_pred, self.y, self.groups, self.names)
-        self.dense = DenseResult(d_overall, d_groups, accuracy_gap(d_groups))
+        # What pruning buys (size_bytes, latency_ms): measured on one batch of up to 64 evaluation rows.
+        self.footprint, self._footprints, dense_fp = None, {}, None
+        if measure_footprint:
+            from .footprint import FootprintMeter
+
+            rows = next(self.eval_data.batches(min(model.fixed_batch_size or 64, self.eval_data.n), self.device))[0]
+            self.footprint = FootprintMeter(model, rows, latency=measure_latency)
+            dense_fp = self.footprint.dense()
+        self.dense = DenseResult(d_overall, d_groups, accuracy_gap(d_groups), getattr(dense_fp, "size_bytes", None),
+                                 getattr(dense_fp, "latency_ms", None))
+        self.dense_footprint = dense_fp
         self.prunable = list(prunable_parameters(self.module))
         self.example = next(self.eval_data.batches(min(2, self.eval_data.n), self.device))[0]
         self.masked = MaskedModel(self.module)
@@ -187,6 +201,16 @@ class Auditor:
 
     def _evaluate(self):
         return evaluate(self.model, self.eval_data, batch_size=self.batch_size, device=self.device, cancel=self.cancel)
+
+    def _measure_footprint(self, sparsity: float, masks) -> tuple[int | None, float | None]:
+        """(size_bytes, latency_ms) of the level whose masks are in place (None, None when switched off)."""
+        if self.footprint is None:
+            return None, None
+        from .footprint import STRUCTURED_METHODS
+
+        fp = self.footprint.level(masks, structured=self.method in STRUCTURED_METHODS, example_input=self.example)
+        self._footprints[sparsity] = fp
+        return fp.size_bytes, fp.latency_ms
 
     def measure(self, sparsities: Sequence[float], *, on_level: Callable[[LevelResult], None] | None = None,
                 inspect: Callable[[float, object], None] | None = None) -> list[LevelResult]:
@@ -207,12 +231,14 @@ class Auditor:
                     finetune(self.model, self.masked, self.train_data, epochs=self.finetune_epochs,
                              seed=_level_seed(self.seed, s), device=self.device, cancel=self.cancel)
                 pred = self._evaluate()
+                size_bytes, latency_ms = self._measure_footprint(s, masks)
                 overall, g_metrics, violation, violation_ci, gap = compare(
                     self.dense_pred, pred, self.y, self.groups, self.names, seed=_level_seed(self.seed, s))
                 self._levels[s] = LevelResult(
                     sparsity=s, achieved_sparsity=self.masked.achieved_sparsity(self.prunable), overall=overall,
                     groups=g_metrics, weight_distance=self.masked.weight_distance(self.prunable),
                     fairness_violation=violation, fairness_violation_ci95=violation_ci, accuracy_gap=gap,
+                    size_bytes=size_bytes, latency_ms=latency_ms,
                 )
                 if inspect is not None:
                     inspect(s, pred)
@@ -235,13 +261,17 @@ class Auditor:
             provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
                                   list(data.group_columns), eval_data.n_features),
             dense=self.dense, levels=levels, warnings=list(self.warnings),
+            sections={"footprint": self.footprint.section(
+                self.dense_footprint, {lv.sparsity: self._footprints[lv.sparsity] for lv in levels
+                                       if lv.sparsity in self._footprints})} if self.footprint is not None else {},
         )
 
 
 def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: str = "global_magnitude",
-          finetune_epochs: int = 0, train_data: GroupedDataset | None = None, diagnostics: bool = False,
+          finetune_epochs: int = 0, train_data: GroupedDataset | None = None, diagnostics: bool | dict = False,
           seed: int = 0, device: str | torch.device | None = None, batch_size: int = 256,
-          progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> AuditResult:
+          progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+          measure_footprint: bool = True, measure_latency: bool = False) -> AuditResult:
     """Audit ``model`` on ``data`` at each sparsity level, group by group.
 
     Args:
@@ -251,21 +281,43 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
         sparsities: fractions of prunable weights to remove, each in [0, 1).
         method: a registered pruning method (``fairprune.prune.list_methods()``).
         finetune_epochs: plain fine-tuning of each pruned model, masks fixed, before measuring.
+        diagnostics: True (defaults), a dict of :class:`fairprune.diagnose.DiagnosticsConfig` options, or
+            a config: adds the result section ``diagnostics`` (gradient norms, Hessian, margins per group,
+            for the dense model and each level; see the README).
         progress: ``progress(done, total, message)`` after each step; cancel: returns True to stop.
+        measure_footprint: measure ``size_bytes`` and ``latency_ms`` of the dense model and each level
+            (:mod:`fairprune.footprint`), with the section ``footprint`` saying how; False skips it.
+        measure_latency: also time the dense model and each level (``latency_ms``). Off by default: a
+            timing is the one figure two runs of the same command cannot reproduce, and the same command
+            twice must give the same JSON.
     """
     levels = _check_sparsities(sparsities)
+    diag_config = None
     if diagnostics:
-        raise InputError("--diagnostics is not available in this version of fairprune")
-    total = 1 + len(levels)
+        from .diagnose import AuditDiagnostics, DiagnosticsConfig
+
+        diag_config = DiagnosticsConfig.coerce(diagnostics)
     auditor = Auditor(model, data, method=method, finetune_epochs=finetune_epochs, train_data=train_data, seed=seed,
-                      device=device, batch_size=batch_size, cancel=cancel)
+                      device=device, batch_size=batch_size, cancel=cancel, measure_footprint=measure_footprint,
+                      measure_latency=measure_latency)
+    total = 1 + len(levels)
+    if diag_config is not None:
+        total += AuditDiagnostics.steps(len(auditor.names), len(levels), diag_config)
+    done = 1
     if progress is not None:
-        progress(1, total, "dense model evaluated")
-    done = iter(range(2, total + 1))
+        progress(done, total, "dense model evaluated")
+
+    def step(msg):
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total, msg)
 
     def on_level(lv):
-        step = next(done)
-        if progress is not None:
-            progress(step, total, f"level {step - 1} of {len(levels)} (sparsity {lv.sparsity:g}) done")
+        step(f"level {levels.index(lv.sparsity) + 1} of {len(levels)} (sparsity {lv.sparsity:g}) done")
 
-    return auditor.result(auditor.measure(levels, on_level=on_level))
+    diag = AuditDiagnostics(auditor, diag_config, step=step) if diag_config is not None else None
+    result = auditor.result(auditor.measure(levels, on_level=on_level, inspect=diag.inspect if diag else None))
+    if diag is not None:
+        result = result.with_section("diagnostics", diag.section(result.levels))
+    return result

@@ -59,10 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--sparsity", nargs="+", type=float, metavar="S", help="fractions of prunable weights to remove, e.g. 0.5 0.9")
     a.add_argument("--finetune-epochs", type=int, default=0, help="plain fine-tuning of each level before measuring (masks fixed)")
     a.add_argument("--diagnostics", action="store_true", help="per-group gradient norms, Hessian, margins")
+    a.add_argument("--no-footprint", action="store_true",
+                   help="skip measuring size_bytes (and latency_ms) of the dense model and each level")
+    a.add_argument("--latency", action="store_true",
+                   help="also time the dense model and each level (latency_ms); a timing differs from run to run, "
+                        "so it is off by default and the same command twice gives the same JSON")
     a.add_argument("--executor", choices=["local"], default="local")
     a.add_argument("--out", required=True, help="where to write the fairprune.audit/1 JSON")
     a.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
+    _add_search_check(sub)
+    _add_export(sub)
+    _add_mitigate(sub)
+    _add_diagnose(sub)
+    _add_report(sub)
     # `fairprune worker ...` is handed to fairprune.jobs.worker_main whole (see main); listed here for --help.
     sub.add_parser("worker", help="execute queued runs from the run store (the dashboard starts one itself)")
     sub.add_parser("models", help="list the architectures --arch accepts, with their arguments")
@@ -111,7 +121,8 @@ def cmd_audit(args) -> int:
         from .data.demos import get_demo
 
         args.sparsity = list(get_demo(args.demo).default_sparsities)
-    spec = _spec(args, finetune_epochs=args.finetune_epochs, diagnostics=args.diagnostics)
+    spec = _spec(args, finetune_epochs=args.finetune_epochs, diagnostics=args.diagnostics,
+                 footprint=not args.no_footprint, latency=args.latency)
     progress, close = _progress_bar(args.quiet)
     try:
         with warnings.catch_warnings():
@@ -149,7 +160,207 @@ def cmd_demo(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"audit": cmd_audit, "models": cmd_models, "demo": cmd_demo}
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    b = p.add_argument_group("budget (accuracy fractions: 0.02 = 2 points)")
+    b.add_argument("--max-violation", type=float, metavar="V", help="bound on the fairness violation in accuracy (max group drop - min group drop)")
+    b.add_argument("--max-overall-drop", type=float, metavar="D", help="bound on the overall accuracy drop")
+    b.add_argument("--max-group-drop", type=float, metavar="D", help="bound on every group's accuracy drop")
+    b.add_argument("--confidence", type=float, nargs="?", const=0.95, metavar="0.95",
+                   help="read each bound on the upper end of its 95%% bootstrap interval (default: the estimate)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="plain fine-tuning of each level before measuring (masks fixed)")
+
+
+def _add_search_check(sub) -> None:
+    s = sub.add_parser("search", conflict_handler="resolve", help="the highest sparsity within a fairness budget, per method")
+    _add_model_data(s)
+    s.add_argument("--method", action="append", metavar="NAME",
+                   help="pruning method; repeat to search several, one frontier each (default: global_magnitude)")
+    _add_budget(s)
+    s.add_argument("--lo", type=float, default=0.0, help="lowest sparsity searched (default 0)")
+    s.add_argument("--hi", type=float, default=0.99, help="highest sparsity searched (default 0.99)")
+    s.add_argument("--tol", type=float, default=0.01, help="bisection stops when the bracket is this narrow (default 0.01)")
+    s.add_argument("--max-evals", type=int, default=12, help="most levels measured per method (default 12)")
+    s.add_argument("--out", required=True, help="where to write the fairprune.search/1 JSON")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--no-footprint", action="store_true", help="skip measuring each level's size_bytes / latency_ms")
+    s.set_defaults(sparsity=None)
+    c = sub.add_parser("check", help="CI gate: exit 1 when the model pruned to --sparsity breaks the budget")
+    _add_model_data(c)
+    c.add_argument("--sparsity", dest="level", type=float, required=True, metavar="S", help="the sparsity to check, e.g. 0.9")
+    _add_budget(c)
+    c.add_argument("--out", help="also write the level as fairprune.audit/1 JSON with a `check` section")
+    c.set_defaults(sparsity=None)
+
+
+def _budget_kw(args) -> dict:
+    return dict(max_violation=args.max_violation, max_overall_drop=args.max_overall_drop,
+                max_group_drop=args.max_group_drop, confidence=args.confidence, finetune_epochs=args.finetune_epochs,
+                seed=args.seed, device=args.device, batch_size=args.batch_size)
+
+
+def cmd_search(args) -> int:
+    from .audit import load_inputs
+    from .search import Budget, search_methods
+
+    Budget(args.max_violation, args.max_overall_drop, args.max_group_drop, args.confidence)  # refuse before loading
+    methods = args.method or ["global_magnitude"]
+    args.method = methods[0]
+    model, data, train = load_inputs(_spec(args))
+    progress, close = _progress_bar(args.quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # warnings that matter are recorded in the result and printed below
+            report = search_methods(model, data, methods=methods, lo=args.lo, hi=args.hi, tol=args.tol,
+                                    max_evals=args.max_evals, train_data=train, measure_footprint=not args.no_footprint,
+                                    progress=progress, **_budget_kw(args))
+    finally:
+        close()
+    report.save(args.out)
+    for w in report.to_dict().get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    print(report.text())
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from .audit import load_inputs
+    from .search import Budget, check
+
+    Budget(args.max_violation, args.max_overall_drop, args.max_group_drop, args.confidence)  # refuse before loading
+    model, data, train = load_inputs(_spec(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = check(model, data, sparsity=args.level, method=args.method, train_data=train, **_budget_kw(args))
+    for w in result.audit.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.out:
+        result.audit.with_section("check", result.to_dict()).save(args.out)
+    print(result.summary())
+    return EXIT_OK if result.passed else EXIT_BUDGET
+
+
+COMMANDS = {"audit": cmd_audit, "models": cmd_models, "demo": cmd_demo, "search": cmd_search, "check": cmd_check}
+
+
+def _add_export(sub) -> None:
+    e = sub.add_parser("export", help="write the pruned model: physically smaller (structured_l1) or sparse weights")
+    _add_model_data(e)
+    e.add_argument("--sparsity", dest="level", type=float, required=True, metavar="S", help="the sparsity to export, e.g. 0.5")
+    e.add_argument("--format", choices=["pt2", "sparse-safetensors"], default="pt2",
+                   help="pt2 (default): a torch.export program, compacted for structured_l1; sparse-safetensors: "
+                        "the prunable weights in CSR where smaller")
+    e.add_argument("--out", required=True, help="where to write the model (.pt2 or .safetensors)")
+    e.set_defaults(sparsity=None)
+
+
+def cmd_export(args) -> int:
+    from .audit import load_inputs
+    from .export import run_export
+
+    model, data, _ = load_inputs(_spec(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run_export(model, data, sparsity=args.level, method=args.method, out=args.out, fmt=args.format,
+                       seed=args.seed, device=args.device)
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
+    change = r.weights_bytes / r.dense_weights_bytes - 1
+    print(f"{args.method} at sparsity {args.level:g} (achieved {r.achieved_sparsity:.3f})"
+          f"{', channels removed' if r.compacted else ''}\n"
+          f"  dense weights     {r.dense_weights_bytes:>12,} bytes  {r.dense_parameters:>12,} parameters\n"
+          f"  exported weights  {r.weights_bytes:>12,} bytes  {r.parameters:>12,} parameters  ({change:+.1%})\n"
+          f"  max |Δlogit| masked vs exported on {r.check_rows} rows: {r.max_abs_diff:.3g}\n"
+          f"wrote {r.path} ({r.file_bytes:,} bytes)")
+    return EXIT_OK
+
+
+COMMANDS["export"] = cmd_export
+
+
+def _add_mitigate(sub) -> None:
+    m = sub.add_parser("mitigate", conflict_handler="resolve",
+                       help="prune, then repair the disparate impact (fairness-constrained fine-tuning); "
+                            "measured on held-out rows against plain and reweighted fine-tuning")
+    _add_model_data(m)
+    m.add_argument("--method", default="constrained_loss",
+                   help="mitigation method: plain, reweighted, constrained_loss (default; the paper's Eq. 8), "
+                        "constrained_accuracy_gap (Balancing Act), protect_layers (no retraining)")
+    m.add_argument("--prune-method", default="global_magnitude", help="pruning method (default: global_magnitude)")
+    m.add_argument("--sparsity", type=float, metavar="S", help="fraction of prunable weights to remove, e.g. 0.9")
+    m.add_argument("--alpha", type=float, metavar="A",
+                   help="constraint tolerance (loss units for constrained_loss, accuracy for constrained_accuracy_gap; "
+                        "0 = the paper's equality; default: the method's)")
+    m.add_argument("--when", choices=["after", "before", "both"], default="after",
+                   help="fine-tune the pruned model (after, default), the dense model then prune (before), or both")
+    m.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs, the same for every method (default 3)")
+    m.add_argument("--seeds", type=int, default=1, metavar="K", help="run seeds SEED ... SEED+K-1: mean and *_std (default 1)")
+    m.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate, Adam (default 1e-3)")
+    m.add_argument("--dual-lr", type=float, metavar="ETA", help="step size of the multipliers (default: the method's)")
+    m.add_argument("--warmup", type=int, metavar="EPOCHS", help="epochs with the multipliers held at zero (default: the method's)")
+    m.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="group-balanced batches (default: the method's)")
+    m.add_argument("--dual-holdout", type=float, metavar="F",
+                   help="share of each group's training rows held back for the dual step (default: the method's)")
+    m.add_argument("--protect", type=int, metavar="K", help="protect_layers: at most K layers kept dense (default 2)")
+    m.add_argument("--train-fraction", type=float, default=0.5,
+                   help="without a split column or --train-data: share of each group's rows that fine-tune (default 0.5)")
+    m.add_argument("--out", required=True, help="where to write the JSON with the `mitigation` section")
+    m.add_argument("--save-model", metavar="PATH.pt2", help="write the first seed's mitigated model as a .pt2 program")
+    m.add_argument("--quiet", action="store_true", help="no progress bar or table")
+    m.set_defaults(batch_size=128)
+
+
+def cmd_mitigate(args) -> int:
+    from .mitigate._cli import run_mitigate
+
+    return run_mitigate(args, _progress_bar)
+
+
+COMMANDS["mitigate"] = cmd_mitigate
+
+
+def _add_diagnose(sub) -> None:
+    d = sub.add_parser("diagnose", help="per-sample loss, gradient norm and margin as CSV (dense or pruned model)")
+    _add_model_data(d)
+    d.add_argument("--sparsity", dest="level", type=float, metavar="S",
+                   help="diagnose the model pruned to S with --method (default: the dense model)")
+    d.add_argument("--boundary", nargs="?", type=int, const=32, default=None, metavar="N",
+                   help="also the input-space distance to the decision boundary (captum FGSM search) on N rows per "
+                        "group (default 32); slower")
+    d.add_argument("--out", required=True, help="where to write the per-sample CSV")
+    d.add_argument("--quiet", action="store_true", help="no per-group summary")
+    d.set_defaults(sparsity=None)
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnose._cli import run_diagnose
+
+    return run_diagnose(args, _spec(args))
+
+
+COMMANDS["diagnose"] = cmd_diagnose
+
+
+def _add_report(sub) -> None:
+    r = sub.add_parser("report", help="one self-contained HTML report (works offline, prints to PDF) of a result")
+    r.add_argument("source", metavar="RESULT.json|RUN_ID",
+                   help="a result JSON (fairprune audit --out), a mitigation JSON, a report HTML, or a run id in the run store")
+    r.add_argument("--out", required=True, help="where to write the HTML file")
+    r.add_argument("--redact-samples", action="store_true",
+                   help="leave per-sample content (row indices, rows, images) out of the page and its embedded JSON")
+    r.add_argument("--title", help="the report's title (default: the model and data names)")
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    out = write_report(args.source, args.out, redact_samples=args.redact_samples, title=args.title)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return EXIT_OK
+
+
+COMMANDS["report"] = cmd_report
 
 
 def main(argv: list[str] | None = None) -> int:

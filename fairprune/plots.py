@@ -19,7 +19,8 @@ import plotly.graph_objects as go
 from .result import AuditResult, LevelResult, Metrics
 
 __all__ = ["DEFINITIONS", "group_colors", "accuracy_vs_sparsity", "drop_by_group", "violation_vs_sparsity",
-           "group_sizes", "sparsity_label"]
+           "group_sizes", "sparsity_label", "footprint_vs_sparsity", "diagnostics_by_group", "DIAG_PANELS",
+           "mitigation_by_group", "mitigation_methods"]
 
 #: One-line definitions, keyed by the names used in the result JSON. [paper] / [fairprune] as in PAPER.md.
 DEFINITIONS: dict[str, str] = {
@@ -265,3 +266,184 @@ def group_sizes(sizes: Mapping[str, int], *, title: str = "Samples per group") -
     fig.update_yaxes(autorange="reversed", type="category")
     fig.update_xaxes(title_text="samples")
     return _layout(fig, title=title, height=max(220, 60 + 34 * len(names)))
+
+
+# ---- sections added by later capabilities (footprint, diagnostics, mitigation) ------------------------
+# Each builder takes the section as written in the result JSON (plain dicts) and tolerates missing keys.
+
+def _size_unit(nbytes: float) -> tuple[float, str]:
+    return (1e6, "MB") if nbytes >= 1e6 else (1e3, "kB")
+
+
+def footprint_vs_sparsity(result: AuditResult) -> go.Figure:
+    """Stored size of the weights and, where measured, latency of one batch, of the dense model and each
+    level (``size_bytes`` / ``latency_ms``): two panels side by side, so neither hides the other's labels.
+    ValueError when the result has no sizes."""
+    from plotly.subplots import make_subplots
+
+    parts = [result.dense, *result.levels]
+    cats = ["dense"] + [sparsity_label(lv.sparsity) for lv in result.levels]
+    sizes = [p.size_bytes for p in parts]
+    known = [s for s in sizes if s is not None]
+    if not known:
+        raise ValueError("the result has no size_bytes to draw; audit with the footprint measured")
+    scale, unit = _size_unit(max(known))
+    dense = result.dense.size_bytes
+    text = []
+    for s in sizes:
+        if s is None:
+            text.append("")
+        elif dense and s != dense:
+            text.append(f"{s / scale:.1f} {unit} ({s / dense - 1:+.0%})")
+        else:
+            text.append(f"{s / scale:.1f} {unit}")
+    latency = [p.latency_ms for p in parts]
+    timed = any(v is not None for v in latency)
+    fig = make_subplots(rows=1, cols=2 if timed else 1, horizontal_spacing=0.12,
+                        subplot_titles=[f"stored size ({unit})"] + (["latency (ms per batch)"] if timed else []))
+    fig.add_trace(go.Bar(x=cats, y=[None if s is None else s / scale for s in sizes], name=f"stored size ({unit})",
+                         marker_color="#56B4E9", text=text, textposition="outside", cliponaxis=False, showlegend=False,
+                         hovertext=[f"{c}: {t}" for c, t in zip(cats, text)], hoverinfo="text"), row=1, col=1)
+    fig.update_yaxes(range=[0, 1.2 * max(known) / scale], row=1, col=1)
+    if timed:
+        ms = [v for v in latency if v is not None]
+        fig.add_trace(go.Bar(x=cats, y=latency, name="latency (ms per batch)", marker_color="#E69F00", showlegend=False,
+                             text=[f"{v:.1f} ms" if v is not None else "not measured" for v in latency],
+                             textposition="outside", cliponaxis=False,
+                             hovertext=[f"{c}: {v:.2f} ms per batch" if v is not None else f"{c}: not measured"
+                                        for c, v in zip(cats, latency)], hoverinfo="text"), row=1, col=2)
+        fig.update_yaxes(range=[0, 1.2 * max(ms)], row=1, col=2)
+    fig.update_xaxes(title_text="sparsity", type="category", categoryorder="array", categoryarray=cats)
+    fig.update_annotations(font_size=14)
+    return _layout(fig, title="What pruning saves: stored size and latency", height=400)
+
+
+#: the per-group diagnostics drawn, in order: (DIAG key, panel title, standard-error key)
+DIAG_PANELS = (
+    ("grad_norm_mean", "mean per-sample gradient norm", None),
+    ("group_grad_norm", "‖g_a‖, gradient of the group's mean loss", None),
+    ("hessian_max_eig", "λ_max(H_a), Hessian top eigenvalue", "hessian_max_eig_se"),
+    ("hessian_trace", "Tr(H_a), Hessian trace", "hessian_trace_se"),
+    ("margin_mean", "mean margin p_y − max p_k≠y", None),
+    ("uncertainty_mean", "mean uncertainty Σ p_k(1 − p_k)", None),
+    ("boundary_distance_mean", "mean input distance to the boundary", None),
+)
+
+
+def diagnostics_by_group(diag: Mapping[str, Mapping[str, float | None]], *, groups: Sequence[str] | None = None,
+                         title: str = "Why some groups pay more: the dense model's per-group factors") -> go.Figure:
+    """Small multiples, one panel per factor of Theorem 1 and Theorem 2 that was measured, one bar per
+    group (whiskers: ± one standard error where the estimate has one).
+
+    ``diag``: group -> DIAG (the ``diagnostics.dense`` section). ValueError when no factor was measured.
+    """
+    from plotly.subplots import make_subplots
+
+    groups = list(groups) if groups is not None else list(diag)
+    colors = group_colors(groups)
+    panels = [p for p in DIAG_PANELS if any((diag.get(g) or {}).get(p[0]) is not None for g in groups)]
+    if not panels:
+        raise ValueError("the diagnostics hold no per-group figures to draw")
+    cols = 3 if len(panels) > 4 else 2
+    rows = -(-len(panels) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[p[1] for p in panels], shared_yaxes=True,
+                        horizontal_spacing=0.06, vertical_spacing=min(0.5 / rows, 0.9 / max(rows, 1)) if rows > 1 else 0.1)
+    for i, (key, _, se_key) in enumerate(panels):
+        r, c = divmod(i, cols)
+        vals = [(diag.get(g) or {}).get(key) for g in groups]
+        ses = [(diag.get(g) or {}).get(se_key) if se_key else None for g in groups]
+        fig.add_trace(go.Bar(
+            y=groups, x=vals, orientation="h", marker_color=[colors[g] for g in groups], showlegend=False,
+            error_x=dict(type="data", array=[s or 0 for s in ses], visible=any(s for s in ses), color="#444444"),
+            hovertext=[f"<b>{g}</b><br>{key} = {v:.4g}" + (f" ± {s:.2g}" if s else "") if v is not None
+                       else f"<b>{g}</b><br>{key}: not measured" for g, v, s in zip(groups, vals, ses)],
+            hoverinfo="text", name=key,
+        ), row=r + 1, col=c + 1)
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_annotations(font_size=13)
+    return _layout(fig, title=title, height=110 + rows * (70 + 30 * len(groups)))
+
+
+_NO_REPAIR = "pruned, no repair"
+
+
+def _mitigation_runs(section: Mapping) -> list[tuple[str, Mapping]]:
+    """(label, OUTCOME) for the pruned model without repair and every method tried, the method first."""
+    methods = dict(section.get("methods") or {})
+    if not methods:
+        if section.get("after") is not None:
+            methods[section.get("method", "mitigated")] = section["after"]
+        methods.update(section.get("baselines") or {})
+    runs = [(_NO_REPAIR, section["before"])] if section.get("before") else []
+    return runs + [(m, o) for m, o in methods.items() if o]
+
+
+def _method_label(name: str, section: Mapping) -> str:
+    return f"{name} (recommended)" if name == section.get("recommended") else name
+
+
+def mitigation_by_group(section: Mapping) -> go.Figure:
+    """Accuracy drop per group on the held-out rows: the pruned model without repair, then each method
+    tried (the ``mitigation`` section); whiskers ± one standard deviation over seeds where there are several."""
+    runs = _mitigation_runs(section)
+    if not runs:
+        raise ValueError("the mitigation section holds no outcomes to draw")
+    groups = list(runs[0][1].get("groups") or {})
+    fig = go.Figure()
+    for i, (name, o) in enumerate(runs):
+        ms = [(o.get("groups") or {}).get(g) or {} for g in groups]
+        drops = [_pts(m["accuracy_drop"]) if m.get("accuracy_drop") is not None else None for m in ms]
+        stds = [_pts(m.get("accuracy_drop_std") or 0) for m in ms]
+        color = UNRELIABLE_COLOR if name == _NO_REPAIR else _PALETTE[(i - 1) % len(_PALETTE)]
+        fig.add_trace(go.Bar(
+            y=groups, x=drops, orientation="h", name=_method_label(name, section), marker_color=color,
+            marker_line=dict(color="#000000" if name == section.get("recommended") else "rgba(0,0,0,0)", width=2),
+            error_x=dict(type="data", array=stds, visible=any(stds), color="#444444"),
+            hovertext=[f"<b>{g}</b> · {name}<br>drop {d:+.1f} pts" if d is not None else f"{g} · {name}: n/a"
+                       for g, d in zip(groups, drops)], hoverinfo="text",
+        ))
+    fig.add_vline(x=0, line=dict(color="#BBBBBB", width=1))
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_xaxes(title_text="accuracy drop on held-out rows (points; dense − model)")
+    fig = _layout(fig, title=f"Repair at {sparsity_label(section.get('sparsity', 0) or 0)} sparsity: accuracy drop "
+                             "per group, before and after", height=160 + len(groups) * (26 * len(runs) + 30))
+    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="top", y=-0.18, x=0), margin=dict(b=120))
+    return fig
+
+
+def mitigation_methods(section: Mapping) -> go.Figure:
+    """Methods compared on the held-out rows: overall accuracy (x) against the accuracy fairness
+    violation (y), one point per method (error bars ± one standard deviation over seeds). Lower right is better."""
+    runs = _mitigation_runs(section)
+    if not runs:
+        raise ValueError("the mitigation section holds no outcomes to draw")
+    fig = go.Figure()
+    # the recommended method drawn last, so a method on the same spot does not hide it
+    order = sorted(enumerate(runs), key=lambda item: item[1][0] == section.get("recommended"))
+    for i, (name, o) in order:
+        ov, fv = o.get("overall") or {}, o.get("fairness_violation") or {}
+        if ov.get("accuracy") is None or fv.get("accuracy") is None:
+            continue
+        color = UNRELIABLE_COLOR if name == _NO_REPAIR else _PALETTE[(i - 1) % len(_PALETTE)]
+        x, y = _pts(ov["accuracy"]), _pts(fv["accuracy"])
+        fig.add_trace(go.Scatter(
+            x=[x], y=[y], mode="markers", name=_method_label(name, section),   # names in the legend: points may coincide
+            marker=dict(size=18 if name == section.get("recommended") else 13, color=color,
+                        symbol="star" if name == section.get("recommended") else "circle",
+                        line=dict(color="#000000", width=1)),
+            error_x=dict(type="data", array=[_pts(ov.get("accuracy_std") or 0)], visible=bool(ov.get("accuracy_std"))),
+            error_y=dict(type="data", array=[_pts(fv.get("accuracy_std") or 0)], visible=bool(fv.get("accuracy_std"))),
+            hovertext=[f"<b>{name}</b><br>overall accuracy {x:.1f}%<br>violation {y:.1f} pts"], hoverinfo="text",
+        ))
+    # padded ranges: the best method sits at an edge (highest accuracy, lowest violation) and must not be clipped
+    xs = [v for tr in fig.data for v in tr.x]
+    ys = [v for tr in fig.data for v in tr.y]
+    if xs:
+        pad = max(0.5, 0.08 * (max(xs) - min(xs)))
+        fig.update_xaxes(range=[min(xs) - pad, max(xs) + pad])
+        fig.update_yaxes(range=[-0.06 * max(max(ys), 1), 1.1 * max(max(ys), 1)])
+    fig.update_xaxes(title_text="overall accuracy on held-out rows (%)", ticksuffix="%")
+    fig.update_yaxes(title_text="fairness violation, accuracy (points)")
+    fig = _layout(fig, title="Methods compared: accuracy against violation (lower right is better)", height=440)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(b=110))
+    return fig

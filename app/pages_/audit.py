@@ -75,7 +75,7 @@ run_clicked = st.button("Run the audit", type="primary", icon=":material/play_ar
                         disabled=not ready or levels is None)
 if run_clicked and ready and levels:
     with widgets.friendly_errors("Queuing the audit"):
-        common = dict(sparsities=tuple(levels), method=method, seed=int(seed), device=device,
+        common = dict(sparsities=tuple(levels), method=method, seed=int(seed), device=device, latency=True,
                       finetune_epochs=int(epochs))
         if inp["source"] == "demo":
             spec = widgets.demo_spec(inp["demo"], group=tuple(inp["group"]), **common)
