@@ -26,6 +26,9 @@ pages = {
         st.Page(widgets.PAGES["data"], title="Data & model", icon=":material/folder_open:", url_path="data"),
         st.Page(widgets.PAGES["audit"], title="Audit", icon=":material/content_cut:", url_path="audit"),
         st.Page(widgets.PAGES["results"], title="Results", icon=":material/insights:", url_path="results"),
+        st.Page(widgets.PAGES["why"], title="Why", icon=":material/psychology:", url_path="why"),
+        st.Page(widgets.PAGES["mitigate"], title="Mitigate", icon=":material/healing:", url_path="mitigate"),
+        st.Page(widgets.PAGES["search"], title="Operating point", icon=":material/target:", url_path="search"),
         st.Page(widgets.PAGES["runs"], title="Runs", icon=":material/history:", url_path="runs"),
     ]
 }

@@ -29,6 +29,9 @@ PAGES = {
     "audit": "pages_/audit.py",
     "results": "pages_/results.py",
     "runs": "pages_/runs.py",
+    "why": "pages_/why.py",
+    "mitigate": "pages_/mitigate.py",
+    "search": "pages_/search.py",
 }
 DEFAULT_DEMO = "mnist"
 #: How often a page showing a queued or running run looks at the store again (seconds).

@@ -87,6 +87,53 @@ def _execute_audit(store: RunStore, run: Run, progress, cancel) -> dict:
     return run_spec(AuditSpec.from_dict(run.spec), progress=progress, cancel=cancel).to_dict()
 
 
+@register_executor("mitigate")
+def _execute_mitigate(store: RunStore, run: Run, progress, cancel) -> dict:
+    """Run a mitigation spec (``fairprune.mitigate.MitigationSpec`` keys); returns ``{"mitigation": ...}``.
+
+    Spec keys: ``sparsity`` (required); ``method``, ``when``, ``epochs``, ``seeds``, ``seed``, ``alpha``,
+    ``dual_lr``, ``warmup``, ``balanced``, ``dual_holdout``, ``protect``, ``lr``, ``batch_size`` (fine-tuning),
+    ``train_fraction``, ``prune_method``, ``baselines``, ``also``, ``device``, ``save_model``; and the loading
+    keys of an audit spec: ``model``, ``data``, ``demo``, ``arch``, ``num_classes``, ``arch_args``, ``label``,
+    ``group``, ``features``, ``ignore``, ``missing_group``, ``normalize``, ``train_data``. Unknown keys are refused.
+    """
+    from .mitigate import MitigationSpec, run_spec as run_mitigation
+
+    return run_mitigation(MitigationSpec.from_dict(run.spec), progress=progress, cancel=cancel).to_dict()
+
+
+@register_executor("search")
+def _execute_search(store: RunStore, run: Run, progress, cancel) -> dict:
+    """The operating-point search (:func:`fairprune.search.search_methods`); returns search.json's dict.
+
+    Spec keys: ``methods`` (or ``method``), ``max_violation``, ``max_overall_drop``, ``max_group_drop``,
+    ``confidence``, ``lo``, ``hi``, ``tol``, ``max_evals``, ``grid``, ``finetune_epochs``, ``seed``, ``device``,
+    ``batch_size``; and the loading keys of an audit spec. Unknown keys are refused.
+    """
+    from .audit import AuditSpec, load_inputs
+    from .search import search_methods
+
+    load = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
+            "missing_group", "normalize", "train_data")
+    opts = ("max_violation", "max_overall_drop", "max_group_drop", "confidence", "lo", "hi", "tol", "max_evals",
+            "grid", "finetune_epochs", "seed", "device", "batch_size")
+    spec = dict(run.spec)
+    unknown = sorted(set(spec) - set(load) - set(opts) - {"methods", "method"})
+    if unknown:
+        raise InputError(f"search spec: unknown key(s) {unknown}; expected some of "
+                         f"{sorted({*load, *opts, 'methods', 'method'})}")
+    methods = spec.get("methods") or [spec.get("method") or "global_magnitude"]
+    methods = [methods] if isinstance(methods, str) else list(methods)
+    lspec = {k: spec[k] for k in load if k in spec}
+    for k in ("group", "features", "ignore"):
+        if lspec.get(k) is not None:
+            lspec[k] = tuple(lspec[k])
+    model, data, train = load_inputs(AuditSpec(sparsities=(0.5,), **lspec))
+    kw = {k: spec[k] for k in opts if spec.get(k) is not None}
+    report = search_methods(model, data, methods=methods, train_data=train, progress=progress, cancel=cancel, **kw)
+    return report.to_dict()
+
+
 def _import_plugins(modules: str | list[str] | None = None) -> None:
     """Import the modules that register extra executor kinds (``--import`` / ``$FAIRPRUNE_WORKER_IMPORTS``)."""
     names: list[str] = []

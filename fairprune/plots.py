@@ -20,7 +20,8 @@ from .result import AuditResult, LevelResult, Metrics
 
 __all__ = ["DEFINITIONS", "group_colors", "accuracy_vs_sparsity", "drop_by_group", "violation_vs_sparsity",
            "group_sizes", "sparsity_label", "footprint_vs_sparsity", "diagnostics_by_group", "DIAG_PANELS",
-           "mitigation_by_group", "mitigation_methods"]
+           "mitigation_by_group", "mitigation_methods", "diagnostic_dense_vs_level", "group_scatter",
+           "multipliers_over_time", "search_frontier"]
 
 #: One-line definitions, keyed by the names used in the result JSON. [paper] / [fairprune] as in PAPER.md.
 DEFINITIONS: dict[str, str] = {
@@ -445,5 +446,104 @@ def mitigation_methods(section: Mapping) -> go.Figure:
     fig.update_xaxes(title_text="overall accuracy on held-out rows (%)", ticksuffix="%")
     fig.update_yaxes(title_text="fairness violation, accuracy (points)")
     fig = _layout(fig, title="Methods compared: accuracy against violation (lower right is better)", height=440)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(b=110))
+    return fig
+
+
+def diagnostic_dense_vs_level(dense: Mapping[str, Mapping[str, float | None]],
+                              level: Mapping[str, Mapping[str, float | None]] | None, key: str, *,
+                              level_name: str = "pruned", title: str = "") -> go.Figure:
+    """One diagnostic (``key`` of DIAG) per group: the dense model's bar beside the pruned level's."""
+    groups = list(dense)
+    fig = go.Figure()
+    series = [("dense", dense, UNRELIABLE_COLOR)] + ([(level_name, level, _PALETTE[0])] if level else [])
+    for name, diag, color in series:
+        vals = [(diag.get(g) or {}).get(key) for g in groups]
+        fig.add_trace(go.Bar(y=groups, x=vals, orientation="h", name=name, marker_color=color,
+                             hovertext=[f"<b>{g}</b> · {name}<br>{key} = {v:.4g}" if v is not None
+                                        else f"{g} · {name}: not measured" for g, v in zip(groups, vals)],
+                             hoverinfo="text"))
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_xaxes(title_text=key)
+    fig = _layout(fig, title=title or key, height=140 + len(groups) * 26 * max(len(series), 1) + 40)
+    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="top", y=-0.25, x=0), margin=dict(b=100))
+    return fig
+
+
+def group_scatter(points: Mapping[str, tuple[float | None, float | None]], *, x_title: str, y_title: str,
+                  title: str = "") -> go.Figure:
+    """One labelled point per group (``points``: group -> (x, y)); groups with a missing value are left out."""
+    groups = [g for g, (x, y) in points.items() if x is not None and y is not None]
+    colors = group_colors(list(points))
+    fig = go.Figure()
+    for g in groups:
+        x, y = points[g]
+        fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers+text", text=[g], textposition="top center", name=g,
+                                 marker=dict(size=13, color=colors[g], line=dict(color="#000000", width=1)),
+                                 hovertext=[f"<b>{g}</b><br>{x_title}: {x:.4g}<br>{y_title}: {y:.4g}"],
+                                 hoverinfo="text", showlegend=False))
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title)
+    return _layout(fig, title=title or f"{y_title} against {x_title}", height=380)
+
+
+def multipliers_over_time(section: Mapping) -> go.Figure:
+    """The constrained method's Lagrange multipliers per group over epochs (the ``mitigation`` section's
+    ``multipliers``: a list per epoch of {GROUP: λ}, or {GROUP: [λ per epoch]}). ValueError when empty."""
+    mult = section.get("multipliers")
+    if not mult:
+        raise ValueError("the mitigation section holds no multipliers")
+    if isinstance(mult, Mapping):
+        series = {g: list(v) for g, v in mult.items()}
+    else:
+        series: dict[str, list] = {}
+        for epoch in mult:
+            if isinstance(epoch, Mapping):
+                for g, v in epoch.items():
+                    series.setdefault(g, []).append(v)
+    if not series:
+        raise ValueError("the mitigation section holds no multipliers per group")
+    colors = group_colors(list(series))
+    fig = go.Figure()
+    for g, vals in series.items():
+        fig.add_trace(go.Scatter(x=list(range(1, len(vals) + 1)), y=vals, mode="lines+markers", name=g,
+                                 line=dict(color=colors[g])))
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_yaxes(title_text="multiplier λ_a")
+    return _layout(fig, title="Lagrange multipliers per group over epochs", height=380)
+
+
+def search_frontier(search: Mapping) -> go.Figure:
+    """The operating-point search (search.json): accuracy fairness violation (points) against sparsity,
+    one line per pruning method, the budget's allowed region shaded, each method's recommended point a star."""
+    budget = search.get("budget") or {}
+    fig = go.Figure()
+    hi_y = 0.0
+    for i, (name, entry) in enumerate((search.get("methods") or {}).items()):
+        pts = sorted(entry.get("frontier") or [], key=lambda p: p["sparsity"])
+        color = _PALETTE[i % len(_PALETTE)]
+        ys = [_pts(p["violation"]) for p in pts]
+        hi_y = max([hi_y, *ys])
+        fig.add_trace(go.Scatter(
+            x=[_pts(p["sparsity"]) for p in pts], y=ys, mode="lines+markers", name=name, line=dict(color=color),
+            marker=dict(symbol=["circle" if p["feasible"] else "x" for p in pts], size=9),
+            hovertext=[f"<b>{name}</b> at {sparsity_label(p['sparsity'])}<br>violation {_pts(p['violation']):.1f} pts"
+                       f"<br>overall accuracy {_pts(p['overall_accuracy']):.1f}%<br>"
+                       f"{'within budget' if p['feasible'] else 'over budget'}" for p in pts], hoverinfo="text"))
+        rec = entry.get("recommended")
+        if rec:
+            fig.add_trace(go.Scatter(x=[_pts(rec["sparsity"])], y=[_pts(rec["violation"])], mode="markers",
+                                     name=f"{name}: recommended", marker=dict(symbol="star", size=20, color=color,
+                                                                               line=dict(color="#000000", width=1.5)),
+                                     hovertext=[f"<b>recommended for {name}</b>: {sparsity_label(rec['sparsity'])}"],
+                                     hoverinfo="text"))
+    mv = budget.get("max_violation")
+    if mv is not None:
+        fig.add_hrect(y0=0, y1=_pts(mv), fillcolor=_rgba("#009E73", 0.15), line_width=0,
+                      annotation_text="within the violation budget", annotation_position="top left")
+        hi_y = max(hi_y, _pts(mv))
+    fig.update_xaxes(title_text="sparsity (%)", ticksuffix="%")
+    fig.update_yaxes(title_text="fairness violation, accuracy (points)", range=[0, 1.1 * max(hi_y, 1)])
+    fig = _layout(fig, title="Operating point: violation against sparsity per method", height=440)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(b=110))
     return fig

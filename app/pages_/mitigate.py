@@ -1,0 +1,106 @@
+"""Mitigate: repair a pruned model's disparate impact at one level of a finished audit, then compare."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app import result_view, widgets
+from fairprune import plots
+from fairprune.mitigate import list_mitigations, recommend
+
+LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
+             "missing_group", "normalize", "train_data")
+MODEL_FILE = "mitigated.pt2"
+
+st.title("Mitigate")
+st.caption("Fine-tune (or re-mask) the pruned model so that the groups share the cost more evenly; every method is "
+           "measured on held-out rows, next to the pruned model without repair.")
+s = widgets.store()
+audits = [r for r in s.list(kind="audit") if r.status == "done"]
+mitigations = s.list(kind="mitigate")
+
+methods = {m.name: m.description for m in list_mitigations()}
+if not audits:
+    st.info("No finished audits yet: run one first, then repair one of its levels here.", icon=":material/info:")
+    st.page_link(widgets.PAGES["start"], label="Try the demo", icon=":material/play_arrow:")
+else:
+    by_id = {r.id: r for r in audits}
+    aid = st.selectbox("Finished audit", list(by_id), key="mit-audit", format_func=lambda i: widgets.run_label(by_id[i]))
+    audit = by_id[aid]
+    levels = [float(x) for x in audit.spec.get("sparsities", [])] or [0.9]
+    c = st.columns(4)
+    sparsity = c[0].selectbox("Level", levels, index=len(levels) - 1, key="mit-level", format_func=plots.sparsity_label)
+    method = c[1].selectbox("Method", list(methods), index=list(methods).index("constrained_loss")
+                            if "constrained_loss" in methods else 0, key="mit-method",
+                            help="\n".join(f"- **{n}**: {d}" for n, d in methods.items()))
+    epochs = c[2].number_input("Epochs", min_value=1, max_value=50, value=2, key="mit-epochs",
+                               help="Fine-tuning epochs every method gets (masks fixed).")
+    seeds = c[3].number_input("Seeds", min_value=1, max_value=10, value=1, key="mit-seeds",
+                              help="Repeat with this many seeds; figures are then means ± std.")
+    save = st.checkbox("Save the mitigated model (.pt2) for download", value=False, key="mit-save",
+                       help="Exports the first seed's model of the chosen method with torch.export.")
+    if st.button("Run mitigation", key="mit-run", type="primary", icon=":material/healing:"):
+        with widgets.friendly_errors("Queuing the mitigation"):
+            spec = {k: audit.spec[k] for k in LOAD_KEYS if audit.spec.get(k) is not None}
+            spec.update(sparsity=sparsity, method=method, epochs=int(epochs), seeds=int(seeds))
+            files = None
+            if save:
+                spec["save_model"] = MODEL_FILE       # create_run rewrites it to the run folder's file
+                files = {MODEL_FILE: b""}
+            rid = s.create_run(spec, kind="mitigate", title=f"{method} at {plots.sparsity_label(sparsity)} · "
+                               f"{audit.title or audit.id}", files=files)
+            widgets.start_worker(s)
+            st.session_state["mit-show"] = rid
+            mitigations = s.list(kind="mitigate")
+
+if mitigations:
+    st.divider()
+    mby = {r.id: r for r in mitigations}
+    want = st.session_state.get("mit-show")
+    ids = list(mby)
+    mid = st.selectbox("Mitigation run", ids, index=ids.index(want) if want in ids else 0, key="mit-pick",
+                       format_func=lambda i: f"{widgets.run_label(mby[i])} · {mby[i].status}")
+    run = mby[mid]
+    if run.active:
+        widgets.progress_panel(run.id)
+    elif run.status != "done":
+        st.error(run.error or f"The run was {run.status}.", icon=":material/error:")
+    else:
+        with widgets.friendly_errors("Reading the mitigation"):
+            sec = (run.result or {}).get("mitigation") or {}
+            rec = sec.get("recommended")
+            if rec is None:
+                try:
+                    rec = recommend(run.result)
+                except Exception:
+                    rec = None
+            if rec:
+                st.success(f"Recommended on held-out rows: **{rec}**.", icon=":material/thumb_up:")
+            for w in sec.get("warnings") or []:
+                st.warning(w)
+            cols = st.columns(2, gap="large")
+            with cols[0]:
+                result_view.chart(plots.mitigation_by_group(sec), key="mit-groups",
+                                  heading="Accuracy drop per group, before and after",
+                                  help=plots.DEFINITIONS["accuracy_drop"])
+            with cols[1]:
+                result_view.chart(plots.mitigation_methods(sec), key="mit-methods",
+                                  heading="Methods compared: violation vs overall accuracy",
+                                  help=plots.DEFINITIONS["fairness_violation_accuracy"])
+            if sec.get("multipliers"):
+                try:
+                    fig = plots.multipliers_over_time(sec)
+                except ValueError:
+                    fig = None
+                if fig is not None:
+                    result_view.chart(fig, key="mit-mult", heading="Multipliers over time",
+                                      help="The dual variables λ_a of the constrained method: a group whose constraint "
+                                           "is violated gets a growing weight.")
+            path = run.spec.get("save_model")
+            if path:
+                from pathlib import Path
+
+                p = Path(path)
+                if p.is_file() and p.stat().st_size > 0:
+                    st.download_button("Download the mitigated model (.pt2)", data=p.read_bytes(), file_name=p.name,
+                                       key="mit-download", icon=":material/download:")

@@ -1,0 +1,90 @@
+"""Search: the highest sparsity that stays within a fairness budget (the operating point), per method."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import result_view, widgets
+from fairprune import plots
+from fairprune.prune import list_methods
+
+st.title("Operating point")
+st.caption("Find the highest sparsity at which the pruned model stays within your budget: a coarse grid, then "
+           "bisection. The budget is read on the estimates, or on the upper end of their 95% interval.")
+s = widgets.store()
+inp = widgets.inputs()
+st.markdown(f"Searching {widgets.describe_inputs(inp)}.")
+
+names = [m.name for m in list_methods()]
+c = st.columns(3)
+max_violation = c[0].number_input("Max violation (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+                                  key="search-maxviol", help=plots.DEFINITIONS["fairness_violation_accuracy"])
+use_drop = c[1].checkbox("Bound the overall drop", value=False, key="search-usedrop")
+max_drop = c[1].number_input("Max overall drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
+                             key="search-maxdrop", disabled=not use_drop)
+confident = c[2].checkbox("Read the 95% upper bound", value=False, key="search-conf",
+                          help="Pass only levels whose 95% bootstrap interval stays within the budget.")
+chosen = st.multiselect("Pruning methods", names, default=names[:1], key="search-methods")
+evals = st.number_input("Most levels measured per method", min_value=2, max_value=30, value=8, key="search-evals")
+
+if st.button("Search", key="search-run", type="primary", disabled=not chosen, icon=":material/travel_explore:"):
+    with widgets.friendly_errors("Queuing the search"):
+        if inp.get("source") == "demo":
+            spec = {"demo": inp["demo"], "group": list(inp["group"])}
+            files = None
+        else:
+            m, d = inp["model"], inp["data"]
+            model_name, data_name = m["name"], d["name"]
+            if data_name == model_name:
+                data_name = "data-" + data_name
+            spec = {"model": model_name, "data": data_name, "arch": m.get("arch"),
+                    "num_classes": m.get("num_classes"), "arch_args": m.get("arch_args") or {}, "label": d["label"],
+                    "group": list(d["group"]), "ignore": list(d["ignore"]) if d.get("ignore") else None,
+                    "missing_group": d.get("missing_group", "error")}
+            files = {model_name: m["path"], data_name: d["path"]}
+        spec.update(methods=list(chosen), max_violation=max_violation / 100, max_evals=int(evals),
+                    confidence=0.95 if confident else None)
+        if use_drop:
+            spec["max_overall_drop"] = max_drop / 100
+        st.session_state["search-show"] = s.create_run(spec, kind="search", title=f"search {', '.join(chosen)}",
+                                                       files=files)
+        widgets.start_worker(s)
+
+runs = s.list(kind="search")
+if runs:
+    st.divider()
+    by = {r.id: r for r in runs}
+    ids = list(by)
+    want = st.session_state.get("search-show")
+    rid = st.selectbox("Search run", ids, index=ids.index(want) if want in ids else 0, key="search-pick",
+                       format_func=lambda i: f"{widgets.run_label(by[i])} · {by[i].status}")
+    run = by[rid]
+    if run.active:
+        widgets.progress_panel(run.id)
+    elif run.status != "done":
+        st.error(run.error or f"The run was {run.status}.", icon=":material/error:")
+    else:
+        with widgets.friendly_errors("Reading the search"):
+            res = run.result or {}
+            best = res.get("best")
+            if best:
+                st.success(f"Recommended: **{best['method']}** at **{plots.sparsity_label(best['sparsity'])}** "
+                           f"sparsity — violation {100 * best['violation']:.1f} pts, overall accuracy "
+                           f"{100 * best['overall_accuracy']:.1f}%.", icon=":material/target:")
+            else:
+                st.warning("No measured level met the budget.")
+            for name, entry in (res.get("methods") or {}).items():
+                if entry.get("note"):
+                    st.caption(f"{name}: {entry['note']}")
+            result_view.chart(plots.search_frontier(res), key="search-frontier",
+                              heading="Violation against sparsity per method",
+                              help="Shaded: within the violation budget. Crosses: levels over budget. Stars: the "
+                                   "recommended level of each method.")
+            rows = [{"method": name, "sparsity": p["sparsity"], "overall accuracy %": 100 * p["overall_accuracy"],
+                     "overall drop (pts)": 100 * p["overall_drop"], "violation (pts)": 100 * p["violation"],
+                     "worst group": p["worst_group"], "within budget": p["feasible"],
+                     "recommended": bool(entry.get("recommended"))
+                     and p["sparsity"] == entry["recommended"]["sparsity"]}
+                    for name, entry in (res.get("methods") or {}).items() for p in entry.get("frontier") or []]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, key="search-table", width="stretch")

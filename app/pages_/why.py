@@ -1,0 +1,153 @@
+"""Why: the diagnostics of one audit — which factors of Theorem 1 make a group pay for pruning."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app import result_view, widgets
+from fairprune import plots
+from fairprune.audit import AuditSpec
+from fairprune.result import AuditResult
+
+HELP = {
+    "theorem": "Theorem 1 (Tran et al. 2022): a group's excessive loss R(a) is bounded by ‖g_a‖·‖θ̄ − θ*‖ + "
+               "½ λ_max(H_a)·‖θ̄ − θ*‖² (+ a third-order remainder). Groups with larger gradient norms or a sharper "
+               "loss surface (larger Hessian eigenvalue) are hurt more by the same change of the weights.",
+    "grad_norm_mean": "Mean per-sample gradient norm ‖∇_θ ℓ(x, y)‖ over the group's samples, dense model: how much a "
+                      "sample's loss reacts to a change of the weights.",
+    "group_grad_norm": "‖g_a‖: norm of the gradient of the group's mean loss (Theorem 1's first term).",
+    "hessian": "λ_max(H_a): largest eigenvalue of the Hessian of the group's mean loss (power iteration); Tr(H_a): its "
+               "trace (Hutchinson). Whiskers: ± one standard error over row parts / probes.",
+    "margin_mean": "Margin p_y − max_{k≠y} p_k: the model's probability of the true class minus that of the strongest "
+                   "other class. Small or negative margins sit near the decision boundary.",
+    "boundary": "Input-space distance to the decision boundary is optional and slower (diagnostics option "
+                "boundary=True); it is shown in the panels only when it was measured.",
+    "flips": "Flipped sample: right under the dense model, wrong under the pruned one. Indices are row positions in "
+             "the input data.",
+}
+
+st.title("Why does a group pay?")
+st.caption(HELP["theorem"])
+s = widgets.store()
+runs = [r for r in s.list(kind="audit") if r.status == "done"]
+
+
+def _enqueue_with_diagnostics(spec: dict, title: str) -> None:
+    d = dict(spec)
+    d["diagnostics"] = True
+    rid = widgets.enqueue(AuditSpec.from_dict(d), title=title)
+    st.session_state["why-queued"] = rid
+
+
+if not runs:
+    st.info("No finished audits yet. Run the demo with diagnostics to see why groups pay.", icon=":material/info:")
+    if st.button("Run the demo with diagnostics", key="why-demo", icon=":material/play_arrow:"):
+        st.session_state["why-queued"] = widgets.enqueue(widgets.demo_spec(diagnostics=True),
+                                                         title="MNIST demo with diagnostics")
+    queued = st.session_state.get("why-queued")
+    if queued and widgets.get_run(s, queued) is not None:
+        widgets.progress_panel(queued)
+    st.stop()
+
+by_id = {r.id: r for r in runs}
+with_diag = [r.id for r in runs if (r.result or {}).get("diagnostics")]
+default = with_diag[0] if with_diag else runs[0].id
+run_id = st.selectbox("Finished audit", list(by_id), index=list(by_id).index(default), key="why-run",
+                      format_func=lambda i: widgets.run_label(by_id[i])
+                      + ("" if (by_id[i].result or {}).get("diagnostics") else " (no diagnostics)"))
+run = by_id[run_id]
+st.caption(widgets.run_inputs(run))
+queued = st.session_state.get("why-queued")
+if queued and (q := widgets.get_run(s, queued)) is not None and q.active:
+    widgets.progress_panel(queued)
+
+diag = (run.result or {}).get("diagnostics")
+if not diag:
+    st.info("This audit was run without diagnostics. Run the same audit again with them (gradient norms, Hessian, "
+            "margins per group; a few minutes on the demo).", icon=":material/info:")
+    st.button("Run with diagnostics", key="why-rerun", icon=":material/replay:", on_click=_enqueue_with_diagnostics,
+              args=(run.spec, f"{run.title or run.id} + diagnostics"))
+    st.stop()
+
+with widgets.friendly_errors("Reading the diagnostics"):
+    result = AuditResult.from_dict(run.result)
+    sparsities = [lv.sparsity for lv in result.levels]
+    idx = st.radio("Sparsity level", list(range(len(sparsities))), index=len(sparsities) - 1, horizontal=True,
+                   key="why-level", format_func=lambda i: plots.sparsity_label(sparsities[i]))
+    lv = result.levels[idx]
+    dense = diag.get("dense") or {}
+    levels = diag.get("levels") or []
+    level_diag = levels[idx] if idx < len(levels) else None
+
+    factors = (diag.get("factors") or {}).get("levels") or []
+    sentence = factors[idx].get("sentence") if idx < len(factors) else None
+    if sentence:
+        with st.container(border=True):
+            st.markdown(f"**{sentence}**", help="Spearman rank correlation, across groups, between each factor of the "
+                        "dense model and the groups' accuracy drops at this level.")
+
+    name = plots.sparsity_label(lv.sparsity)
+    cols = st.columns(2, gap="large")
+    with cols[0]:
+        result_view.chart(plots.diagnostic_dense_vs_level(dense, level_diag, "grad_norm_mean", level_name=name),
+                          key="why-grad", heading="Mean per-sample gradient norm, dense vs pruned",
+                          help=HELP["grad_norm_mean"])
+    with cols[1]:
+        result_view.chart(plots.diagnostic_dense_vs_level(dense, level_diag, "margin_mean", level_name=name),
+                          key="why-margin", heading="Mean margin p_y − max p_k≠y, dense vs pruned",
+                          help=HELP["margin_mean"])
+    hess = {g: {k: d.get(k) for k in ("hessian_max_eig", "hessian_max_eig_se", "hessian_trace", "hessian_trace_se")}
+            for g, d in dense.items()}
+    try:
+        fig = plots.diagnostics_by_group(hess, title="")
+    except ValueError:
+        st.caption("The Hessian was not measured for this run.")
+    else:
+        result_view.chart(fig, key="why-hessian", heading="Curvature per group (dense model): λ_max and trace, ± SE",
+                          help=HELP["hessian"])
+    st.caption(HELP["boundary"])
+
+    st.markdown("#### The paper's views")
+    sizes = dict(result.data.groups)
+    v = st.columns(3)
+    with v[0]:
+        result_view.chart(plots.group_scatter({g: (sizes.get(g), d.get("grad_norm_mean")) for g, d in dense.items()},
+                                              x_title="group size (samples)", y_title="mean gradient norm"),
+                          key="why-size", heading="Group size vs gradient norm",
+                          help="Smaller groups are often fitted less well and have larger gradients.")
+    with v[1]:
+        result_view.chart(plots.group_scatter(
+            {g: (d.get("grad_norm_mean"), 100 * lv.groups[g].accuracy_drop if g in lv.groups else None)
+             for g, d in dense.items()}, x_title="mean gradient norm", y_title=f"accuracy drop at {name} (pts)"),
+            key="why-drop", heading="Accuracy drop vs gradient norm", help=plots.DEFINITIONS["accuracy_drop"])
+    with v[2]:
+        result_view.chart(plots.group_scatter({g: (d.get("margin_mean"), d.get("hessian_max_eig"))
+                                               for g, d in dense.items()},
+                                              x_title="mean margin", y_title="λ_max(H_a)"),
+                          key="why-lam", heading="λ_max vs margin",
+                          help="Samples near the decision boundary (small margin) make the loss surface sharper.")
+
+    theory = diag.get("theory") or []
+    if idx < len(theory) and theory[idx]:
+        st.markdown("#### Theorem 1: bound vs measurement", help=HELP["theorem"])
+        t = pd.DataFrame([{"group": g, "grad term ‖g_a‖·d": r.get("grad_term"),
+                           "Hessian term ½λ_max·d²": r.get("hessian_term"), "bound": r.get("bound"),
+                           "measured excessive loss R(a)": r.get("excessive_loss"),
+                           "d = ‖θ̄ − θ*‖": r.get("weight_distance")} for g, r in theory[idx].items()])
+        st.dataframe(t, hide_index=True, key="why-theory", width="stretch")
+
+    flips = (diag.get("flips") or {}).get("levels") or []
+    if idx < len(flips) and flips[idx]:
+        fl = flips[idx]
+        st.markdown(f"#### Flipped samples at {name}: {fl.get('n_flips', 0)} flipped, {fl.get('n_fixed', 0)} fixed",
+                    help=HELP["flips"])
+        t = pd.DataFrame([{"group": g, "flipped": r.get("n"), "fixed (wrong → right)": r.get("fixed"),
+                           "row indices (first ones)": ", ".join(map(str, (r.get("indices") or [])[:50]))}
+                          for g, r in (fl.get("groups") or {}).items()])
+        st.dataframe(t, hide_index=True, key="why-flips", width="stretch")
+        pk = fl.get("precision_at_k") or {}
+        if pk.get("k"):
+            st.caption(f"Of the {pk['k']} rows most at risk by gradient norm, "
+                       f"{100 * (pk.get('grad_norm') or 0):.0f}% flipped; by margin {100 * (pk.get('margin') or 0):.0f}%; "
+                       f"at random {100 * (pk.get('random') or 0):.0f}%.")

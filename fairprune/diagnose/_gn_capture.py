@@ -1,0 +1,210 @@
+"""Capturing each covered layer call's activation and output gradient during one batched backward.
+
+Two ways in, one tape: forward hooks on ``nn.Module`` layers whose type has a rule, and an fx
+Interpreter over a ``torch.export`` graph (``ExportedModule``) that intercepts the aten ops with a rule.
+Each call's output gets a tensor hook *when it is produced*, so in-place ops that later modify the
+output (torchvision's ``ReLU(inplace=True)``, ``out += identity``) do not matter: a hook registered
+before an in-place change receives the gradient of the value before it.
+
+A call whose input carries no gradient (the first layer) has its output replaced by a detached leaf
+(cloned, so later in-place ops on it stay legal): the backward then stops there and never computes the
+gradient of the model's input, and the leaf's gradient is the call's output gradient.
+
+:func:`inspect_graph` walks the autograd graph before the backward and says which parameters are used
+by ops no rule saw (e.g. a weight a module reads directly, a tied weight, a custom op): those must fall
+back to a slower exact method.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from torch import nn
+
+from . import _gn_rules  # noqa: F401  (registers every rule)
+from ._gn_registry import ATEN_RULES, AtenCall, Call, module_extractor
+
+__all__ = ["Tape", "hooked", "exported_graph", "GraphInterpreter", "inspect_graph", "GraphReport"]
+
+
+class Tape:
+    """The calls of one forward pass, in order, and the leaves the backward differentiates for.
+
+    ``trainable`` maps id(parameter) -> name for the parameters whose gradients count; ``root`` is the
+    model's input tensor.
+    """
+
+    def __init__(self, trainable: dict[int, str], root: torch.Tensor):
+        self.trainable = trainable
+        self.root = root
+        self.calls: list[Call] = []
+        self.leaves: list[tuple[torch.Tensor, Call]] = []
+
+    def record(self, call: Call | None) -> torch.Tensor | None:
+        """Keep ``call`` if it uses a trainable parameter; return the tensor to use downstream instead of
+        its output (None: keep the output)."""
+        if call is None or not any(id(p) in self.trainable for p in call.params.values() if p is not None):
+            return None
+        out = call.out
+        if not isinstance(out, torch.Tensor) or not out.requires_grad or not isinstance(call.inp, torch.Tensor):
+            return None
+        call.version = call.inp._version
+        self.calls.append(call)
+        if not call.inp.requires_grad or call.inp is self.root:
+            leaf = out.detach().requires_grad_()
+            call.leaf = True
+            self.leaves.append((leaf, call))
+            return leaf.clone()
+        call.node = out.grad_fn
+        out.register_hook(partial(_keep_grad, call))
+        return None
+
+
+def _keep_grad(call: Call, grad: torch.Tensor) -> None:
+    call.grad = grad if call.grad is None else call.grad + grad
+
+
+def _on_forward(extract, tape: Tape, module: nn.Module, args: tuple, out):
+    if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    return tape.record(extract(module, args, out))
+
+
+@contextmanager
+def hooked(module: nn.Module, tape: Tape) -> Iterator[None]:
+    """Forward hooks on every layer of ``module`` that a rule covers, removed on exit."""
+    handles = []
+    try:
+        for m in module.modules():
+            extract = module_extractor(m)
+            if extract is not None:
+                handles.append(m.register_forward_hook(partial(_on_forward, extract, tape)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def exported_graph(module: nn.Module) -> torch.fx.GraphModule | None:
+    """The fx graph to interpret for a ``torch.export`` program (``ExportedModule`` or the graph module
+    ``ExportedProgram.module()`` gives), else None."""
+    from ..zoo import ExportedModule
+
+    gm = module.program if isinstance(module, ExportedModule) else module
+    if not isinstance(gm, torch.fx.GraphModule):
+        return None
+    if any(n.op == "call_function" and n.target in ATEN_RULES for n in gm.graph.nodes):
+        return gm
+    return None
+
+
+class GraphInterpreter(torch.fx.Interpreter):
+    """Runs an fx graph node by node, recording the calls of covered aten ops on ``tape``."""
+
+    def __init__(self, gm: torch.fx.GraphModule, tape: Tape):
+        super().__init__(gm)
+        self.tape = tape
+        self._attrs = {n: self.fetch_attr(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+
+    def _attr(self, node: torch.fx.Node) -> torch.Tensor | None:
+        value = self._attrs.get(node)
+        return value if isinstance(value, torch.Tensor) else None
+
+    def run_node(self, n: torch.fx.Node):
+        extract = ATEN_RULES.get(n.target) if n.op == "call_function" else None
+        if extract is None:
+            return super().run_node(n)
+        with self._set_current_node(n):
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            out = n.target(*args, **kwargs)
+            new = self.tape.record(extract(AtenCall(n, args, kwargs, out, self._attr)))
+        if new is None:
+            return out
+        if isinstance(out, (tuple, list)):
+            return type(out)([new, *out[1:]])
+        return new
+
+
+@dataclass
+class GraphReport:
+    """What the autograd graph says about the captured calls.
+
+    uncovered: ids of trainable parameters the graph uses through ops no rule captured;
+    unreached: captured calls whose backward would not run (no path to a leaf the backward asks for).
+    """
+
+    uncovered: set[int] = field(default_factory=set)
+    unreached: list[Call] = field(default_factory=list)
+
+
+def inspect_graph(root: torch.autograd.graph.Node | None, inputs: list[torch.Tensor], calls: list[Call],
+                  trainable: dict[int, str]) -> GraphReport:
+    """Walk the autograd graph from the loss: count the edges into each parameter's gradient
+    accumulator, and find which nodes lie on a path to one of ``inputs`` (the tensors the backward
+    differentiates for; only those nodes run).
+
+    A captured (non-leaf) call accounts for exactly one edge into each of its parameters, so a
+    parameter with more edges than captured calls is also used by something no rule saw.
+    """
+    report = GraphReport()
+    if root is None:
+        return report
+    input_ids = {id(t) for t in inputs}
+    children: dict[object, list[object]] = {}
+    edges: Counter[int] = Counter()
+    targets = set()
+    stack = [root]
+    children[root] = []
+    while stack:
+        fn = stack.pop()
+        kids = children[fn]
+        for nxt, _ in fn.next_functions:
+            if nxt is None:
+                continue
+            var = getattr(nxt, "variable", None)
+            if var is not None:
+                if id(var) in trainable:
+                    edges[id(var)] += 1
+                if id(var) in input_ids:
+                    targets.add(nxt)
+            kids.append(nxt)
+            if nxt not in children:
+                children[nxt] = []
+                stack.append(nxt)
+    reaches = _reaching(children, targets, root)
+    uses: Counter[int] = Counter()
+    for call in calls:
+        if call.leaf or call.node not in children:
+            continue          # a leaf's parameters are cut off the graph; an unused output has no node
+        if call.node not in reaches:
+            report.unreached.append(call)
+            continue
+        for p in call.params.values():
+            if p is not None and id(p) in trainable:
+                uses[id(p)] += 1
+    report.uncovered = {pid for pid in set(edges) | set(uses) if edges[pid] != uses[pid]}
+    return report
+
+
+def _reaching(children: dict[object, list[object]], targets: set, root) -> set:
+    """Nodes from which some node in ``targets`` can be reached (iterative post-order)."""
+    reach = set(targets)
+    done = set()
+    stack = [(root, False)]
+    while stack:
+        fn, expanded = stack.pop()
+        if expanded:
+            if any(k in reach for k in children[fn]):
+                reach.add(fn)
+            done.add(fn)
+            continue
+        if fn in done:
+            continue
+        stack.append((fn, True))
+        stack.extend((k, False) for k in children[fn] if k not in done)
+    return reach

@@ -1,0 +1,133 @@
+"""The registry of per-layer rules for per-sample gradient norms (after Opacus' grad samplers).
+
+A *call* is one use of a layer in a forward pass: its parameters, the activation ``a`` they act on and,
+after one batched backward of the summed per-sample losses, the gradient ``g`` of the loss with respect
+to the call's output. Because the loss is a sum of per-sample losses and samples do not interact (eval
+mode), row i of ``g`` is ∂ℓ_i/∂out_i, and each parameter's per-sample gradient is a small function of
+(a_i, g_i): a :class:`Rule` computes per-sample squared norms from them.
+
+``register_rule(nn.Linear, ...)`` maps a module type to an *extractor* that turns a module call into a
+:class:`Call`; ``register_aten_rule(aten.linear.default, ...)`` does the same for an op in a
+``torch.export`` graph; ``register_kind("linear")`` holds the math both share. An extractor returns
+None where it does not cover a configuration; the engine then falls back for those parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+__all__ = ["Call", "Rule", "AtenCall", "register_rule", "register_aten_rule", "register_kind",
+           "module_extractor", "ATEN_RULES", "KINDS", "first_output", "sumsq"]
+
+
+@dataclass(eq=False)
+class Call:
+    """One use of a layer in the forward pass.
+
+    kind: the math to use (a key of ``KINDS``); params: role ("weight", "bias") -> tensor the call used
+    (a parameter, another tensor, or None); inp: the activation the parameters act on, (B, ...);
+    out: the call's output (B, ...); opts: the layer's hyper-parameters; grad: ∂(Σ_i ℓ_i)/∂out, set after
+    the backward pass.
+    """
+
+    kind: str
+    params: dict[str, torch.Tensor | None]
+    inp: torch.Tensor
+    out: torch.Tensor
+    opts: dict = field(default_factory=dict)
+    grad: torch.Tensor | None = None
+    node: object = None          # out.grad_fn when captured (before any in-place change of out)
+    version: int = 0             # inp._version when captured: a later in-place change invalidates inp
+    leaf: bool = False           # out was replaced by a detached leaf (inp carries no gradient)
+
+    def rows(self, sl: slice) -> Call:
+        return replace(self, inp=self.inp[sl], grad=self.grad[sl])
+
+
+class Rule:
+    """The math of one kind of call. Masks are float 0/1 tensors of the parameter's shape, or None."""
+
+    def norm_sq(self, call: Call, roles: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """(B,) Σ over ``roles`` of ‖mask ⊙ ∇_role ℓ_i‖²."""
+        raise NotImplementedError
+
+    def grad_sample(self, call: Call, role: str) -> torch.Tensor:
+        """(B, *param.shape) per-sample gradients of parameter ``role`` (used when a parameter is shared)."""
+        raise NotImplementedError
+
+    def elems_per_sample(self, call: Call, roles: dict[str, torch.Tensor | None]) -> int:
+        """Largest intermediate per sample, in elements (the engine sizes row chunks from it)."""
+        return call.inp[0].numel() + call.grad[0].numel()
+
+
+KINDS: dict[str, Rule] = {}
+_MODULE_RULES: dict[type, Callable[[nn.Module, tuple, torch.Tensor], Call | None]] = {}
+ATEN_RULES: dict[object, Callable[["AtenCall"], Call | None]] = {}
+
+
+def register_kind(name: str):
+    def deco(cls):
+        KINDS[name] = cls()
+        return cls
+    return deco
+
+
+def register_rule(*layer_types: type):
+    """Register an extractor ``fn(module, args, output) -> Call | None`` for module types (exact or
+    subclasses that do not override ``forward``)."""
+    def deco(fn):
+        for t in layer_types:
+            _MODULE_RULES[t] = fn
+        return fn
+    return deco
+
+
+def register_aten_rule(*ops):
+    """Register an extractor ``fn(AtenCall) -> Call | None`` for ops of a ``torch.export`` graph."""
+    def deco(fn):
+        for op in ops:
+            ATEN_RULES[op] = fn
+        return fn
+    return deco
+
+
+def module_extractor(module: nn.Module):
+    """The extractor for ``module``'s type, or None. A subclass that overrides ``forward`` computes
+    something else, so it is not covered (its parameters fall back)."""
+    for t in type(module).__mro__:
+        fn = _MODULE_RULES.get(t)
+        if fn is not None:
+            return fn if type(module).forward is t.forward else None
+    return None
+
+
+@dataclass
+class AtenCall:
+    """An op call in an fx graph: the node, its evaluated args/kwargs, its output, and a way to see
+    through a transpose of a parameter (``addmm(b, a, t(W))``)."""
+
+    node: torch.fx.Node
+    args: tuple
+    kwargs: dict
+    out: object
+    attr: Callable[[torch.fx.Node], torch.Tensor | None]
+
+    def arg(self, i: int, name: str, default=None):
+        if len(self.args) > i:
+            return self.args[i]
+        return self.kwargs.get(name, default)
+
+
+def first_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+
+def sumsq(t: torch.Tensor) -> torch.Tensor:
+    """(B,) Σ of squares of each row of ``t`` (B, ...), as one batched dot product (no temporary)."""
+    flat = t.reshape(t.shape[0], 1, -1)
+    return torch.bmm(flat, flat.transpose(1, 2)).reshape(-1)
