@@ -94,6 +94,13 @@ def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
     with cols[1]:
         chart(plots.violation_vs_sparsity(result), key=f"{key}-viol",
               heading="Fairness violation: how unequally pruning hurts the groups", help=VIOL_HELP)
+    if result.dense.size_bytes is not None:
+        chart(plots.footprint_vs_sparsity(result), key=f"{key}-footprint",
+              heading="What pruning buys: size as shipped and latency",
+              help="size: bytes of the weights serialised as they would ship (unstructured levels in CSR where "
+                   "smaller, structured levels physically compacted). latency: median of repeated forward passes "
+                   "of one batch; unstructured sparsity runs at dense speed in dense kernels, structured levels are "
+                   "timed on the compacted model. Read it beside the fairness violation above.")
 
 
 GROUP_COLUMNS = {
