@@ -27,6 +27,12 @@ METHODS = ("constrained_loss", "constrained_accuracy_gap", "plain", "reweighted"
 #: fine-tuning budget per demo: (epochs, learning rate, batch size); the same for every method
 BUDGET = {"mnist": (3, 1e-3, 128), "adult": (3, 1e-3, 128)}
 GROUPING = {"mnist": None, "adult": ("race",)}
+#: per-demo options of the constrained methods (the registry's defaults elsewhere; see RESULTS.md for how
+#: they were chosen). Adult's held-out rows have the training rows' group mix, where group-balanced batches
+#: cost accuracy and fairness alike, so its constrained runs draw shuffled batches.
+OPTIONS = {"mnist": {},
+           "adult": {"constrained_loss": {"balanced": False, "alpha": 0.05},
+                     "constrained_accuracy_gap": {"balanced": False, "alpha": 0.02}}}
 
 
 def _cell(values: list[float]) -> str:
@@ -48,7 +54,7 @@ def run(demos, sparsities, seeds, quick=False, log=print):
         for s in sparsities:
             t = time.perf_counter()
             res = mitigate(demo_model(demo), data, sparsity=s, method=METHODS[0], baselines=("plain", "reweighted"),
-                           also=METHODS[1:], epochs=epochs, lr=lr, batch_size=bs, seeds=seeds, device="cpu")
+                           also=METHODS[1:], method_options=OPTIONS[demo], epochs=epochs, lr=lr, batch_size=bs, seeds=seeds, device="cpu")
             dt = time.perf_counter() - t
             best = recommend(res)
             raw[f"{demo}@{s}"] = res.to_dict()["mitigation"]

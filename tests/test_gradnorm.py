@@ -25,7 +25,7 @@ from fairprune.diagnose._gradnorm import (
     per_sample_grad_norms_reference,
 )
 from fairprune.errors import Cancelled
-from fairprune.zoo import LoadedModel, load_model, save_pt2
+from fairprune.zoo import ExportedModule, LoadedModel, load_model, save_pt2
 
 RTOL = 1e-3
 
@@ -225,6 +225,20 @@ def test_exported_program_with_dynamic_batch(tmp_path):
     masks = {n: torch.rand(p.shape, generator=g) > 0.5 for n, p in loaded.module.named_parameters() if p.dim() > 1}
     assert set(masks) >= {"program.features.0.weight", "program.classifier.1.weight"}
     assert_matches(loaded, x, y, masks=masks)
+
+
+def test_decomposed_exported_program_addmm_convolution_batchnorm():
+    """After run_decompositions: addmm(b, a, permute(W)), convolution, _native_batch_norm_legit_no_training."""
+    torch.manual_seed(19)
+    model = _randomise(SmallCNN())
+    x, y = _xy((1, 12, 12), 10, 5)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    graph = program.run_decompositions().module()
+    ops = {str(n.target) for n in graph.graph.nodes if n.op == "call_function"}
+    assert {"aten.addmm.default", "aten.convolution.default",
+            "aten._native_batch_norm_legit_no_training.default"} <= ops
+    got = assert_matches(ExportedModule(graph), x, y)
+    torch.testing.assert_close(got, per_sample_grad_norms_reference(model, x, y), rtol=RTOL, atol=0)
 
 
 def test_exported_program_with_fixed_batch_pads_and_ignores_padding(tmp_path):

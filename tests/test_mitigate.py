@@ -434,6 +434,19 @@ def test_cli_bad_input_exits_2(files, tmp_path, capsys, extra, fragments):
     assert not (tmp_path / "m.json").exists()
 
 
+def test_bad_options_are_refused_before_any_work(setting):
+    df, model = setting
+    with pytest.raises(InputError, match=r"unknown mitigation option\(s\) \['dual_step'\]"):
+        mitigate(model, dataset(df), sparsity=0.8, method="constrained_loss",
+                 method_options={"constrained_loss": {"dual_step": 1.0}})
+    with pytest.raises(InputError, match="does not try"):
+        mitigate(model, dataset(df), sparsity=0.8, method="plain", method_options={"constrained_loss": {}})
+    with pytest.raises(InputError, match="--dual-holdout"):
+        mitigate(model, dataset(df), sparsity=0.8, method="constrained_loss", dual_holdout=1.0)
+    with pytest.raises(InputError, match="unknown mitigation method 'nope'"):
+        mitigate(model, dataset(df), sparsity=0.8, method="nope")
+
+
 def test_audit_finetune_epochs_still_works(setting):
     from fairprune.audit import audit
 

@@ -10,7 +10,7 @@ weights are checked to be exactly zero after every fine-tuning run.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,7 +75,8 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
              lr: float = 1e-3, batch_size: int = 128,
              seed: int = 0, seeds: int = 1, train_data: GroupedDataset | None = None, train_fraction: float = 0.5,
              prune_method: str = "global_magnitude", baselines: Sequence[str] = ("plain", "reweighted"),
-             also: Sequence[str] = (), device: str | torch.device | None = None, amp: bool = True,
+             also: Sequence[str] = (), method_options: Mapping[str, Mapping] | None = None,
+             device: str | torch.device | None = None, amp: bool = True,
              eval_batch_size: int = 256, save_model: str | Path | None = None,
              progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> MitigationResult:
     """Prune ``model`` to ``sparsity``, repair it with ``method`` and the baselines, measure on held-out rows.
@@ -88,7 +89,9 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
         method: a registered mitigation method (:func:`list_mitigations`). ``alpha``, ``dual_lr``,
             ``warmup`` (epochs), ``balanced`` (group-balanced batches), ``dual_holdout`` (share of each
             group's training rows held back for the dual step), ``protect`` (layers) override its
-            defaults; None keeps them. Baselines and ``also`` run with their own defaults.
+            defaults; None keeps them. Baselines and ``also`` run with their own defaults, unless
+            ``method_options`` ({name: {option: value}}) says otherwise (the result records every
+            method's options; leave the baselines' alone for a like-for-like comparison).
         when: "after" (fine-tune the pruned model), "before" (fine-tune the dense model, then prune),
             "both" (``epochs`` before and ``epochs`` after).
         epochs, lr, batch_size: the fine-tuning budget (Adam), the same for every method.
@@ -103,7 +106,7 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
         model = LoadedModel.from_module(model, name=type(model).__name__)
     s = _check_args(sparsity, when, epochs, seeds, lr, batch_size, train_fraction)
     get_method(prune_method)
-    main = get_mitigation(method)
+    get_mitigation(method)
     names_tried = list(dict.fromkeys([method, *baselines, *also]))
     mitigations = {n: get_mitigation(n) for n in names_tried}
     if when != "after":
@@ -111,9 +114,14 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
         if no_retrain:
             raise InputError(f"{', '.join(no_retrain)} does not fine-tune, so --when {when} does not apply to it; "
                              f"expected --when after")
-    configs = {n: m.config() for n, m in mitigations.items()}
-    configs[method] = main.config(alpha=alpha, dual_lr=dual_lr, warmup=warmup, balanced=balanced,
-                                  dual_holdout=dual_holdout, protect=protect)
+    method_options = dict(method_options or {})
+    unknown = sorted(set(method_options) - set(mitigations))
+    if unknown:
+        raise InputError(f"method_options names method(s) {unknown} that this run does not try; "
+                         f"expected some of {list(mitigations)}")
+    configs = {n: m.config(**method_options.get(n, {})) for n, m in mitigations.items()}
+    configs[method] = configs[method].replaced(alpha=alpha, dual_lr=dual_lr, warmup=warmup, balanced=balanced,
+                                               dual_holdout=dual_holdout, protect=protect)
     seed_list = [int(seed) + i for i in range(seeds)]
 
     split = split_rows(data, train_data=train_data, train_fraction=train_fraction, seed=seed)

@@ -47,6 +47,24 @@ class MethodConfig:
     dual_holdout: float = 0.0
     protect: int = 0
 
+    def replaced(self, **overrides) -> "MethodConfig":
+        """A copy with the given (non-None) values replaced, checked; an unknown name is an InputError."""
+        unknown = sorted(set(overrides) - set(self.__dataclass_fields__))
+        if unknown:
+            raise InputError(f"unknown mitigation option(s) {unknown}; expected some of {list(self.__dataclass_fields__)}")
+        cfg = replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        if cfg.alpha < 0:
+            raise InputError(f"--alpha must be >= 0 (a tolerance); got {cfg.alpha!r}")
+        if cfg.dual_lr < 0:
+            raise InputError(f"--dual-lr must be >= 0; got {cfg.dual_lr!r}")
+        if cfg.warmup < 0:
+            raise InputError(f"--warmup must be >= 0 epochs; got {cfg.warmup!r}")
+        if not 0.0 <= cfg.dual_holdout < 1.0:
+            raise InputError(f"--dual-holdout must be a fraction in [0, 1); got {cfg.dual_holdout!r}")
+        if cfg.protect < 0:
+            raise InputError(f"--protect must be >= 0 layers; got {cfg.protect!r}")
+        return cfg
+
     def to_dict(self, method: "MitigationMethod") -> dict:
         d = {"balanced": self.balanced} if method.retrains else {}
         if method.constrained:
@@ -68,18 +86,7 @@ class MitigationMethod:
 
     def config(self, **overrides) -> MethodConfig:
         """The defaults with the given (non-None) values replaced; values are checked."""
-        cfg = replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
-        if cfg.alpha < 0:
-            raise InputError(f"--alpha must be >= 0 (a tolerance); got {cfg.alpha!r}")
-        if cfg.dual_lr < 0:
-            raise InputError(f"--dual-lr must be >= 0; got {cfg.dual_lr!r}")
-        if cfg.warmup < 0:
-            raise InputError(f"--warmup must be >= 0 epochs; got {cfg.warmup!r}")
-        if not 0.0 <= cfg.dual_holdout < 1.0:
-            raise InputError(f"--dual-holdout must be a fraction in [0, 1); got {cfg.dual_holdout!r}")
-        if cfg.protect < 0:
-            raise InputError(f"--protect must be >= 0 layers; got {cfg.protect!r}")
-        return cfg
+        return self.defaults.replaced(**overrides)
 
     def objective(self, names: list[str], cfg: MethodConfig, run) -> Objective | None:
         """``run``: what the engine prepared for this run (``run.probe``: held-back rows for the dual step
@@ -126,7 +133,7 @@ class ConstrainedLoss(MitigationMethod):
     description: str = ("the paper's Eq. 8: each group's loss held to the population's, |J_a − J| ≤ α, "
                         "by the Lagrangian dual method (one multiplier per group)")
     constrained: bool = True
-    defaults: MethodConfig = MethodConfig(alpha=0.0, dual_lr=0.05, warmup=1, balanced=True)
+    defaults: MethodConfig = MethodConfig(alpha=0.0, dual_lr=0.2, warmup=1, balanced=True)
 
     def objective(self, names, cfg, run):
         return LossConstraint(names, alpha=cfg.alpha, dual_lr=cfg.dual_lr, warmup=cfg.warmup, probe=run.probe)
@@ -139,7 +146,7 @@ class ConstrainedAccuracyGap(MitigationMethod):
     description: str = ("Balancing Act: each group's accuracy drop at most the overall drop + α (one-sided); "
                         "cross-entropy surrogate in the primal step, true accuracies in the dual step")
     constrained: bool = True
-    defaults: MethodConfig = MethodConfig(alpha=0.0, dual_lr=0.05, warmup=1, balanced=True)
+    defaults: MethodConfig = MethodConfig(alpha=0.0, dual_lr=0.2, warmup=1, balanced=True)
 
     def objective(self, names, cfg, run):
         return AccuracyGapConstraint(names, alpha=cfg.alpha, dual_lr=cfg.dual_lr, warmup=cfg.warmup,
