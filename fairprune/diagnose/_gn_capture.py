@@ -44,6 +44,7 @@ class Tape:
         self.root = root
         self.calls: list[Call] = []
         self.leaves: list[tuple[torch.Tensor, Call]] = []
+        self._handles: list = []
 
     def record(self, call: Call | None) -> torch.Tensor | None:
         """Keep ``call`` if it uses a trainable parameter; return the tensor to use downstream instead of
@@ -61,8 +62,19 @@ class Tape:
             self.leaves.append((leaf, call))
             return leaf.clone()
         call.node = out.grad_fn
-        out.register_hook(partial(_keep_grad, call))
+        self._handles.append(out.register_hook(partial(_keep_grad, call)))
         return None
+
+    def release(self) -> None:
+        """Drop the outputs, graph nodes and hooks once the backward is done. A hook lives on its
+        output's autograd node, which Python's garbage collector cannot see into: the cycle
+        call -> output -> node -> hook -> call would otherwise keep every activation alive."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for call in self.calls:
+            call.out = call.node = None
+        self.leaves.clear()
 
 
 def _keep_grad(call: Call, grad: torch.Tensor) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._gn_registry import AtenCall, Call, Rule, register_aten_rule, register_kind, register_rule, sumsq
+from ._gn_registry import AtenCall, Call, Rule, register_aten_rule, register_kind, register_rule, rowdot, sumsq
 
 __all__ = ["Geometry", "conv_method", "applicable", "METHODS"]
 
@@ -100,6 +100,7 @@ class Geometry:
 
 
 def applicable(method: str, geo: Geometry, masked: bool) -> bool:
+    """Whether ``method`` computes the (masked) norm for a convolution of geometry ``geo``."""
     if method == "outer":
         return geo.positions == 1
     if method.endswith("_shift") and geo.stride != (1, 1):
@@ -258,7 +259,7 @@ class _Conv(Rule):
 
     def _ghost_unfold(self, call, geo, m):
         u, g = self._unfold(call, geo)
-        return (torch.matmul(u.transpose(2, 3), u) * torch.matmul(g.transpose(2, 3), g)).sum((1, 2, 3))
+        return rowdot(torch.matmul(u.transpose(2, 3), u), torch.matmul(g.transpose(2, 3), g))
 
     def _ghost_shift(self, call, geo, m):
         x, gz = self._flat(call, geo)
@@ -268,7 +269,7 @@ class _Conv(Rule):
         for s in geo.shifts():
             win = q[:, s:s + n, s:s + n]
             gram = win.clone() if gram is None else gram.add_(win)
-        out = (gram * torch.bmm(gz.transpose(1, 2), gz)).sum((1, 2))
+        out = rowdot(gram, torch.bmm(gz.transpose(1, 2), gz))
         return out.view(geo.batch, geo.groups).sum(1)
 
     def _mat_unfold(self, call, geo, m):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 __all__ = ["Call", "Rule", "AtenCall", "register_rule", "register_aten_rule", "register_kind",
-           "module_extractor", "ATEN_RULES", "KINDS", "first_output", "sumsq"]
+           "module_extractor", "ATEN_RULES", "KINDS", "first_output", "rowdot", "sumsq"]
 
 
 @dataclass(eq=False)
@@ -127,7 +127,12 @@ def first_output(out):
 
 
 
+def rowdot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(B,) Σ u·v over all but the first dim of two (B, ...) tensors, as one batched dot product (no
+    temporary: fewer passes over memory, and one parallel region instead of two)."""
+    return torch.bmm(u.reshape(u.shape[0], 1, -1), v.reshape(v.shape[0], -1, 1)).reshape(-1)
+
+
 def sumsq(t: torch.Tensor) -> torch.Tensor:
-    """(B,) Σ of squares of each row of ``t`` (B, ...), as one batched dot product (no temporary)."""
-    flat = t.reshape(t.shape[0], 1, -1)
-    return torch.bmm(flat, flat.transpose(1, 2)).reshape(-1)
+    """(B,) Σ of squares of each row of ``t`` (B, ...)."""
+    return rowdot(t, t)

@@ -113,13 +113,18 @@ class _Engine:
         tape, loss, report = self._pass(x, y, self.root_grad)
         if report.unreached and not self.root_grad and x.is_floating_point():
             self.root_grad = True
+            tape.release()
+            del loss
             tape, loss, report = self._pass(x, y, True)
-        inputs = [leaf for leaf, _ in tape.leaves] + ([tape.root] if tape.root.requires_grad else [])
-        if inputs and loss.requires_grad:
-            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-            for (_, call), g in zip(tape.leaves, grads):
-                call.grad = g
-        del loss
+        try:
+            inputs = [leaf for leaf, _ in tape.leaves] + ([tape.root] if tape.root.requires_grad else [])
+            if inputs and loss.requires_grad:
+                grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+                for (_, call), g in zip(tape.leaves, grads):
+                    call.grad = g
+        finally:
+            del loss
+            tape.release()
         with torch.no_grad():
             return self._combine(tape, report, x, y)
 
@@ -163,12 +168,16 @@ class _Engine:
         if root_grad and root.is_floating_point():
             root.requires_grad_()
         tape = Tape(self.trainable, root)
-        with torch.enable_grad(), hooked(self.module, tape):
-            run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
-            logits = _forward(run, root, None)
-            if logits.shape[0] != n:                  # drop a fixed-batch program's padding rows
-                logits = logits[:n]
-            loss = loss_fn(logits, y.to(logits.device), reduction="sum")
+        try:
+            with torch.enable_grad(), hooked(self.module, tape):
+                run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
+                logits = _forward(run, root, None)
+                if logits.shape[0] != n:                  # drop a fixed-batch program's padding rows
+                    logits = logits[:n]
+                loss = loss_fn(logits, y.to(logits.device), reduction="sum")
+        except BaseException:
+            tape.release()
+            raise
         inputs = [leaf for leaf, _ in tape.leaves] + ([root] if root.requires_grad else [])
         return tape, loss, inspect_graph(loss.grad_fn, inputs, tape.calls, self.trainable)
 
