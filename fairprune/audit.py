@@ -21,7 +21,7 @@ import torch
 from . import __version__
 from .data import GroupedDataset
 from .errors import InputError
-from .evaluate import check_model_fits, evaluate, resolve_device
+from .evaluate import BatchSize, check_amp, check_model_fits, evaluate, resolve_device
 from .metrics import accuracy_gap, compare, group_metrics
 from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
 from .result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
@@ -30,6 +30,9 @@ __all__ = ["AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress
 
 #: progress(done, total, message): called after each step of a run.
 Progress = Callable[[int, int, str], None]
+
+#: --amp: 'auto' tries float16 on CUDA (never on the CPU) and keeps it only if checked; 'off' never.
+AMP_MODES = ("auto", "off", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class AuditSpec:
     diagnostics: bool | dict = False          # or a dict of fairprune.diagnose.DiagnosticsConfig options
     seed: int = 0
     device: str | None = None
-    batch_size: int = 256
+    batch_size: int | None = 256              # None: the device's default (1024 on CUDA); halved on out-of-memory
+    amp: str = "auto"                         # mixed precision: auto (CUDA only, if checked), off, float16, bfloat16
     footprint: bool = True                    # measure size_bytes (fairprune.footprint)
     latency: bool = False                     # also time each model (latency_ms): a timing, so off by default
 
@@ -112,7 +116,7 @@ def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
     return audit(model, data, sparsities=spec.sparsities, method=spec.method,
                  finetune_epochs=spec.finetune_epochs, train_data=train, diagnostics=spec.diagnostics,
                  seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel,
-                 measure_footprint=spec.footprint, measure_latency=spec.latency)
+                 measure_footprint=spec.footprint, measure_latency=spec.latency, amp=spec.amp)
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
@@ -148,8 +152,8 @@ class Auditor:
 
     def __init__(self, model, data: GroupedDataset, *, method: str = "global_magnitude", finetune_epochs: int = 0,
                  train_data: GroupedDataset | None = None, seed: int = 0, device: str | torch.device | None = None,
-                 batch_size: int = 256, cancel: Callable[[], bool] | None = None, measure_footprint: bool = True,
-                 measure_latency: bool = False):
+                 batch_size: int | None = 256, cancel: Callable[[], bool] | None = None, measure_footprint: bool = True,
+                 measure_latency: bool = False, amp: str = "auto"):
         from .data import validate_labels
         from .zoo import LoadedModel
 
@@ -159,8 +163,12 @@ class Auditor:
         if finetune_epochs < 0:
             raise InputError(f"--finetune-epochs must be >= 0; found {finetune_epochs}")
         self.model, self.data, self.method, self.seed = model, data, method, seed
-        self.finetune_epochs, self.batch_size, self.cancel = finetune_epochs, batch_size, cancel
+        self.finetune_epochs, self.cancel = finetune_epochs, cancel
         self.device = resolve_device(device)
+        self.batch = BatchSize(batch_size, self.device)   # shared by every pass: backs off once, remembered
+        if amp not in AMP_MODES:
+            raise InputError(f"--amp must be one of {', '.join(AMP_MODES)}; found {amp!r}")
+        self.amp_mode, self.amp, self.amp_check = amp, None, None
         self.eval_data = data.part("test") if data.split is not None else data
         if finetune_epochs and train_data is None:
             if data.split is None:
@@ -182,6 +190,7 @@ class Auditor:
         self.y = self.eval_data.y.numpy()
         self.groups = self.eval_data.group.astype(str)
         self.dense_pred = self._evaluate()
+        self._choose_precision()
         d_overall, d_groups = group_metrics(self.dense_pred, self.y, self.groups, self.names)
         # What pruning buys (size_bytes, latency_ms): measured on one batch of up to 64 evaluation rows.
         self.footprint, self._footprints, dense_fp = None, {}, None
@@ -199,8 +208,31 @@ class Auditor:
         self.masked = MaskedModel(self.module)
         self._levels: dict[float, LevelResult] = {}
 
+    @property
+    def batch_size(self) -> int:
+        return self.batch.value
+
     def _evaluate(self):
-        return evaluate(self.model, self.eval_data, batch_size=self.batch_size, device=self.device, cancel=self.cancel)
+        return evaluate(self.model, self.eval_data, batch_size=self.batch, device=self.device, cancel=self.cancel,
+                        amp=self.amp)
+
+    def _choose_precision(self) -> None:
+        """Mixed precision only where it keeps the dense model's predictions within AMP_TOLERANCE (checked
+        on every evaluated row); then every model of the audit is evaluated with it, dense included, so
+        the paired comparisons stay like for like."""
+        if self.amp_mode == "off" or (self.amp_mode == "auto" and self.device.type != "cuda"):
+            return
+        dtype = self.amp_mode if self.amp_mode != "auto" else "float16"
+        mixed = evaluate(self.model, self.eval_data, batch_size=self.batch, device=self.device, cancel=self.cancel,
+                         amp=dtype)
+        self.amp_check = check_amp(self.dense_pred, mixed, self.groups, dtype)
+        if self.amp_check.used:
+            self.amp, self.dense_pred = dtype, mixed
+        else:
+            self.warnings.append(
+                f"mixed precision ({dtype}) changed {1 - self.amp_check.prediction_agreement:.2%} of the dense "
+                f"model's predictions or a group's accuracy by {self.amp_check.max_group_accuracy_change:.2%} "
+                f"(tolerance {self.amp_check.tolerance:.2%}): every model is evaluated in full precision")
 
     def _measure_footprint(self, sparsity: float, masks) -> tuple[int | None, float | None]:
         """(size_bytes, latency_ms) of the level whose masks are in place (None, None when switched off)."""
@@ -260,18 +292,27 @@ class Auditor:
                                str(self.device.type)),
             provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
                                   list(data.group_columns), eval_data.n_features),
-            dense=self.dense, levels=levels, warnings=list(self.warnings),
-            sections={"footprint": self.footprint.section(
-                self.dense_footprint, {lv.sparsity: self._footprints[lv.sparsity] for lv in levels
-                                       if lv.sparsity in self._footprints})} if self.footprint is not None else {},
+            dense=self.dense, levels=levels, warnings=list(self.warnings), sections=self._sections(levels),
         )
+
+    def _sections(self, levels: list[LevelResult]) -> dict:
+        sections = {}
+        if self.footprint is not None:
+            sections["footprint"] = self.footprint.section(
+                self.dense_footprint, {lv.sparsity: self._footprints[lv.sparsity] for lv in levels
+                                       if lv.sparsity in self._footprints})
+        if self.amp_check is not None:       # only where mixed precision was tried (CUDA, or asked for)
+            sections["precision"] = self.amp_check.to_dict()
+        if self.batch.backoffs:
+            sections["batching"] = {"batch_size": self.batch.value, "out_of_memory_at": list(self.batch.backoffs)}
+        return sections
 
 
 def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: str = "global_magnitude",
           finetune_epochs: int = 0, train_data: GroupedDataset | None = None, diagnostics: bool | dict = False,
           seed: int = 0, device: str | torch.device | None = None, batch_size: int = 256,
           progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
-          measure_footprint: bool = True, measure_latency: bool = False) -> AuditResult:
+          measure_footprint: bool = True, measure_latency: bool = False, amp: str = "auto") -> AuditResult:
     """Audit ``model`` on ``data`` at each sparsity level, group by group.
 
     Args:
@@ -290,6 +331,9 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
         measure_latency: also time the dense model and each level (``latency_ms``). Off by default: a
             timing is the one figure two runs of the same command cannot reproduce, and the same command
             twice must give the same JSON.
+        amp: mixed precision for evaluation: 'auto' (float16 on CUDA when it changes at most 0.1% of the
+            dense model's predictions and no group's accuracy by more than 0.1 points; never on the CPU),
+            'off', or 'float16'/'bfloat16' (still checked). The section ``precision`` says what was used.
     """
     levels = _check_sparsities(sparsities)
     diag_config = None
@@ -299,7 +343,7 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
         diag_config = DiagnosticsConfig.coerce(diagnostics)
     auditor = Auditor(model, data, method=method, finetune_epochs=finetune_epochs, train_data=train_data, seed=seed,
                       device=device, batch_size=batch_size, cancel=cancel, measure_footprint=measure_footprint,
-                      measure_latency=measure_latency)
+                      measure_latency=measure_latency, amp=amp)
     total = 1 + len(levels)
     if diag_config is not None:
         total += AuditDiagnostics.steps(len(auditor.names), len(levels), diag_config)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from .data import GroupedDataset
 from .errors import Cancelled, InputError
 
-__all__ = ["Predictions", "evaluate", "model_outputs", "check_model_fits", "resolve_device"]
+__all__ = ["Predictions", "evaluate", "model_outputs", "check_model_fits", "resolve_device", "BatchSize",
+           "is_out_of_memory", "check_amp", "AmpCheck", "AMP_TOLERANCE"]
 
 OUTPUTS_ARE_PROBABILITIES = (
     "the model's outputs sum to 1 on every row: it looks like it outputs probabilities (softmax) rather than "
@@ -123,26 +124,121 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
     return k
 
 
-def evaluate(model, data: GroupedDataset, *, batch_size: int = 256, device: torch.device | str = "cpu",
-             cancel: Callable[[], bool] | None = None, amp: bool = False) -> Predictions:
-    """Evaluate ``model`` (a LoadedModel) on every row of ``data``, in row order."""
+class BatchSize:
+    """A batch size that backs off on CUDA out-of-memory and remembers it: an audit's K + 1 passes share
+    one, so the first pass finds the largest batch that fits and the others start from it.
+
+    ``None`` asks for the default of the device (1024 rows on CUDA, 256 on the CPU).
+    """
+
+    def __init__(self, value: int | None = None, device: torch.device | str = "cpu"):
+        if value is None:
+            value = 1024 if torch.device(device).type == "cuda" else 256
+        if int(value) < 1:
+            raise InputError(f"--batch-size must be a positive number of rows; found {value}")
+        self.value = int(value)
+        self.backoffs: list[int] = []          # the sizes that ran out of memory, in order
+
+    def shrink(self, err: BaseException) -> None:
+        if self.value == 1:
+            raise InputError("the model runs out of GPU memory on a single row; free the GPU or use --device cpu") from err
+        self.backoffs.append(self.value)
+        self.value = max(1, self.value // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        warnings.warn(f"out of GPU memory at batch size {self.backoffs[-1]}; retrying with {self.value}", stacklevel=3)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error, which a smaller batch may avoid."""
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def autocast(device: torch.device, amp: str | None):
+    """The autocast context for ``amp`` (None: full precision; 'float16' or 'bfloat16')."""
+    if not amp:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=getattr(torch, amp))
+
+
+def evaluate(model, data: GroupedDataset, *, batch_size: int | BatchSize | None = 256,
+             device: torch.device | str = "cpu", cancel: Callable[[], bool] | None = None,
+             amp: str | bool | None = None) -> Predictions:
+    """Evaluate ``model`` (a LoadedModel) on every row of ``data``, in row order.
+
+    ``batch_size``: rows per pass, or a shared :class:`BatchSize`; on CUDA out-of-memory the batch is
+    halved and the same rows retried (a warning says so), never the run failed. ``amp``: None
+    (full precision), 'float16' or 'bfloat16' autocast (True: float16 on CUDA, bfloat16 on CPU);
+    :func:`check_amp` says whether it keeps predictions within a tolerance. Per-batch results stay on
+    the device until the end, so host copies of the next batch (pinned, non-blocking) overlap compute.
+    """
     device = torch.device(device)
-    if model.fixed_batch_size:
-        batch_size = model.fixed_batch_size
+    if amp is True:
+        amp = "float16" if device.type == "cuda" else "bfloat16"
+    bs = batch_size if isinstance(batch_size, BatchSize) else BatchSize(batch_size, device)
+    fixed = model.fixed_batch_size
     losses, preds, margins = [], [], []
     k = None
+    start = 0
     with torch.inference_mode():
-        for xb, yb in data.batches(batch_size, device):
+        while start < data.n:
             if cancel is not None and cancel():
                 raise Cancelled("cancelled")
-            with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-                logits = model_outputs(model, xb)
+            size = fixed or bs.value
+            xb, yb = data.rows(start, start + size, device)
+            try:
+                with autocast(device, amp or None):
+                    logits = model_outputs(model, xb)
+                loss, pred, margin = per_sample(logits, yb)
+            except Exception as err:
+                if fixed or not is_out_of_memory(err):
+                    raise
+                del xb, yb
+                bs.shrink(err)
+                continue
             k = logits.shape[1]
-            loss, pred, margin = per_sample(logits, yb)
-            losses.append(loss.double().cpu())
-            preds.append(pred.cpu())
-            margins.append(margin.double().cpu())
-    loss = torch.cat(losses).numpy()
-    pred = torch.cat(preds).numpy()
-    return Predictions(loss=loss, pred=pred, correct=pred == data.y.numpy(), margin=torch.cat(margins).numpy(),
-                       num_outputs=int(k))
+            losses.append(loss)
+            preds.append(pred)
+            margins.append(margin)
+            start += size
+    loss = torch.cat(losses).double().cpu().numpy()
+    pred = torch.cat(preds).cpu().numpy()
+    return Predictions(loss=loss, pred=pred, correct=pred == data.y.numpy(),
+                       margin=torch.cat(margins).double().cpu().numpy(), num_outputs=int(k))
+
+
+#: AMP is used only when, on the dense model over every evaluated row, it changes at most this fraction
+#: of predictions and no group's accuracy by more than this (absolute).
+AMP_TOLERANCE = 0.001
+
+
+@dataclass(frozen=True)
+class AmpCheck:
+    """Whether mixed precision keeps the dense model's predictions within :data:`AMP_TOLERANCE`."""
+
+    dtype: str
+    prediction_agreement: float          # fraction of rows whose prediction is unchanged
+    max_group_accuracy_change: float     # largest |accuracy(AMP) − accuracy(fp32)| over groups
+    max_loss_change: float               # largest |ℓ(AMP) − ℓ(fp32)| over rows
+    tolerance: float
+    used: bool
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "used": self.used, "tolerance": self.tolerance,
+                "prediction_agreement": round(self.prediction_agreement, 6),
+                "max_group_accuracy_change": round(self.max_group_accuracy_change, 6),
+                "max_loss_change": round(self.max_loss_change, 6),
+                "checked_on": "the dense model, every evaluated row, against full precision"}
+
+
+def check_amp(full: Predictions, mixed: Predictions, groups: np.ndarray, dtype: str,
+              tolerance: float = AMP_TOLERANCE) -> AmpCheck:
+    """Compare full-precision and mixed-precision predictions of the same model on the same rows."""
+    agree = float(np.mean(full.pred == mixed.pred)) if len(full.pred) else 1.0
+    change = 0.0
+    for g in np.unique(groups):
+        rows = groups == g
+        change = max(change, abs(float(full.correct[rows].mean()) - float(mixed.correct[rows].mean())))
+    loss_change = float(np.max(np.abs(full.loss - mixed.loss))) if len(full.loss) else 0.0
+    ok = (1.0 - agree) <= tolerance and change <= tolerance
+    return AmpCheck(dtype, agree, change, loss_change, tolerance, ok)
