@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/run.py
 	$(PY) bench/gradnorm.py
 	$(PY) bench/hessian.py
+	$(PY) bench/throughput.py
 
 # Every mitigation method on the demos at 90/95/98% sparsity, 3 seeds; rewrites the table in bench/RESULTS.md.
 mitigate-results: venv
