@@ -21,7 +21,7 @@ from .result import AuditResult, LevelResult, Metrics
 __all__ = ["DEFINITIONS", "group_colors", "accuracy_vs_sparsity", "drop_by_group", "violation_vs_sparsity",
            "group_sizes", "sparsity_label", "footprint_vs_sparsity", "diagnostics_by_group", "DIAG_PANELS",
            "mitigation_by_group", "mitigation_methods", "diagnostic_dense_vs_level", "group_scatter",
-           "multipliers_over_time", "search_frontier"]
+           "multipliers_over_time", "search_frontier", "model_variants", "size_axis"]
 
 #: One-line definitions, keyed by the names used in the result JSON. [paper] / [fairprune] as in PAPER.md.
 DEFINITIONS: dict[str, str] = {
@@ -547,3 +547,78 @@ def search_frontier(search: Mapping) -> go.Figure:
     fig = _layout(fig, title="Operating point: violation against sparsity per method", height=440)
     fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, x=0), margin=dict(b=110))
     return fig
+
+
+def model_variants(result: AuditResult | Mapping) -> list[dict]:
+    """Every model an audit measured, on one footing: the dense model, each sparsity level and each
+    compression variant (the ``compression`` section: quantization, N:M, combinations), as dicts with
+    ``label``, ``kind`` ('dense', 'pruning', 'compression'), ``size_bytes``, ``latency_ms``, ``groups``
+    (name -> accuracy), ``violation`` (accuracy fairness violation; None for dense) and ``accuracy``."""
+    d = result.to_dict() if isinstance(result, AuditResult) else result
+    method = (d.get("config") or {}).get("method", "pruning")
+    out = [{"label": "dense", "kind": "dense", "size_bytes": d["dense"].get("size_bytes"),
+            "latency_ms": d["dense"].get("latency_ms"), "accuracy": d["dense"]["overall"]["accuracy"],
+            "groups": {g: m["accuracy"] for g, m in d["dense"]["groups"].items()}, "violation": None}]
+    for lv in d.get("levels", []):
+        out.append({"label": f"{method} {sparsity_label(lv['sparsity'])}", "kind": "pruning",
+                    "size_bytes": lv.get("size_bytes"), "latency_ms": lv.get("latency_ms"),
+                    "accuracy": lv["overall"]["accuracy"],
+                    "groups": {g: m["accuracy"] for g, m in lv["groups"].items()},
+                    "violation": (lv.get("fairness_violation") or {}).get("accuracy")})
+    for v in d.get("compression") or []:
+        viol = v.get("fairness_violation")
+        out.append({"label": v["method"] if not v.get("setting") else f"{v['method']} ({v['setting']})",
+                    "kind": "compression", "size_bytes": v.get("size_bytes"), "latency_ms": v.get("latency_ms"),
+                    "accuracy": v["overall"]["accuracy"],
+                    "groups": {g: m["accuracy"] for g, m in v["groups"].items()},
+                    "violation": viol.get("accuracy") if isinstance(viol, Mapping) else viol})
+    return out
+
+
+def size_axis(result: AuditResult | Mapping) -> go.Figure:
+    """Per-group accuracy of every model measured (dense, each sparsity level, each quantized or N:M
+    variant) against its stored size in bytes and, where timed, its latency: one marker per group and
+    model, the marker's colour the model's accuracy fairness violation. The smallest or fastest model
+    whose violation is within budget sits furthest left among the light markers.
+    ValueError when no model has a measured size."""
+    from plotly.subplots import make_subplots
+
+    rows = [r for r in model_variants(result) if r["size_bytes"] is not None]
+    if not rows:
+        raise ValueError("no model has a measured size_bytes; audit with the footprint measured")
+    timed = [r for r in rows if r["latency_ms"] is not None]
+    groups = list(rows[0]["groups"])
+    symbols = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon", "pentagon",
+               "triangle-down", "hourglass", "bowtie")
+    fig = make_subplots(rows=1, cols=2 if timed else 1, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=["against stored size"] + (["against latency"] if timed else []))
+    viols = [_pts(r["violation"]) for r in rows if r["violation"] is not None]
+    cmax = max(viols + [1e-9])
+    for col, (key, sub) in enumerate((("size_bytes", rows), ("latency_ms", timed)), start=1):
+        if not sub:
+            continue
+        for i, g in enumerate(groups):
+            xs, ys, cs, hover = [], [], [], []
+            for r in sub:
+                if g not in r["groups"]:
+                    continue
+                xs.append(r[key] / 1e6 if key == "size_bytes" else r[key])
+                ys.append(_pts(r["groups"][g]))
+                cs.append(0.0 if r["violation"] is None else _pts(r["violation"]))
+                where = (f"{r['size_bytes'] / 1e6:.3g} MB" +
+                         (f", {r['latency_ms']:.2f} ms" if r["latency_ms"] is not None else ""))
+                viol = "—" if r["violation"] is None else f"{_pts(r['violation']):.1f} points"
+                hover.append(f"<b>{r['label']}</b><br>{g}: {_pts(r['groups'][g]):.1f}% accuracy<br>{where}"
+                             f"<br>fairness violation {viol}")
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="markers", name=g, legendgroup=g, showlegend=col == 1,
+                marker=dict(symbol=symbols[i % len(symbols)], size=12, color=cs, cmin=0, cmax=cmax,
+                            colorscale="YlOrRd", line=dict(width=1, color="#333"),
+                            showscale=col == 1 and i == 0,
+                            colorbar=dict(title=dict(text="violation<br>(points)"), x=1.02)),
+                hovertext=hover, hoverinfo="text"), row=1, col=col)
+        fig.update_xaxes(type="log", title_text="stored size (MB, log)" if key == "size_bytes" else
+                         "latency (ms per batch, log)", row=1, col=col)
+    fig.update_yaxes(title_text="group accuracy (%)", row=1, col=1)
+    fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0))
+    return _layout(fig, title="Every model on one size axis: per-group accuracy, violation as colour", height=480)

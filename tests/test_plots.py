@@ -109,3 +109,29 @@ def test_every_figure_serialises_and_definitions_cover_the_json_names():
 def test_plots_import_no_ui():
     code = "import sys, fairprune.plots; assert 'streamlit' not in sys.modules, 'plots imported streamlit'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_size_axis_puts_levels_and_compression_variants_on_one_axis():
+    from dataclasses import replace
+
+    r = _result()
+    r = replace(r, dense=replace(r.dense, size_bytes=4_000_000),
+                levels=[replace(r.levels[0], size_bytes=2_000_000), replace(r.levels[1], size_bytes=800_000)])
+    d = r.to_dict()
+    d["compression"] = [{"method": "int8_dynamic", "setting": "", "size_bytes": 1_000_000, "latency_ms": None,
+                         "overall": {"accuracy": 0.84},
+                         "groups": {"a": {"accuracy": 0.89}, "b": {"accuracy": 0.75}, "c": {"accuracy": 0.70}},
+                         "fairness_violation": {"accuracy": 0.04, "loss": 0.01}, "accuracy_gap": 0.19}]
+    rows = plots.model_variants(d)
+    assert [x["label"] for x in rows] == ["dense", "global_magnitude 50%", "global_magnitude 90%", "int8_dynamic"]
+    assert [x["kind"] for x in rows] == ["dense", "pruning", "pruning", "compression"]
+    fig = plots.size_axis(d)
+    b = _trace(fig, "b")
+    # x: size in MB; y: the group's accuracy in percent; colour: the model's violation in points
+    assert list(b.x) == [4.0, 2.0, 0.8, 1.0]
+    assert list(b.y) == pytest.approx([80.0, 75.0, 60.0, 75.0])
+    assert list(b.marker.color) == pytest.approx([0.0, 9.0, 28.0, 4.0])
+    assert "int8_dynamic" in b.hovertext[3] and "4.0 points" in b.hovertext[3]
+    assert fig.layout.xaxis.type == "log" and len(fig.data) == 3        # no latency measured: one panel
+    with pytest.raises(ValueError, match="size_bytes"):
+        plots.size_axis(_result())
