@@ -101,6 +101,12 @@ def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
                    "smaller, structured levels physically compacted). latency: median of repeated forward passes "
                    "of one batch; unstructured sparsity runs at dense speed in dense kernels, structured levels are "
                    "timed on the compacted model. Read it beside the fairness violation above.")
+        chart(plots.size_axis(result), key=f"{key}-sizeaxis",
+              heading="Every model on one size axis: who pays for each byte saved",
+              help="One marker per group and model (dense, each sparsity level, each quantized or N:M variant): the "
+                   "group's accuracy against the model's stored size (and, where timed, latency), both on log "
+                   "scales. Colour: the model's accuracy fairness violation — "
+                   + DEF["fairness_violation_accuracy"] + " Pick the leftmost model whose markers are light enough.")
 
 
 GROUP_COLUMNS = {

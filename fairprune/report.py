@@ -380,6 +380,10 @@ def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> str:
     return ('<section id="footprint"><h2>Size and latency</h2>'
             + charts.add(plots.footprint_vs_sparsity(result), heading="What pruning saves",
                          caption="Stored size of the weights as they would ship; latency of one batch where measured.")
+            + charts.add(plots.size_axis(d), heading="Every model on one size axis",
+                         caption="Each group's accuracy against each model's stored size (and latency where timed): "
+                                 "the dense model, every sparsity level and every quantized or N:M variant; colour "
+                                 "is the model's accuracy fairness violation (largest minus smallest group drop).")
             + table
             + (f'<ul class="notes">{notes}</ul>' if notes else "") + "</section>")
 

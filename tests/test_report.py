@@ -217,7 +217,7 @@ def test_real_diagnostics_and_footprint_render(tmp_path):
     assert r.diagnostics and r.dense.size_bytes
     text = render_html(r)
     assert '<section id="footprint"' in text and '<section id="diagnostics"' in text
-    assert int(re.search(r'"fairprune-charts" content="(\d+)"', text).group(1)) == 4 + 1 + 1
+    assert int(re.search(r'"fairprune-charts" content="(\d+)"', text).group(1)) == 4 + 2 + 1   # footprint: size bars and the size axis
     flips = r.diagnostics["flips"]
     assert any(g["indices"] for lv in flips["levels"] for g in lv["groups"].values()), "the table flips some rows"
     red = embedded(render_html(r, redact_samples=True))["diagnostics"]["flips"]
@@ -348,7 +348,7 @@ def test_report_opens_in_chromium_with_every_chart_and_no_network(result, report
         finally:
             browser.close()
     assert demo["announced"] == demo["drawn"] == demo["figures"] == 4
-    assert sections["announced"] == sections["drawn"] == sections["figures"] == 4 + 1 + 1 + 2
+    assert sections["announced"] == sections["drawn"] == sections["figures"] == 4 + 2 + 1 + 2   # footprint: size bars and the size axis
     for seen in (demo, sections):
         assert not seen["errors"], seen["errors"]
         assert seen["all_traces"]
