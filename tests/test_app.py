@@ -133,7 +133,7 @@ def test_demo_end_to_end(worker_calls):
     assert_clean(at)
     headline = next(m.value for m in at.markdown if "sparsity group" in m.value)
     assert f"group {worst} loses" in headline and "At 95% sparsity" in headline
-    assert len(charts(at)) == 4                       # accuracy, drop, violation, size & latency
+    assert len(charts(at)) == 5    # accuracy, drop, violation, size & latency, size axis
     assert len(at.dataframe) == 2                     # every figure per group, and per level
     assert [m.label for m in at.metric][:2] == ["Overall accuracy", f"Worst group: {worst}"]
     assert all(m.help for m in at.metric), "every headline number carries its definition"
@@ -152,7 +152,7 @@ def test_results_default_to_the_latest_finished_run(worker_calls):
     open_page(at, "pages_/results.py")
     assert_clean(at)
     assert at.selectbox(key="results-run").value == first
-    assert len(charts(at)) == 4
+    assert len(charts(at)) == 5
 
 
 def test_failed_run_shows_the_library_message_and_can_be_requeued(worker_calls):

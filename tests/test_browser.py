@@ -150,7 +150,7 @@ def test_try_the_demo_shows_results(server, page):
     headline.wait_for()
     text = headline.inner_text()
     assert re.search(r"At 95% sparsity group (inverted|standard) (loses|gains)", text), text
-    assert page.locator(".js-plotly-plot").count() == 4   # accuracy, drop, violation, size & latency
+    assert page.locator(".js-plotly-plot").count() == 5   # accuracy, drop, violation, size & latency, size axis
     no_exception(page)
     screenshot(page, "results.png")
 
