@@ -11,6 +11,8 @@
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
+# Behind a TLS-intercepting proxy whose CA the base trusts: --build-arg PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ARG PIP_CERT
 # WITH_BROWSER=1 adds Debian's chromium, so `make test` (browser tests included) runs in the image too.
 ARG WITH_BROWSER=0
 ENV DEBIAN_FRONTEND=noninteractive \
