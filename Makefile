@@ -38,6 +38,7 @@ bench: venv
 	$(PY) bench/gradnorm.py
 	$(PY) bench/hessian.py
 	$(PY) bench/throughput.py
+	$(PY) bench/compression.py
 
 # Every mitigation method on the demos at 90/95/98% sparsity, 3 seeds; rewrites the table in bench/RESULTS.md.
 mitigate-results: venv

@@ -7,6 +7,7 @@ the ones listed in ``$FAIRPRUNE_DATA_DIRS``; only files that resolve inside them
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -17,11 +18,18 @@ from pathlib import Path
 import streamlit as st
 
 from app.widgets import store
+from fairprune.errors import InputError
+
+log = logging.getLogger("fairprune.app")
 
 #: Server folders a user may pick files from (os.pathsep-separated).
 DATA_DIRS_ENV = "FAIRPRUNE_DATA_DIRS"
 #: Upload folders of browser sessions untouched for this long are removed (seconds).
 STAGING_MAX_AGE_S = 24 * 3600
+#: Uploads larger than this many MiB are refused (``$FAIRPRUNE_MAX_UPLOAD_MB``; Streamlit's own limit,
+#: ``server.maxUploadSize`` in .streamlit/config.toml, is set to the same default).
+MAX_UPLOAD_ENV = "FAIRPRUNE_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 2048
 MODEL_TYPES = ["pt2", "pt", "pth", "safetensors", "ts", "jit"]
 DATA_TYPES = ["csv", "gz", "npz", "zip"]
 
@@ -62,8 +70,57 @@ def safe_name(name: str) -> str:
     return base or "upload"
 
 
-def stage_upload(uploaded, slot: str) -> Path:
-    """Write an st.file_uploader file to this session's staging folder (once per upload) and return its path."""
+BAD_UPLOAD_LIMIT = "{env}: expected a whole number of MiB greater than 0 (the upload limit); found {found!r}"
+UPLOAD_TOO_LARGE = (
+    "{name}: refused: the file is {size_mb:,.1f} MiB ({size:,} bytes), more than the upload limit of {limit_mb:,} MiB. "
+    "Put it in a folder listed in {data_dirs} and pick it under 'Server folders', or raise the limit: set {env} "
+    "and Streamlit's server.maxUploadSize (both in MiB; .streamlit/config.toml or --server.maxUploadSize) and "
+    "restart the dashboard"
+)
+
+
+def upload_limit_mb() -> int:
+    """The upload limit in MiB: ``$FAIRPRUNE_MAX_UPLOAD_MB`` (default 2048), and never more than Streamlit's
+    ``server.maxUploadSize``, which refuses a larger file in the browser before this app sees it.
+
+    Raises InputError when the variable is not a whole number > 0.
+    """
+    raw = os.environ.get(MAX_UPLOAD_ENV, "").strip()
+    try:
+        ours = int(raw) if raw else DEFAULT_MAX_UPLOAD_MB
+    except ValueError:
+        ours = 0
+    if ours <= 0:
+        raise InputError(BAD_UPLOAD_LIMIT.format(env=MAX_UPLOAD_ENV, found=raw))
+    try:
+        streamlit_mb = int(st.get_option("server.maxUploadSize"))
+    except (RuntimeError, ValueError, TypeError):
+        streamlit_mb = ours
+    if streamlit_mb < ours:
+        log.warning("%s=%d MiB, but Streamlit's server.maxUploadSize is %d MiB and refuses larger files first: "
+                    "set both to the same value", MAX_UPLOAD_ENV, ours, streamlit_mb)
+    return min(ours, streamlit_mb)
+
+
+def check_upload_size(name: str, size: int) -> None:
+    """Refuse (InputError) an upload of ``size`` bytes larger than :func:`upload_limit_mb`."""
+    limit_mb = upload_limit_mb()
+    if size > limit_mb << 20:
+        raise InputError(UPLOAD_TOO_LARGE.format(name=name, size=size, size_mb=size / (1 << 20), limit_mb=limit_mb,
+                                                 env=MAX_UPLOAD_ENV, data_dirs=DATA_DIRS_ENV))
+
+
+def stage_upload(uploaded, slot: str) -> Path | None:
+    """Write an st.file_uploader file to this session's staging folder (once per upload) and return its path.
+
+    A file over the upload limit (:func:`check_upload_size`) is not written: the page shows why, and None
+    comes back, as when nothing was uploaded.
+    """
+    try:
+        check_upload_size(uploaded.name, int(uploaded.size))
+    except InputError as err:
+        st.error(str(err), icon=":material/error:")
+        return None
     key = f"staged-{slot}"
     prev = st.session_state.get(key)
     if prev and prev[0] == uploaded.file_id and Path(prev[1]).is_file():

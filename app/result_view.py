@@ -102,12 +102,13 @@ def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
                    "of one batch; unstructured sparsity runs at dense speed in dense kernels, structured levels are "
                    "timed on the compacted model. Read it beside the fairness violation above.")
         chart(plots.size_axis(result), key=f"{key}-sizeaxis",
-              heading="Every model on one size axis: who pays for each byte saved",
-              help="One marker per group and model (dense, each sparsity level, each quantized or N:M variant): the "
-                   "group's accuracy against the model's stored size (and, where timed, latency), both on log "
-                   "scales. Colour: the model's accuracy fairness violation — "
-                   + DEF["fairness_violation_accuracy"] + " Pick the leftmost model whose markers are light enough.")
+              heading="Every model on one size axis: who pays for each byte saved", help=SIZE_AXIS_HELP)
 
+
+SIZE_AXIS_HELP = ("One marker per group and model (dense, each sparsity level, each quantized or N:M variant): the "
+                  "group's accuracy against the model's stored size (and, where timed, latency), both on log scales. "
+                  "Colour: the model's accuracy fairness violation — " + DEF["fairness_violation_accuracy"]
+                  + " Pick the leftmost model whose markers are light enough.")
 
 GROUP_COLUMNS = {
     "sparsity": st.column_config.NumberColumn("sparsity", help=DEF["sparsity"], format="%.3g"),
@@ -210,18 +211,94 @@ def provenance(result: AuditResult) -> None:
     )
 
 
+COMPRESSION_HELP = (
+    "Each variant (quantization, 2:4 sparsity, or steps joined by +) is applied to a copy of the dense model and "
+    "measured on the same rows exactly as a pruning level: " + DEF["accuracy_drop"] + " " + DEF["fairness_violation"]
+    + " quantized: the share of the model's parameters (by count) actually quantized. size: bytes of what the "
+    "variant stores (int8 values and their scales; 2:4 weights as kept values plus positions).")
+
+
+def compression_table(result: AuditResult) -> pd.DataFrame:
+    """One row per compression variant: the figures a level has, plus size, quantized share and how it ran."""
+    dense = result.dense.size_bytes
+    rows = []
+    for v in result.compression:
+        lv = v.level
+        g = worst_group(lv)
+        lo, hi = lv.fairness_violation_ci95.get("accuracy", (None, None))
+        cal = v.details.get("calibration") or {}
+        rows.append({
+            "variant": v.method, "setting": v.setting,
+            "size (kB)": None if v.size_bytes is None else v.size_bytes / 1e3,
+            "size vs dense": None if not (dense and v.size_bytes) else v.size_bytes / dense,
+            "latency (ms)": v.latency_ms, "quantized": v.quantized_fraction,
+            "accuracy %": 100 * lv.overall.accuracy, "drop (pts)": 100 * lv.overall.accuracy_drop,
+            "worst group": g, "its drop (pts)": 100 * lv.groups[g].accuracy_drop,
+            "violation acc (pts)": 100 * lv.fairness_violation["accuracy"],
+            "CI low": None if lo is None else 100 * lo, "CI high": None if hi is None else 100 * hi,
+            "violation loss ξ": lv.fairness_violation["loss"],
+            "calibration": ", ".join(f"{k} {n}" for k, n in (cal.get("groups") or {}).items()) or "—",
+            "kernel": v.details.get("kernel") or "—",
+        })
+    return pd.DataFrame(rows)
+
+
+COMPRESSION_COLUMNS = {
+    "size (kB)": st.column_config.NumberColumn("size (kB)", help="Bytes of what the variant stores, in kB.",
+                                               format="%.1f"),
+    "size vs dense": st.column_config.NumberColumn("size vs dense", help="Stored size / the dense model's.",
+                                                   format="%.2fx"),
+    "quantized": st.column_config.NumberColumn("quantized", help="Share of the model's parameters (by count) "
+                                               "actually quantized.", format="%.2f"),
+    "accuracy %": GROUP_COLUMNS["accuracy %"],
+    "drop (pts)": GROUP_COLUMNS["drop (pts)"],
+    "its drop (pts)": st.column_config.NumberColumn("its drop (pts)", help=DEF["accuracy_drop"], format="%+.2f"),
+    "violation acc (pts)": LEVEL_COLUMNS["violation acc (pts)"],
+    "CI low": LEVEL_COLUMNS["CI low"], "CI high": LEVEL_COLUMNS["CI high"],
+    "violation loss ξ": LEVEL_COLUMNS["violation loss ξ"],
+    "calibration": st.column_config.TextColumn("calibration", help="int8_static: calibration rows per group (a set "
+                                               "with few rows of a group is itself a cause worth seeing)."),
+}
+
+
+def compression_section(result: AuditResult, key: str) -> None:
+    """The compression variants: who pays for each, and every figure."""
+    if not result.compression:
+        return
+    st.subheader("Beyond pruning: quantization and 2:4 sparsity", help=COMPRESSION_HELP)
+    chart(plots.drop_by_variant(result), key=f"{key}-variants",
+          heading="Who pays for each compression variant", help=COMPRESSION_HELP + " Whiskers: "
+          + DEF["accuracy_drop_ci95"])
+    t = compression_table(result)
+    st.dataframe(t, column_config=COMPRESSION_COLUMNS, hide_index=True, key=f"{key}-compression", width="stretch",
+                 height=_height(len(t)))
+    notes = sorted({v.details.get("diagnostics_note") for v in result.compression} - {None})
+    kernels = sorted({(v.details.get("nm_2_4") or {}).get("sparse_kernel_note") for v in result.compression} - {None})
+    for note in notes + kernels:
+        st.caption(note)
+
+
 def render_result(result: AuditResult, *, key: str, run_id: str | None = None) -> None:
     """The whole reading of one result."""
-    if not result.levels:
-        st.warning("This result has no sparsity levels.")
+    if not result.levels and not result.compression:
+        st.warning("This result has no sparsity levels and no compression variants.")
         return
-    lv = pick_level(result, key)
-    show_headline(result, lv)
+    if result.levels:
+        lv = pick_level(result, key)
+        show_headline(result, lv)
+    else:
+        show_headline(result, None)
     for w in result.warnings:
         st.warning(w)
-    show_figures(result, lv)
-    charts(result, lv, key)
-    tables(result, key)
+    if result.levels:
+        show_figures(result, lv)
+        charts(result, lv, key)
+    elif result.dense.size_bytes is not None:
+        chart(plots.size_axis(result), key=f"{key}-sizeaxis",
+              heading="Every model on one size axis: who pays for each byte saved", help=SIZE_AXIS_HELP)
+    compression_section(result, key)
+    if result.levels:
+        tables(result, key)
     with st.expander("What was audited"):
         provenance(result)
     st.download_button("Download the result (JSON)", data=result.to_json(), mime="application/json",
@@ -242,6 +319,13 @@ def render_result(result: AuditResult, *, key: str, run_id: str | None = None) -
 
 def render_compact(result: AuditResult, *, key: str) -> None:
     """One column of a side-by-side comparison: the reading and the same charts, stacked."""
+    if not result.levels:           # compression variants only
+        show_headline(result, None)
+        st.caption(f"{result.model.name} on {result.data.name}; compression variants")
+        if result.compression:
+            chart(plots.drop_by_variant(result), key=f"{key}-variants", heading="Who pays for each variant",
+                  help=COMPRESSION_HELP)
+        return
     lv = result.levels[-1]
     show_headline(result, lv)
     st.caption(f"{result.model.name} on {result.data.name}; {result.config.method}")

@@ -107,7 +107,7 @@ def demo_spec(name: str = DEFAULT_DEMO, *, group: tuple[str, ...] | None = None,
 
     info = get_demo(name)
     kw.setdefault("latency", True)   # the results page shows what each level buys, speed included
-    return AuditSpec(sparsities=tuple(sparsities or info.default_sparsities), demo=name,
+    return AuditSpec(sparsities=tuple(info.default_sparsities if sparsities is None else sparsities), demo=name,
                      group=tuple(group or info.default_group), **kw)
 
 
@@ -136,8 +136,13 @@ def describe_inputs(inp: dict) -> str:
 
 # ---- runs -------------------------------------------------------------------------------------------
 def run_label(run: Run) -> str:
+    """A run's name in the run pickers: unique, because a selectbox keeps its choice by this text.
+
+    Two runs with one title queued in the same minute (the demo clicked twice, or in two sessions) would
+    otherwise share a label, and a page showing one could switch to the other.
+    """
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created))
-    return f"{run.title or run.id} · {when}"
+    return f"{run.title} · {when} · {run.id}" if run.title else f"{run.id} · {when}"
 
 
 def run_inputs(run: Run) -> str:
@@ -191,6 +196,10 @@ def progress_panel(run_id: str) -> None:
         st.warning("This run was deleted.")
         return
     if not run.active:
+        st.rerun()
+    if run.status == "running" and run.worker_pid not in s.live_workers() and run.id in s.reap():
+        # its worker is gone (killed, out of memory, shut down): say so now; a fresh worker takes the queue
+        start_worker(s)
         st.rerun()
     total, done = run.progress_total, run.progress_done
     frac = done / total if total else 0.0

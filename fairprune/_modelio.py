@@ -192,7 +192,7 @@ def _sniff(path: Path) -> str:
         raise InputError(f"{path}: expected a model file, {ACCEPTED_FORMATS}; found {found}")
     with open(path, "rb") as f:
         head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or zipfile.is_zipfile(path):
+    if head[:4] == b"PK\x03\x04" or _has_zip_directory(path):
         return _sniff_zip(path)
     if head[:2] in _PICKLE_HEADERS:
         return "pickle"
@@ -202,11 +202,22 @@ def _sniff(path: Path) -> str:
                      f"(the file starts with {head[:8]!r})")
 
 
+def _has_zip_directory(path: Path) -> bool:
+    """zipfile.is_zipfile, except that a damaged end record it raises on (a ZIP64 record claiming several
+    disks) also counts as a zip, so that it is reported as a corrupt archive."""
+    try:
+        return zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        return True
+
+
 def _sniff_zip(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as zf:
             names = {n.split("/", 1)[1] for n in zf.namelist() if "/" in n}
-    except (zipfile.BadZipFile, OSError) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as err:
+        # NotImplementedError: an unsupported zip version; ValueError (UnicodeDecodeError): a member name
+        # flagged UTF-8 that is not
         raise InputError(f"{path}: expected a model file, {ACCEPTED_FORMATS}; found a corrupt or truncated zip "
                          f"archive ({err})") from err
     if "archive_format" in names:
@@ -249,7 +260,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         match = re.search(r"GLOBAL ([\w.]+)", str(err))
         found = f"an object of class {match.group(1)}" if match else "a Python object"
         raise InputError(PICKLED_MODEL.format(path=path, found=found)) from err
-    except (RuntimeError, OSError, EOFError, ValueError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged pickle stream surfaces as KeyError, IndexError, struct.error...
         raise InputError(f"{path}: expected a torch.save archive of a state_dict; found a corrupt one "
                          f"({_first_line(err)})") from err
     if not isinstance(obj, Mapping) or not obj:
@@ -315,7 +328,9 @@ def _load_torchscript(path: Path) -> LoadedModel:
     """
     try:
         module = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged archive surfaces as RuntimeError, IndexError (C++ at())...
         raise InputError(f"{path}: expected a TorchScript archive torch.jit.load can read; found one it cannot "
                          f"({_first_line(err)})") from err
     return LoadedModel(module=module.eval(), name=path.stem, kind="torchscript", sha256=sha256_file(path),

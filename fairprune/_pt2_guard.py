@@ -98,8 +98,9 @@ def check_pt2_archive(data: bytes, *, name: str) -> None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             _Inspector(name, zf).run()
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as err:
-        # RuntimeError: zipfile's word for an encrypted entry
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, UnicodeDecodeError) as err:
+        # RuntimeError: zipfile's word for an encrypted entry; UnicodeDecodeError: an entry name flagged
+        # UTF-8 that is not (zipfile decodes names as it lists or opens them)
         raise InputError(f"{name}: expected a .pt2 zip archive; found a corrupt, truncated or encrypted zip "
                          f"({err})") from err
 

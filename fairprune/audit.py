@@ -3,7 +3,10 @@
 1. Evaluate the dense model per group (one pass).
 2. For each sparsity level: mask a copy of the weights (the dense values are kept), optionally
    fine-tune with the masks fixed, evaluate per group (one pass each), restore.
-3. Return an :class:`AuditResult`.
+3. For each compression variant (:mod:`fairprune.compress`: quantization, 2:4 sparsity, combinations):
+   compress a deep copy of the dense model, evaluate per group on the same rows, compare with the
+   dense predictions exactly as a level is compared (result section ``compression``).
+4. Return an :class:`AuditResult`.
 
 A K-level sweep costs K + 1 evaluation passes plus the mask computations: the model and data are
 loaded once, nothing is re-exported.
@@ -65,10 +68,11 @@ class AuditSpec:
     amp: str = "auto"                         # mixed precision: auto (CUDA only, if checked), off, float16, bfloat16
     footprint: bool = True                    # measure size_bytes (fairprune.footprint)
     latency: bool = False                     # also time each model (latency_ms): a timing, so off by default
+    compress: tuple[str, ...] = ()            # compression variants (fairprune.compress), e.g. ("int8_dynamic",)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("sparsities", "group", "features", "ignore"):
+        for k in ("sparsities", "group", "features", "ignore", "compress"):
             if d[k] is not None:
                 d[k] = list(d[k])
         return d
@@ -76,7 +80,7 @@ class AuditSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "AuditSpec":
         d = dict(d)
-        for k in ("sparsities", "group", "features", "ignore"):
+        for k in ("sparsities", "group", "features", "ignore", "compress"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -116,7 +120,8 @@ def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
     return audit(model, data, sparsities=spec.sparsities, method=spec.method,
                  finetune_epochs=spec.finetune_epochs, train_data=train, diagnostics=spec.diagnostics,
                  seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel,
-                 measure_footprint=spec.footprint, measure_latency=spec.latency, amp=spec.amp)
+                 measure_footprint=spec.footprint, measure_latency=spec.latency, amp=spec.amp,
+                 compress=spec.compress)
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
@@ -207,6 +212,8 @@ class Auditor:
         self.example = next(self.eval_data.batches(min(2, self.eval_data.n), self.device))[0]
         self.masked = MaskedModel(self.module)
         self._levels: dict[float, LevelResult] = {}
+        self._variants: dict[str, object] = {}            # canonical variant name -> VariantResult
+        self._variant_footprints: dict[str, dict] = {}
 
     @property
     def batch_size(self) -> int:
@@ -238,9 +245,10 @@ class Auditor:
         """(size_bytes, latency_ms) of the level whose masks are in place (None, None when switched off)."""
         if self.footprint is None:
             return None, None
-        from .footprint import STRUCTURED_METHODS
+        from .footprint import NM_METHODS, STRUCTURED_METHODS
 
-        fp = self.footprint.level(masks, structured=self.method in STRUCTURED_METHODS, example_input=self.example)
+        fp = self.footprint.level(masks, structured=self.method in STRUCTURED_METHODS, example_input=self.example,
+                                  nm=self.method in NM_METHODS)
         self._footprints[sparsity] = fp
         return fp.size_bytes, fp.latency_ms
 
@@ -281,7 +289,31 @@ class Auditor:
             self.masked.restore()
         return [self._levels[s] for s in levels]
 
-    def result(self, levels: list[LevelResult]) -> AuditResult:
+    def measure_compression(self, variants: Sequence[str], *, on_variant: Callable[[object], None] | None = None,
+                            diagnostics=None, step: Callable[[str], None] | None = None) -> list:
+        """VariantResults (:class:`fairprune.compress.VariantResult`) for the compression ``variants``
+        (names such as ``"int8_dynamic"`` or ``"nm_2_4+int8_dynamic"``), in the order given; variants
+        measured before come from the cache. Each is applied to a deep copy of the dense model (the dense
+        weights are never touched), evaluated on the same rows and compared like a level.
+
+        ``diagnostics``: an :class:`fairprune.diagnose.AuditDiagnostics` whose dense measurements the
+        variants' diagnostics reuse (None: no diagnostics); ``step(message)`` after each diagnostics step;
+        ``on_variant`` after each newly measured variant.
+        """
+        from .compress import measure_variant, parse_variants
+
+        out = []
+        for spec in parse_variants(list(variants)):
+            if spec.name not in self._variants:
+                result, fp = measure_variant(self, spec, diag=diagnostics, step=step)
+                self._variants[spec.name], self._variant_footprints[spec.name] = result, fp
+                if on_variant is not None:
+                    on_variant(result)
+            out.append(self._variants[spec.name])
+        return out
+
+    def result(self, levels: list[LevelResult], variants: Sequence | None = None) -> AuditResult:
+        """The AuditResult of ``levels`` and, when given, the ``compression`` section of ``variants``."""
         model, data, eval_data = self.model, self.data, self.eval_data
         params = dict(self.module.named_parameters())
         return AuditResult(
@@ -292,15 +324,19 @@ class Auditor:
                                str(self.device.type)),
             provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
                                   list(data.group_columns), eval_data.n_features),
-            dense=self.dense, levels=levels, warnings=list(self.warnings), sections=self._sections(levels),
+            dense=self.dense, levels=levels, warnings=list(self.warnings), sections=self._sections(levels, variants),
         )
 
-    def _sections(self, levels: list[LevelResult]) -> dict:
+    def _sections(self, levels: list[LevelResult], variants: Sequence | None = None) -> dict:
         sections = {}
         if self.footprint is not None:
             sections["footprint"] = self.footprint.section(
                 self.dense_footprint, {lv.sparsity: self._footprints[lv.sparsity] for lv in levels
                                        if lv.sparsity in self._footprints})
+            if variants:
+                sections["footprint"]["compression"] = [self._variant_footprints[v.method] for v in variants]
+        if variants:
+            sections["compression"] = [v.to_dict() for v in variants]
         if self.amp_check is not None:       # only where mixed precision was tried (CUDA, or asked for)
             sections["precision"] = self.amp_check.to_dict()
         if self.batch.backoffs:
@@ -312,15 +348,21 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
           finetune_epochs: int = 0, train_data: GroupedDataset | None = None, diagnostics: bool | dict = False,
           seed: int = 0, device: str | torch.device | None = None, batch_size: int = 256,
           progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
-          measure_footprint: bool = True, measure_latency: bool = False, amp: str = "auto") -> AuditResult:
-    """Audit ``model`` on ``data`` at each sparsity level, group by group.
+          measure_footprint: bool = True, measure_latency: bool = False, amp: str = "auto",
+          compress: Sequence[str] = ()) -> AuditResult:
+    """Audit ``model`` on ``data`` at each sparsity level and each compression variant, group by group.
 
     Args:
         model: a :class:`fairprune.zoo.LoadedModel` or a plain ``nn.Module`` (wrapped, eval mode).
         data: the grouped dataset. When it has a ``split``, the 'test' rows are measured and the
             'train' rows fine-tune (unless ``train_data`` is given).
-        sparsities: fractions of prunable weights to remove, each in [0, 1).
+        sparsities: fractions of prunable weights to remove, each in [0, 1); may be empty when
+            ``compress`` names variants (at least one of the two is required).
         method: a registered pruning method (``fairprune.prune.list_methods()``).
+        compress: compression variants (``fairprune.compress.list_compressions()``; steps joined by
+            ``+`` are applied left to right, e.g. ``"nm_2_4+int8_dynamic"``): each is applied to a deep
+            copy of the dense model and measured like a level; adds the result section ``compression``
+            (see the README). Variants are not fine-tuned.
         finetune_epochs: plain fine-tuning of each pruned model, masks fixed, before measuring.
         diagnostics: True (defaults), a dict of :class:`fairprune.diagnose.DiagnosticsConfig` options, or
             a config: adds the result section ``diagnostics`` (gradient norms, Hessian, margins per group,
@@ -335,18 +377,29 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
             dense model's predictions and no group's accuracy by more than 0.1 points; never on the CPU),
             'off', or 'float16'/'bfloat16' (still checked). The section ``precision`` says what was used.
     """
-    levels = _check_sparsities(sparsities)
+    variants = []
+    if compress:
+        from .compress import parse_variants
+
+        variants = [v.name for v in parse_variants(list(compress))]    # refuse bad names before any work
+    if (sparsities is None or len(sparsities) == 0) and not variants:
+        raise InputError("expected at least one sparsity level (e.g. --sparsity 0.5 0.9) or compression variant "
+                         "(e.g. --compress int8_dynamic fp16); found neither")
+    levels = _check_sparsities(sparsities) if sparsities is not None and len(sparsities) else []
+    for s in levels:
+        get_method(method).check_sparsity(s)
     diag_config = None
     if diagnostics:
-        from .diagnose import AuditDiagnostics, DiagnosticsConfig
+        from .diagnose import AuditDiagnostics, DiagnosticsConfig, diagnose_steps
 
         diag_config = DiagnosticsConfig.coerce(diagnostics)
     auditor = Auditor(model, data, method=method, finetune_epochs=finetune_epochs, train_data=train_data, seed=seed,
                       device=device, batch_size=batch_size, cancel=cancel, measure_footprint=measure_footprint,
                       measure_latency=measure_latency, amp=amp)
-    total = 1 + len(levels)
+    total = 1 + len(levels) + len(variants)
     if diag_config is not None:
         total += AuditDiagnostics.steps(len(auditor.names), len(levels), diag_config)
+        total += len(variants) * diagnose_steps(len(auditor.names), boundary=diag_config.boundary)
     done = 1
     if progress is not None:
         progress(done, total, "dense model evaluated")
@@ -360,8 +413,14 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
     def on_level(lv):
         step(f"level {levels.index(lv.sparsity) + 1} of {len(levels)} (sparsity {lv.sparsity:g}) done")
 
+    def on_variant(v):
+        step(f"variant {variants.index(v.method) + 1} of {len(variants)} ({v.method}) done")
+
     diag = AuditDiagnostics(auditor, diag_config, step=step) if diag_config is not None else None
-    result = auditor.result(auditor.measure(levels, on_level=on_level, inspect=diag.inspect if diag else None))
+    measured = auditor.measure(levels, on_level=on_level, inspect=diag.inspect if diag else None) if levels else []
+    compressed = auditor.measure_compression(variants, on_variant=on_variant, diagnostics=diag,
+                                             step=step) if variants else None
+    result = auditor.result(measured, compressed)
     if diag is not None:
         result = result.with_section("diagnostics", diag.section(result.levels))
     return result

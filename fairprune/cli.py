@@ -54,14 +54,26 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
 
+def _compress_help() -> str:
+    from .compress import compression_help
+
+    text = ("compression variants measured beside (or instead of) the levels, each on a copy of the dense model and "
+            "written to the result's `compression` section; steps joined by + are applied left to right "
+            "(nm_2_4+int8_dynamic), options follow a colon (int8_static:rows=512,balanced). Names: "
+            + compression_help())
+    return text.replace("%", "%%")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fairprune", description="Who pays for pruning? Per-group audits of compressed classifiers.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    a = sub.add_parser("audit", help="prune at each sparsity level and measure every group")
+    a = sub.add_parser("audit", help="prune at each sparsity level (and/or compress: --compress) and measure every group")
     _add_model_data(a)
-    a.add_argument("--sparsity", nargs="+", type=float, metavar="S", help="fractions of prunable weights to remove, e.g. 0.5 0.9")
+    a.add_argument("--sparsity", nargs="+", type=float, metavar="S",
+                   help="fractions of prunable weights to remove, e.g. 0.5 0.9 (--sparsity, --compress or both)")
+    a.add_argument("--compress", nargs="+", metavar="VARIANT", help=_compress_help())
     a.add_argument("--finetune-epochs", type=int, default=0, help="plain fine-tuning of each level before measuring (masks fixed)")
     a.add_argument("--diagnostics", action="store_true", help="per-group gradient norms, Hessian, margins")
     a.add_argument("--no-footprint", action="store_true",
@@ -69,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--latency", action="store_true",
                    help="also time the dense model and each level (latency_ms); a timing differs from run to run, "
                         "so it is off by default and the same command twice gives the same JSON")
-    a.add_argument("--executor", choices=["local"], default="local")
+    a.add_argument("--executor", choices=["local", "ray"],
+                   help="where the audit runs: local (this process; the default, or $FAIRPRUNE_EXECUTOR) or ray "
+                        "(one Ray task per sparsity level, merged into the same result)")
+    a.add_argument("--ray-address", metavar="ADDR",
+                   help="with --executor ray: the cluster (auto, HOST:6379, ray://HEAD:10001; default "
+                        "$FAIRPRUNE_RAY_ADDRESS, else a local cluster is started)")
     a.add_argument("--out", required=True, help="where to write the fairprune.audit/1 JSON")
     a.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -117,24 +134,38 @@ def _progress_bar(quiet: bool):
 
 
 def cmd_audit(args) -> int:
-    from .audit import run_spec
+    from .executors import configured_executor
     from .reading import headline, text_table
 
-    if not args.demo and not args.sparsity:
-        raise InputError("--sparsity is required, e.g. --sparsity 0.5 0.8 0.9")
-    if args.demo and not args.sparsity:
-        from .data.demos import get_demo
+    compress = tuple(args.compress or ())
+    if compress:
+        from .compress import parse_variants
 
-        args.sparsity = list(get_demo(args.demo).default_sparsities)
+        parse_variants(compress)               # refuse a bad name before anything is loaded
+    if not args.sparsity and not compress:
+        from .prune import get_method
+
+        fixed = get_method(args.method).fixed_sparsity
+        if fixed is not None:
+            args.sparsity = [fixed]            # nm_2_4: 0.5 by definition
+        elif args.demo:
+            from .data.demos import get_demo
+
+            args.sparsity = list(get_demo(args.demo).default_sparsities)
+        else:
+            raise InputError("expected --sparsity S [S ...] or --compress VARIANT [VARIANT ...] (or both), e.g. "
+                             "--sparsity 0.5 0.8 0.9 or --compress int8_dynamic fp16; found neither")
     spec = _spec(args, finetune_epochs=args.finetune_epochs, diagnostics=args.diagnostics,
-                 footprint=not args.no_footprint, latency=args.latency)
+                 footprint=not args.no_footprint, latency=args.latency, compress=compress)
+    executor = configured_executor(args.executor, args.ray_address)
     progress, close = _progress_bar(args.quiet)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # warnings that matter are recorded in the result and printed below
-            result = run_spec(spec, progress=progress)
+            result = executor.run(spec, progress=progress)
     finally:
         close()
+        executor.close()
     result.save(args.out)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -188,10 +219,15 @@ def _add_search_check(sub) -> None:
     s.add_argument("--out", required=True, help="where to write the fairprune.search/1 JSON")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--no-footprint", action="store_true", help="skip measuring each level's size_bytes / latency_ms")
+    s.add_argument("--compress", nargs="+", metavar="VARIANT",
+                   help="also judge these compression variants (e.g. int8_dynamic fp16 nm_2_4+int8_dynamic) against the "
+                        "budget; search.json then names the smallest model within it among levels and variants")
     s.set_defaults(sparsity=None)
     c = sub.add_parser("check", help="CI gate: exit 1 when the model pruned to --sparsity breaks the budget")
     _add_model_data(c)
-    c.add_argument("--sparsity", dest="level", type=float, required=True, metavar="S", help="the sparsity to check, e.g. 0.9")
+    c.add_argument("--sparsity", dest="level", type=float, metavar="S", help="the sparsity to check, e.g. 0.9")
+    c.add_argument("--compress", dest="variant", metavar="VARIANT",
+                   help="check a compression variant instead of a sparsity (e.g. int8_dynamic, nm_2_4+int8_dynamic)")
     _add_budget(c)
     c.add_argument("--out", help="also write the level as fairprune.audit/1 JSON with a `check` section")
     c.set_defaults(sparsity=None)
@@ -217,7 +253,7 @@ def cmd_search(args) -> int:
             warnings.simplefilter("ignore")  # warnings that matter are recorded in the result and printed below
             report = search_methods(model, data, methods=methods, lo=args.lo, hi=args.hi, tol=args.tol,
                                     max_evals=args.max_evals, train_data=train, measure_footprint=not args.no_footprint,
-                                    progress=progress, **_budget_kw(args))
+                                    progress=progress, compress=tuple(args.compress or ()), **_budget_kw(args))
     finally:
         close()
     report.save(args.out)
@@ -233,10 +269,14 @@ def cmd_check(args) -> int:
     from .search import Budget, check
 
     Budget(args.max_violation, args.max_overall_drop, args.max_group_drop, args.confidence)  # refuse before loading
+    if (args.level is None) == (args.variant is None):
+        raise InputError("expected exactly one of --sparsity S (a pruning level) or --compress VARIANT (e.g. "
+                         f"int8_dynamic); found {'both' if args.variant is not None else 'neither'}")
     model, data, train = load_inputs(_spec(args))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = check(model, data, sparsity=args.level, method=args.method, train_data=train, **_budget_kw(args))
+        result = check(model, data, sparsity=args.level, method=args.method, train_data=train, compress=args.variant,
+                       **_budget_kw(args))
     for w in result.audit.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.out:

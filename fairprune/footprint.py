@@ -9,7 +9,9 @@ ship, measured by serialising them, never by assuming:
   smaller than the dense weight, else dense; everything else dense. The same bytes
   ``fairprune export --format sparse-safetensors`` writes (:func:`sparse_tensors`);
 - structured levels: the state_dict of the physically compacted model (:func:`fairprune.export.compact`),
-  whose layers have fewer channels.
+  whose layers have fewer channels;
+- 2:4 levels (``nm_2_4``): every weight that follows the 2:4 pattern as its kept values and their 2-bit
+  positions (:func:`fairprune.prune.pack_2_4`, :func:`nm_tensors`), everything else dense.
 
 Latency (``latency_ms``) is the median over repeated runs (after warm-up) of one forward pass of one
 fixed batch of evaluation rows, on the audit's device (CUDA synchronised around each run). Unstructured
@@ -29,15 +31,22 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["CSR_FORMAT", "STRUCTURED_METHODS", "Footprint", "FootprintMeter", "state_tensors", "serialised_size",
+__all__ = ["CSR_FORMAT", "NM_FORMAT", "NM_METHODS", "STRUCTURED_METHODS", "Footprint", "FootprintMeter", "state_tensors",
+           "serialised_size", "nm_tensors",
            "dense_size", "csr_components", "csr_nbytes", "sparse_tensors", "sparse_size", "measure_latency",
            "LATENCY_NOTE", "without_timings"]
 
 #: safetensors metadata "format" of a file holding CSR weights (see :func:`sparse_tensors`).
 CSR_FORMAT = "fairprune.csr/1"
 
+#: safetensors metadata "format" of a file holding 2:4 weights in packed form (see :func:`nm_tensors`).
+NM_FORMAT = "fairprune.nm24/1"
+
 #: Pruning methods whose masks remove whole channels: their levels are measured as compacted models.
 STRUCTURED_METHODS = frozenset({"structured_l1"})
+
+#: Pruning methods whose masks follow the 2:4 pattern: their levels are measured with 2:4 weights packed.
+NM_METHODS = frozenset({"nm_2_4"})
 
 LATENCY_NOTE = ("median ms of one forward pass of one batch on the audit device; unstructured levels run the "
                 "masked dense model (zeros cost as much as any weight in dense kernels), structured levels run "
@@ -146,6 +155,34 @@ def sparse_tensors(module: nn.Module, names: list[str] | None = None) -> tuple[d
     return tensors, metadata
 
 
+def nm_tensors(tensors: Mapping[str, torch.Tensor], names=None,
+               metadata: Mapping[str, str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``tensors`` with each one named in ``names`` (default: all) that follows the 2:4 pattern stored
+    packed: ``NAME.nm_values`` (out, k/2) and ``NAME.nm_positions`` (out, ceil(k/8)) uint8
+    (:func:`fairprune.prune.pack_2_4`), its shape in the metadata (``{"format": NM_FORMAT, "nm24": JSON
+    {NAME: shape}}``), where that serialises smaller than the dense tensor; the others unchanged.
+    ``metadata`` already there (e.g. a quantized model's) is kept beside it."""
+    from .prune import follows_2_4, pack_2_4
+
+    out = dict(tensors)
+    shapes: dict[str, list[int]] = {}
+    for n in (list(tensors) if names is None else names):
+        t = tensors.get(n)
+        if t is None or not follows_2_4(t):
+            continue
+        values, positions = pack_2_4(t)
+        parts = {f"{n}.nm_values": values, f"{n}.nm_positions": positions}
+        if serialised_size(parts) + len(json.dumps({n: list(t.shape)})) >= serialised_size({n: t}):
+            continue
+        del out[n]
+        out.update(parts)
+        shapes[n] = list(t.shape)
+    meta = dict(metadata or {})
+    if shapes:
+        meta.update({"format": NM_FORMAT, "nm24": json.dumps(shapes, sort_keys=True)})
+    return out, meta
+
+
 def sparse_size(module: nn.Module, names: list[str] | None = None) -> int:
     """Bytes of :func:`sparse_tensors` serialised with safetensors."""
     tensors, metadata = sparse_tensors(module, names)
@@ -195,7 +232,7 @@ class Footprint:
     """One model's footprint.
 
     size_bytes: safetensors bytes of its weights as stored (``storage``: "dense", "csr" = prunable
-    weights in CSR where smaller, "compacted" = channels physically removed); latency_ms: median ms of
+    weights in CSR where smaller, "compacted" = channels physically removed, "nm24" = 2:4 weights packed); latency_ms: median ms of
     one batch; ``timed``: which model was timed ("dense", "masked", "compacted"); parameters: the
     number of parameters of the model as stored (compacted: fewer); ``note``: why a structured level
     was not compacted, if it was not.
@@ -244,14 +281,23 @@ class FootprintMeter:
         return Footprint(dense_size(module), self._latency(self._masked_forward), "dense", "dense",
                          _n_params(module))
 
-    def level(self, masks: Mapping[str, torch.Tensor], *, structured: bool, example_input: torch.Tensor) -> Footprint:
+    def level(self, masks: Mapping[str, torch.Tensor], *, structured: bool, example_input: torch.Tensor,
+              nm: bool = False) -> Footprint:
         """The footprint of the model as it is now (masks in place): compacted when ``structured``
-        and the model can be compacted, else with its prunable weights in CSR where smaller."""
+        and the model can be compacted; with its 2:4 weights packed when ``nm``; else with its
+        prunable weights in CSR where smaller."""
         from .errors import InputError
         from .export import compact
+        from .prune import prunable_parameters
 
         module = self.model.module
         note = None
+        if nm:
+            dense = state_tensors(module)
+            tensors, metadata = nm_tensors(dense, list(prunable_parameters(module)))
+            return Footprint(serialised_size(tensors, metadata), self._latency(self._masked_forward),
+                             "nm24" if metadata else "dense", "masked", _n_params(module),
+                             None if metadata else "no weight follows the 2:4 pattern smaller than dense")
         if structured:
             try:
                 small = compact(module, masks, example_input)
@@ -268,7 +314,8 @@ class FootprintMeter:
         dev = self.batch.device
         return {
             "size": "bytes of the weights serialised with safetensors as they would ship: dense; unstructured "
-                    "levels with each prunable weight (out, -1) in CSR where smaller; structured levels compacted",
+                    "levels with each prunable weight (out, -1) in CSR where smaller; structured levels compacted; "
+                    "2:4 levels with each 2:4 weight as kept values and 2-bit positions",
             "latency": LATENCY_NOTE if self.latency else "not measured (fairprune audit --latency measures it)",
             "batch_size": int(self.batch.shape[0]),
             "repeats": self.repeats, "warmup": self.warmup,
@@ -284,12 +331,14 @@ def _n_params(module: nn.Module) -> int:
 
 def without_timings(result: Mapping) -> dict:
     """A result JSON dict without its wall-clock figures (``latency_ms`` of the dense model, of each
-    level and in the ``footprint`` section): the part two runs of the same command reproduce exactly."""
+    level, of each compression variant and in the ``footprint`` section): the part two runs of the same
+    command reproduce exactly."""
     d = json.loads(json.dumps(result))
-    for part in [d.get("dense", {}), *d.get("levels", [])]:
+    compression = d.get("compression") if isinstance(d.get("compression"), list) else []
+    for part in [d.get("dense", {}), *d.get("levels", []), *compression]:
         part.pop("latency_ms", None)
     fp = d.get("footprint")
     if isinstance(fp, dict):
-        for part in [fp.get("dense", {}), *fp.get("levels", [])]:
+        for part in [fp.get("dense", {}), *fp.get("levels", []), *fp.get("compression", [])]:
             part.pop("latency_ms", None)
     return d

@@ -10,6 +10,12 @@ A run's ``kind`` picks its executor from :data:`EXECUTORS`::
     @register_executor("audit")
     def _audit(store, run, progress, cancel) -> dict: ...   # returns the result JSON dict
 
+A run cannot take the worker down with it: an exception, running out of memory (the worker process runs
+under a memory limit, ``$FAIRPRUNE_WORKER_MEMORY_MB``: see :func:`apply_memory_limit`) or a ``sys.exit``
+fails that run and the worker takes the next. A worker that dies anyway (SIGKILL, the kernel's OOM killer)
+leaves its run ``running`` until :meth:`RunStore.reap` (each worker's loop, the page showing the run) marks
+it ``interrupted``; nothing else is lost, and the next worker takes the queue.
+
 ``progress(done, total, message)`` writes to the store; ``cancel()`` returns True once the user asked
 to stop (the pipeline then raises :class:`fairprune.errors.Cancelled`). An executor must be registered
 in a module the worker imports: this one, or one named in ``$FAIRPRUNE_WORKER_IMPORTS`` /
@@ -20,9 +26,11 @@ starting a worker and importing this module stay cheap and side-effect free.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +42,8 @@ from pathlib import Path
 from .errors import Cancelled, InputError
 from .store import Run, RunStore
 
-__all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main"]
+__all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main",
+           "apply_memory_limit", "is_out_of_memory"]
 
 log = logging.getLogger("fairprune.jobs")
 
@@ -49,10 +58,20 @@ HEARTBEAT_S = 2.0
 #: a worker started less than this long ago counts as live before its first heartbeat (seconds)
 START_GRACE_S = 30.0
 IMPORTS_ENV = "FAIRPRUNE_WORKER_IMPORTS"
+#: the worker's memory limit in MiB (``0``: none); unset: :data:`DEFAULT_MEMORY_FRACTION` of the RAM
+MEMORY_ENV = "FAIRPRUNE_WORKER_MEMORY_MB"
+#: without ``$FAIRPRUNE_WORKER_MEMORY_MB``, a worker on a machine without an NVIDIA driver may use this share of RAM
+DEFAULT_MEMORY_FRACTION = 0.8
 #: workers this process started: kept so they can be waited for (no zombies, no ResourceWarning)
 _STARTED: list[subprocess.Popen] = []
 
 UNKNOWN_KIND = "unknown run kind {kind!r}; this worker can run: {known}"
+OUT_OF_MEMORY = (
+    "out of memory: the run needed more memory than {where} ({detail}); audit fewer or smaller samples, use a "
+    "smaller batch size, or {more}"
+)
+EXITED = "internal error: the run called sys.exit({code}) instead of returning a result or raising an error"
+BAD_MEMORY_ENV = "{env}: expected a whole number of MiB (0 for no limit); found {found!r}"
 
 
 def register_executor(kind: str) -> Callable[[Executor], Executor]:
@@ -76,7 +95,8 @@ def register_executor(kind: str) -> Callable[[Executor], Executor]:
 def _execute_audit(store: RunStore, run: Run, progress, cancel) -> dict:
     from dataclasses import fields
 
-    from .audit import AuditSpec, run_spec
+    from .audit import AuditSpec
+    from .executors import configured_executor
 
     known = {f.name for f in fields(AuditSpec)}
     unknown = sorted(set(run.spec) - known)
@@ -84,7 +104,9 @@ def _execute_audit(store: RunStore, run: Run, progress, cancel) -> dict:
         raise InputError(f"audit spec: unknown key(s) {unknown}; expected some of {sorted(known)}")
     if "sparsities" not in run.spec:
         raise InputError("audit spec: expected 'sparsities' (e.g. [0.5, 0.9]); found none")
-    return run_spec(AuditSpec.from_dict(run.spec), progress=progress, cancel=cancel).to_dict()
+    # FAIRPRUNE_EXECUTOR=ray (and FAIRPRUNE_RAY_ADDRESS) send the run to a Ray cluster; local otherwise
+    with configured_executor() as executor:
+        return executor.run(AuditSpec.from_dict(run.spec), progress=progress, cancel=cancel).to_dict()
 
 
 @register_executor("mitigate")
@@ -108,7 +130,8 @@ def _execute_search(store: RunStore, run: Run, progress, cancel) -> dict:
 
     Spec keys: ``methods`` (or ``method``), ``max_violation``, ``max_overall_drop``, ``max_group_drop``,
     ``confidence``, ``lo``, ``hi``, ``tol``, ``max_evals``, ``grid``, ``finetune_epochs``, ``seed``, ``device``,
-    ``batch_size``; and the loading keys of an audit spec. Unknown keys are refused.
+    ``batch_size``, ``compress`` (compression variants judged beside the levels); and the loading keys of an
+    audit spec. Unknown keys are refused.
     """
     from .audit import AuditSpec, load_inputs
     from .search import search_methods
@@ -116,7 +139,7 @@ def _execute_search(store: RunStore, run: Run, progress, cancel) -> dict:
     load = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
             "missing_group", "normalize", "train_data")
     opts = ("max_violation", "max_overall_drop", "max_group_drop", "confidence", "lo", "hi", "tol", "max_evals",
-            "grid", "finetune_epochs", "seed", "device", "batch_size")
+            "grid", "finetune_epochs", "seed", "device", "batch_size", "compress")
     spec = dict(run.spec)
     unknown = sorted(set(spec) - set(load) - set(opts) - {"methods", "method"})
     if unknown:
@@ -130,6 +153,8 @@ def _execute_search(store: RunStore, run: Run, progress, cancel) -> dict:
             lspec[k] = tuple(lspec[k])
     model, data, train = load_inputs(AuditSpec(sparsities=(0.5,), **lspec))
     kw = {k: spec[k] for k in opts if spec.get(k) is not None}
+    if "compress" in kw:
+        kw["compress"] = [kw["compress"]] if isinstance(kw["compress"], str) else list(kw["compress"])
     report = search_methods(model, data, methods=methods, train_data=train, progress=progress, cancel=cancel, **kw)
     return report.to_dict()
 
@@ -165,14 +190,18 @@ def execute(store: RunStore, run: Run) -> None:
     """Execute one claimed run and record how it ended; never lets an ``Exception`` escape.
 
     done -> ``finish``; :class:`Cancelled` -> ``mark_cancelled``; :class:`InputError` -> ``fail`` with
-    its message; anything else -> ``fail`` with ``internal error: Type: message`` (traceback logged).
-    KeyboardInterrupt/SystemExit (the worker is being stopped) mark the run interrupted and propagate.
+    its message; running out of memory (``MemoryError``, or an allocator's error from torch, CPU or CUDA)
+    -> ``fail`` with ``out of memory: ...``; a ``sys.exit`` inside the run -> ``fail``; anything else ->
+    ``fail`` with ``internal error: Type: message`` (traceback logged). The worker goes on serving after
+    each of these. KeyboardInterrupt (the worker is being stopped: Ctrl-C, SIGTERM) marks the run
+    interrupted and propagates.
     """
     cancel = _CachedCancel(store, run.id)
 
     def progress(done: int, total: int, message: str) -> None:
         store.set_progress(run.id, done, total, message)
 
+    out_of_memory = None
     try:
         fn = EXECUTORS.get(run.kind)
         if fn is None:
@@ -192,12 +221,113 @@ def execute(store: RunStore, run: Run) -> None:
         _record(store.fail, run.id, str(err))
         log.info("run %s failed: %s", run.id, err)
     except Exception as err:
-        log.exception("run %s: internal error", run.id)
-        _record(store.fail, run.id, f"internal error: {type(err).__name__}: {err}")
-    except BaseException:  # KeyboardInterrupt, SystemExit: the worker is stopping
+        if is_out_of_memory(err):
+            out_of_memory = out_of_memory_message(err)
+        else:
+            log.exception("run %s: internal error", run.id)
+            _record(store.fail, run.id, f"internal error: {type(err).__name__}: {err}")
+    except SystemExit as err:  # code in the run called sys.exit(): its failure, not the worker's end
+        log.error("run %s called sys.exit(%r)", run.id, err.code)
+        _record(store.fail, run.id, EXITED.format(code=repr(err.code)))
+    except BaseException:  # KeyboardInterrupt: the worker is stopping
         _record(store.mark_interrupted, run.id, "interrupted: the worker was stopped while running it; "
                                                  "requeue the run to start it again")
         raise
+    if out_of_memory is None:
+        return
+    # Out of memory. Recorded here, outside the except clause: the traceback (and the frames holding the
+    # memory the run took) is gone, so writing the outcome does not run out of memory in turn.
+    gc.collect()
+    log.warning("run %s: %s", run.id, out_of_memory)
+    _record(store.fail, run.id, out_of_memory)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says memory ran out: MemoryError, torch's CPU allocator failing, CUDA out of memory."""
+    if isinstance(err, MemoryError):
+        return True
+    if isinstance(err, RuntimeError):  # torch.OutOfMemoryError is one; the CPU allocator raises a plain one
+        text = str(err)
+        return ("out of memory" in text.lower() or "can't allocate memory" in text
+                or "Cannot allocate memory" in text)
+    return False
+
+
+def out_of_memory_message(err: BaseException) -> str:
+    """The run's error text for an out-of-memory failure: what ran out, the limit, how to give more."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    name = "MemoryError" if isinstance(err, MemoryError) else type(err).__name__   # not numpy's _ArrayMemoryError
+    detail = f"{name}: {lines[0][:300]}" if lines else name
+    detail = re.sub(r"^RuntimeError: \[enforce fail at [^\]]*\] (err == 0\. )?", "", detail)
+    limit = memory_limit_mb()
+    if "cuda" in detail.lower():
+        where, more = "the GPU has free", "use a GPU with more memory"
+    elif limit:
+        where, more = f"the worker's limit of {limit:,} MiB", f"raise the limit ({MEMORY_ENV}, in MiB)"
+    else:
+        where, more = "this machine has free", "run it where more memory is free"
+    return OUT_OF_MEMORY.format(where=where, detail=detail, more=more)
+
+
+def memory_limit_mb() -> int | None:
+    """This process's data-size limit (RLIMIT_DATA) in MiB, None when unlimited."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else soft >> 20
+
+
+def _physical_memory_mb() -> int | None:
+    """The RAM this process may use: the machine's, or its container's cgroup limit when that is lower."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):  # v2, v1
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():   # "max" (v2) means none; v1 writes a huge number instead, which min() ignores
+            sizes.append(int(text))
+    return min(sizes) >> 20 if sizes else None
+
+
+def apply_memory_limit(env: dict | None = None) -> int | None:
+    """Limit this process's memory as ``$FAIRPRUNE_WORKER_MEMORY_MB`` says; return the limit in MiB (None: none).
+
+    The limit is RLIMIT_DATA (private writable memory: what arrays and tensors take), so a run that
+    asks for more fails with a MemoryError, or torch's allocator error, which :func:`execute` records
+    as ``out of memory`` while the worker goes on; without it the kernel's out-of-memory killer would
+    end the worker (or another process). Unset: :data:`DEFAULT_MEMORY_FRACTION` of the RAM, except
+    where an NVIDIA driver is loaded (/proc/driver/nvidia), since a CUDA context maps large regions of
+    its own: there a limit applies only when set. RAM is the machine's, or the container's (cgroup) limit
+    when lower. ``0``: no limit (a soft limit inherited from the parent is lifted to the hard one).
+    Processes the worker starts (a local Ray cluster, say) inherit the limit, each on its own. Raises
+    ValueError on a bad value.
+    """
+    import resource
+
+    env = os.environ if env is None else env
+    raw = env.get(MEMORY_ENV, "").strip()
+    if raw:
+        try:
+            mb = int(raw)
+        except ValueError:
+            raise ValueError(BAD_MEMORY_ENV.format(env=MEMORY_ENV, found=raw)) from None
+        if mb < 0:
+            raise ValueError(BAD_MEMORY_ENV.format(env=MEMORY_ENV, found=raw))
+    else:
+        total = _physical_memory_mb()
+        mb = 0 if total is None or Path("/proc/driver/nvidia").exists() else int(total * DEFAULT_MEMORY_FRACTION)
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if mb:
+        soft = mb << 20 if hard == resource.RLIM_INFINITY else min(mb << 20, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+    elif raw:   # "0": no limit of ours, nor one inherited from the process that started this one
+        resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+    return memory_limit_mb()
 
 
 def _record(method, *args) -> None:
@@ -337,13 +467,23 @@ def worker_main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # SIGTERM stops like Ctrl-C: the current run is marked interrupted, not left 'running'
         signal.signal(signal.SIGTERM, _raise_interrupt)
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    try:
+        limit = apply_memory_limit()
+    except ValueError as err:
+        parser.error(str(err))
     try:
         _import_plugins(args.imports)
         store = RunStore(args.home)
-        log.info("worker %d serving %s (kinds: %s)", os.getpid(), store.home, ", ".join(sorted(EXECUTORS)))
+        log.info("worker %d serving %s (kinds: %s; memory limit: %s)", os.getpid(), store.home,
+                 ", ".join(sorted(EXECUTORS)), f"{limit:,} MiB" if limit else "none")
         run_worker(store, poll=args.poll, once=args.once, idle_exit=args.idle_exit)
     except KeyboardInterrupt:
         log.info("worker %d stopped", os.getpid())
+    finally:   # called in-process (tests, an embedding program), leave the caller's limit as it was
+        resource.setrlimit(resource.RLIMIT_DATA, before)
     return 0
 
 

@@ -21,7 +21,7 @@ from .result import AuditResult, LevelResult, Metrics
 __all__ = ["DEFINITIONS", "group_colors", "accuracy_vs_sparsity", "drop_by_group", "violation_vs_sparsity",
            "group_sizes", "sparsity_label", "footprint_vs_sparsity", "diagnostics_by_group", "DIAG_PANELS",
            "mitigation_by_group", "mitigation_methods", "diagnostic_dense_vs_level", "group_scatter",
-           "multipliers_over_time", "search_frontier", "model_variants", "size_axis"]
+           "multipliers_over_time", "search_frontier", "model_variants", "size_axis", "drop_by_variant"]
 
 #: One-line definitions, keyed by the names used in the result JSON. [paper] / [fairprune] as in PAPER.md.
 DEFINITIONS: dict[str, str] = {
@@ -622,3 +622,36 @@ def size_axis(result: AuditResult | Mapping) -> go.Figure:
     fig.update_yaxes(title_text="group accuracy (%)", row=1, col=1)
     fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0))
     return _layout(fig, title="Every model on one size axis: per-group accuracy, violation as colour", height=480)
+
+
+def drop_by_variant(result: AuditResult | Mapping) -> go.Figure:
+    """Accuracy drop of every group under each compression variant (the ``compression`` section), with the
+    drop's 95% bootstrap interval as whiskers: who pays for quantization or 2:4 sparsity.
+    ValueError when the result has no compression variants."""
+    d = result.to_dict() if isinstance(result, AuditResult) else result
+    entries = [e for e in (d.get("compression") or []) if isinstance(e, Mapping)]
+    if not entries:
+        raise ValueError("the result has no compression variants to draw; audit with --compress")
+    groups = list(d["dense"]["groups"])
+    colors = group_colors(groups)
+    names = [e["method"] for e in entries]
+    fig = go.Figure()
+    for g in groups:
+        drops, lo, hi, hover = [], [], [], []
+        for e in entries:
+            m = e["groups"].get(g) or {}
+            drop = m.get("accuracy_drop")
+            ci = m.get("accuracy_drop_ci95") or (None, None)
+            drops.append(None if drop is None else _pts(drop))
+            lo.append(0 if drop is None or ci[0] is None else _pts(drop - ci[0]))
+            hi.append(0 if drop is None or ci[1] is None else _pts(ci[1] - drop))
+            hover.append(f"<b>{e['method']}</b><br>{g}: drop {_pts(drop):+.1f} points"
+                         + (f" (CI {_pts(ci[0]):+.1f} to {_pts(ci[1]):+.1f})" if ci[0] is not None else "")
+                         if drop is not None else f"{e['method']}: {g} not measured")
+        fig.add_trace(go.Bar(x=names, y=drops, name=g, marker_color=colors[g],
+                             error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo, thickness=1.2),
+                             hovertext=hover, hoverinfo="text"))
+    fig.add_hline(y=0, line_color="#999", line_width=1)
+    fig.update_layout(barmode="group", xaxis_title="compression variant", yaxis_title="accuracy drop (points)")
+    fig.update_xaxes(type="category")
+    return _layout(fig, title="Who pays for each compression variant: accuracy drop per group", height=440)

@@ -20,18 +20,34 @@ def worst_group(level: LevelResult) -> str:
     return max(level.groups, key=lambda g: (level.groups[g].accuracy_drop, level.groups[g].n, g))
 
 
+def _variants(result: AuditResult) -> list[dict]:
+    c = result.sections.get("compression")
+    return [e for e in c if isinstance(e, dict)] if isinstance(c, list) else []
+
+
 def headline(result: AuditResult, level: LevelResult | None = None) -> str:
-    """One sentence: at the chosen (default: highest) sparsity, who loses most, with its CI, vs overall."""
+    """One sentence: at the chosen (default: highest) sparsity, who loses most, with its CI, vs overall.
+
+    With no levels but compression variants, the same sentence for the variant with the largest
+    fairness violation."""
     if not result.levels:
-        return "No sparsity level was measured."
+        entries = _variants(result)
+        if not entries:
+            return "No sparsity level was measured."
+        entry = max(entries, key=lambda e: (e["fairness_violation"]["accuracy"], e["method"]))
+        return _sentence(f"Under {entry['method']}", LevelResult.from_dict(entry))
     lv = level or result.levels[-1]
+    return _sentence(f"At {100 * lv.sparsity:.0f}% sparsity", lv)
+
+
+def _sentence(where: str, lv: LevelResult) -> str:
     g = worst_group(lv)
     m = lv.groups[g]
     lo, hi = m.accuracy_drop_ci95
     verb = "loses" if m.accuracy_drop >= 0 else "gains"
     overall = lv.overall.accuracy_drop
     o_verb = "drops" if overall >= 0 else "rises"
-    s = (f"At {100 * lv.sparsity:.0f}% sparsity group {g} {verb} {_pts(abs(m.accuracy_drop))} points of accuracy "
+    s = (f"{where} group {g} {verb} {_pts(abs(m.accuracy_drop))} points of accuracy "
          f"(CI {_pts(lo)} to {_pts(hi)}) while overall accuracy {o_verb} {_pts(abs(overall))}")
     notes = []
     if m.unreliable:
@@ -42,21 +58,32 @@ def headline(result: AuditResult, level: LevelResult | None = None) -> str:
 
 
 def text_table(result: AuditResult) -> str:
-    """A fixed-width table: accuracy per group for the dense model and each level, drops in points."""
+    """A fixed-width table: accuracy per group for the dense model, each level, then each compression
+    variant (the ``compression`` section), drops in points."""
     groups = result.group_names
     width = max([len(g) for g in groups] + [9]) + 2
-    head = f"{'group':<{width}}{'n':>7}{'dense':>8}" + "".join(f"{f'{100 * lv.sparsity:g}%':>16}" for lv in result.levels)
+    columns = [(f"{100 * lv.sparsity:g}%", lv) for lv in result.levels]
+    columns += [(e["method"], LevelResult.from_dict(e)) for e in _variants(result)]
+    widths = [max(16, len(label) + 2) for label, _ in columns]
+    head = f"{'group':<{width}}{'n':>7}{'dense':>8}" + "".join(f"{label:>{w}}" for (label, _), w in zip(columns, widths))
     lines = [head, "-" * len(head)]
 
-    def row(name, dense_m, per_level):
-        cells = "".join(f"{100 * m.accuracy:7.1f} ({-100 * m.accuracy_drop:+5.1f})" for m in per_level)
+    def row(name, dense_m, per_column):
+        cells = "".join(f"{f'{100 * m.accuracy:.1f} ({-100 * m.accuracy_drop:+5.1f})':>{w}}"
+                        for m, w in zip(per_column, widths))
         return f"{name:<{width}}{dense_m.n:>7}{100 * dense_m.accuracy:8.1f}{cells}"
 
-    lines.append(row("(overall)", result.dense.overall, [lv.overall for lv in result.levels]))
+    lines.append(row("(overall)", result.dense.overall, [lv.overall for _, lv in columns]))
     for g in groups:
-        lines.append(row(g, result.dense.groups[g], [lv.groups[g] for lv in result.levels]))
+        lines.append(row(g, result.dense.groups[g], [lv.groups[g] for _, lv in columns]))
     lines.append("-" * len(head))
     lines.append(f"{'violation':<{width}}{'':>7}{'':>8}" + "".join(
-        f"{100 * lv.fairness_violation['accuracy']:16.1f}" for lv in result.levels))
+        f"{100 * lv.fairness_violation['accuracy']:{w}.1f}" for (_, lv), w in zip(columns, widths)))
+    if any(lv.size_bytes is not None for _, lv in columns) and result.dense.size_bytes is not None:
+        lines.append(f"{'size (MB)':<{width}}{'':>7}{result.dense.size_bytes / 1e6:8.3f}" + "".join(
+            f"{'' if lv.size_bytes is None else f'{lv.size_bytes / 1e6:.3f}':>{w}}"
+            for (_, lv), w in zip(columns, widths)))
     lines.append("accuracy in %, change from dense in points in brackets; violation = max group drop - min group drop (points)")
+    if _variants(result):
+        lines.append("compression variants after the levels; size = bytes of the weights as stored")
     return "\n".join(lines)

@@ -288,6 +288,9 @@ def _summary(result: AuditResult | None, mitigation: Mapping | None) -> str:
                                f"{lv.size_bytes / result.dense.size_bytes - 1:+.0%}"))
         out.append('<div class="cards">' + "".join(cards) + "</div>")
         out.append(f'<h3>What this means</h3><p class="meaning">{_e(_meaning(result))}</p>')
+    elif result is not None and result.compression:
+        out.append(f'<p class="fp-headline">{_e(headline(result))}</p>'
+                   f"<p>No sparsity level was measured: the compression variants below were.</p>")
     elif result is not None:
         out.append("<p>This result has no sparsity levels.</p>")
     if mitigation:
@@ -386,6 +389,46 @@ def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> str:
                                  "is the model's accuracy fairness violation (largest minus smallest group drop).")
             + table
             + (f'<ul class="notes">{notes}</ul>' if notes else "") + "</section>")
+
+
+def _compression(result: AuditResult, charts: _Charts) -> str:
+    """Quantization, 2:4 and combinations: who pays for each variant, every figure, how each was run."""
+    variants = result.compression
+    if not variants:
+        return ""
+    dense = result.dense.size_bytes
+    rows = []
+    for v in variants:
+        lv = v.level
+        g = worst_group(lv)
+        ci = lv.fairness_violation_ci95.get("accuracy")
+        cal = (v.details.get("calibration") or {}).get("groups") or {}
+        rows.append([v.method, v.setting, _size(v.size_bytes),
+                     f"{v.size_bytes / dense:.2f}x" if dense and v.size_bytes else "—", f"{v.quantized_fraction:.2f}",
+                     _pts(lv.overall.accuracy), _pts(lv.overall.accuracy_drop, True),
+                     f"{g} ({_pts(lv.groups[g].accuracy_drop, True)})", _pts(lv.fairness_violation["accuracy"]),
+                     f"{_pts(ci[0])} to {_pts(ci[1])}" if ci else "—", f"{lv.fairness_violation['loss']:.4f}",
+                     ", ".join(f"{k} {n}" for k, n in cal.items()) or "—"])
+    notes = sorted({v.details.get("kernel") for v in variants} - {None})
+    notes += sorted({v.details.get("diagnostics_note") for v in variants} - {None})
+    notes += sorted({(v.details.get("nm_2_4") or {}).get("sparse_kernel_note") for v in variants} - {None})
+    size_axis = ""
+    if not result.levels and dense is not None:      # with levels, the size axis is in the size section
+        size_axis = charts.add(plots.size_axis(result), heading="Every model on one size axis",
+                               caption="Each group's accuracy against each model's stored size; colour is the "
+                                       "model's accuracy fairness violation.")
+    return ('<section id="compression"><h2>Beyond pruning: quantization and 2:4 sparsity</h2>'
+            "<p>Each variant is applied to a copy of the dense model and measured on the same rows exactly as a "
+            "pruning level: the same per-group drops, bootstrap intervals and fairness violation. "
+            "'quantized' is the share of the model's parameters (by count) actually quantized.</p>"
+            + charts.add(plots.drop_by_variant(result), heading="Who pays for each compression variant",
+                         caption=DEF["accuracy_drop"] + " Whiskers: " + DEF["accuracy_drop_ci95"])
+            + size_axis
+            + _table(["variant", "setting", "stored size", "vs dense", "quantized", "accuracy %", "drop (pts)",
+                      "worst group (drop)", "violation (pts)", "95% CI", "violation ξ, loss", "calibration rows"],
+                     rows, left=(0, 1, 7, 11))
+            + (f'<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else "")
+            + "</section>")
 
 
 def _diag_rows(label: str, diag: Mapping) -> list[list[str]]:
@@ -801,6 +844,10 @@ def render_html(result: AuditResult | None, *, redact_samples: bool = False, tit
         if fp:
             body.append(fp)
             toc.append(("footprint", "Size and latency"))
+    comp = _compression(res, charts) if res is not None else ""
+    if comp:
+        body.append(comp)
+        toc.append(("compression", "Compression"))
     if diag:
         body.append(_diagnostics(res, diag, charts, redact_samples))
         toc.append(("diagnostics", "Diagnostics"))

@@ -208,6 +208,15 @@ class AuditResult:
     def diagnostics(self) -> dict | None:
         return self.sections.get("diagnostics")
 
+    @property
+    def compression(self) -> list:
+        """The ``compression`` section as :class:`fairprune.compress.VariantResult` s, in the order measured
+        ([] when no variant was measured); each has a ``level`` (a LevelResult) to compare with ``levels``."""
+        from .compress._result import VariantResult
+
+        entries = self.sections.get("compression")
+        return [VariantResult.from_dict(e) for e in entries] if isinstance(entries, list) else []
+
     def level(self, sparsity: float) -> LevelResult:
         for lv in self.levels:
             if abs(lv.sparsity - sparsity) < 1e-9:

@@ -27,16 +27,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .audit import Auditor, Progress
 from .errors import InputError
+from .prune import get_method
 from .result import AuditResult, LevelResult
 
 __all__ = ["SCHEMA", "DEFAULT_GRID", "CONFIDENCE_LEVELS", "Budget", "FrontierPoint", "SearchResult",
-           "SearchReport", "CheckResult", "search", "search_methods", "check"]
+           "SearchReport", "CheckResult", "VariantPoint", "search", "search_methods", "check"]
 
 SCHEMA = "fairprune.search/1"
 DEFAULT_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -176,6 +177,26 @@ class FrontierPoint:
 
 
 @dataclass(frozen=True)
+class VariantPoint:
+    """A compression variant (quantization, 2:4, combinations) judged against the same budget as the levels:
+    ``point`` carries its figures (``phase`` "compression"; ``sparsity`` 0.5 with a 2:4 step, else 0)."""
+
+    method: str
+    setting: str
+    quantized_fraction: float
+    point: FrontierPoint
+
+    @classmethod
+    def of(cls, variant, budget: Budget, *, order: int) -> "VariantPoint":
+        return cls(variant.method, variant.setting, variant.quantized_fraction,
+                   FrontierPoint.of(variant.level, budget, phase="compression", order=order))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "setting": self.setting, "quantized_fraction": self.quantized_fraction,
+                **self.point.to_dict()}
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """The operating-point search for one pruning method.
 
@@ -192,6 +213,7 @@ class SearchResult:
     note: str
     audit: AuditResult
     config: dict[str, Any] = field(default_factory=dict)
+    variants: tuple[VariantPoint, ...] = ()
 
     def entry(self) -> dict[str, Any]:
         """This method's entry under ``methods`` in search.json."""
@@ -222,6 +244,22 @@ class SearchReport:
         ok = [r for r in self.results if r.recommended is not None]
         return max(ok, key=lambda r: (r.recommended.sparsity, r.recommended.overall_accuracy), default=None)
 
+    @property
+    def variants(self) -> tuple[VariantPoint, ...]:
+        return tuple(v for r in self.results for v in r.variants)
+
+    def smallest_within_budget(self) -> dict[str, Any] | None:
+        """The smallest model (stored bytes) within the budget among every measured level of every method and
+        every compression variant (ties: higher overall accuracy); None when none passed or none was sized."""
+        cands = [("pruning", r.method, p) for r in self.results for p in r.frontier]
+        cands += [("compression", v.method, v.point) for v in self.variants]
+        ok = [c for c in cands if c[2].feasible and c[2].size_bytes is not None]
+        if not ok:
+            return None
+        kind, method, p = min(ok, key=lambda c: (c[2].size_bytes, -c[2].overall_accuracy, c[1]))
+        return {"kind": kind, "method": method, "sparsity": p.sparsity, "size_bytes": p.size_bytes,
+                "latency_ms": p.latency_ms, "overall_accuracy": p.overall_accuracy, "violation": p.violation}
+
     def frontier_table(self):
         """Long pandas table for plots: one row per (method, measured level), with ``recommended``."""
         import pandas as pd
@@ -246,6 +284,9 @@ class SearchReport:
             "methods": {r.method: r.entry() for r in self.results},
             "best": {"method": best.method, **best.recommended.to_dict()} if best else None,
         }
+        if self.variants:
+            d["compression"] = [v.to_dict() for v in self.variants]
+            d["smallest_within_budget"] = self.smallest_within_budget()
         if warnings:
             d["warnings"] = warnings
         return d
@@ -273,6 +314,21 @@ class SearchReport:
             else:
                 lines.append("recommended: none")
             lines.append(f"note: {r.note}")
+        if self.variants:
+            lines += ["", "compression variants",
+                      f"{'variant':<28}{'size (MB)':>10}{'overall acc':>13}{'drop':>8}{'violation':>11}  pass"]
+            for v in self.variants:
+                p = v.point
+                size = f"{p.size_bytes / 1e6:.3f}" if p.size_bytes is not None else "—"
+                lines.append(f"{v.method:<28}{size:>10}{p.overall_accuracy:>13.3f}{p.overall_drop:>8.3f}"
+                             f"{p.violation:>11.3f}  {'yes' if p.feasible else 'no: ' + '; '.join(p.breaches)}")
+            small = self.smallest_within_budget()
+            if small is not None:
+                what = (f"{small['method']} at sparsity {small['sparsity']:g}" if small["kind"] == "pruning"
+                        else small["method"])
+                lines.append(f"smallest within the budget: {what}, {small['size_bytes'] / 1e6:.3g} MB")
+            else:
+                lines.append("smallest within the budget: none (no measured model passed, or none was sized)")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -382,7 +438,8 @@ def search(model, data, *, method: str = "global_magnitude", max_violation: floa
            confidence: float | None = None, lo: float = 0.0, hi: float = 0.99, tol: float = 0.01,
            max_evals: int = 12, grid: Sequence[float] | None = None, finetune_epochs: int = 0, train_data=None,
            seed: int = 0, device=None, batch_size: int = 256, measure_footprint: bool = True,
-           progress: Progress | None = None, cancel: Callable[[], bool] | None = None) -> SearchResult:
+           progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+           compress: Sequence[str] = ()) -> SearchResult:
     """The highest sparsity at which ``method`` keeps the pruned model within the budget.
 
     Args:
@@ -396,13 +453,31 @@ def search(model, data, *, method: str = "global_magnitude", max_violation: floa
         finetune_epochs: plain fine-tuning of each level (masks fixed) before it is measured.
         measure_footprint: also measure each level's size_bytes and latency_ms (what it buys).
         progress(done, total, message) after each level; cancel() returning True stops the run.
+        compress: compression variants (``fairprune.compress``) measured on the same rows and judged against
+            the same budget (``SearchResult.variants``); search.json then names the smallest model within
+            the budget among levels and variants.
     """
     budget = Budget(max_violation, max_overall_drop, max_group_drop, confidence)
+    if compress:
+        from .compress import parse_variants
+
+        parse_variants(list(compress))                      # refuse bad names before any evaluation
+    fixed = get_method(method).fixed_sparsity
+    if fixed is not None:
+        raise InputError(f"{method} prunes to exactly {fixed:g} sparsity, so there is no sparsity to search; expected a "
+                         f"method with adjustable sparsity (e.g. global_magnitude), found {method}. Use `fairprune check "
+                         f"--method {method} --sparsity {fixed:g}` or `fairprune audit --compress {method}` instead")
     points = _plan(lo, hi, grid, tol, max_evals)            # refuse bad options before any evaluation
     auditor = Auditor(model, data, method=method, finetune_epochs=finetune_epochs, train_data=train_data, seed=seed,
                       device=device, batch_size=batch_size, cancel=cancel, measure_footprint=measure_footprint,
                       measure_latency=measure_footprint)
-    return _search(auditor, budget, points, lo=lo, hi=hi, tol=tol, max_evals=max_evals, progress=progress)
+    result = _search(auditor, budget, points, lo=lo, hi=hi, tol=tol, max_evals=max_evals, progress=progress)
+    if not compress:
+        return result
+    measured = auditor.measure_compression(list(compress))
+    variants = tuple(VariantPoint.of(v, budget, order=result.evaluations + i + 1) for i, v in enumerate(measured))
+    return replace(result, variants=variants,
+                   audit=auditor.result(list(result.audit.levels), measured))
 
 
 def search_methods(model, data, *, methods: Sequence[str], progress: Progress | None = None, **kw) -> SearchReport:
@@ -410,13 +485,15 @@ def search_methods(model, data, *, methods: Sequence[str], progress: Progress | 
     methods = list(dict.fromkeys(methods))
     if not methods:
         raise InputError("expected at least one pruning method; found none")
+    compress = kw.pop("compress", ())
     results = []
     for i, m in enumerate(methods):
         def step(done, total, message, i=i):
             if progress is not None:
                 progress(i * total + done, len(methods) * total, message)
 
-        results.append(search(model, data, method=m, progress=step, **kw))
+        # compression variants do not depend on the pruning method: measured once, beside the first
+        results.append(search(model, data, method=m, progress=step, compress=compress if i == 0 else (), **kw))
     return SearchReport(tuple(results))
 
 
@@ -430,10 +507,13 @@ class CheckResult:
     budget: Budget
     method: str
     audit: AuditResult
+    variant: str | None = None          # a compression variant checked instead of a sparsity level
 
     def summary(self) -> str:
         lv = self.level
-        head = (f"sparsity {lv.sparsity:g} ({self.method}, achieved {lv.achieved_sparsity:.3f}): overall accuracy "
+        what = (f"{self.variant} (compression)" if self.variant else
+                f"sparsity {lv.sparsity:g} ({self.method}, achieved {lv.achieved_sparsity:.3f})")
+        head = (f"{what}: overall accuracy "
                 f"{lv.overall.accuracy:.3f} (drop {_fmt(lv.overall.accuracy_drop)}), fairness violation "
                 f"{_fmt(lv.fairness_violation['accuracy'])}")
         ci = lv.fairness_violation_ci95.get("accuracy")
@@ -444,20 +524,39 @@ class CheckResult:
         return "\n".join([f"fail: {head}; the budget is not met:"] + [f"  - {v}" for v in self.violations])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "violations": list(self.violations), "method": self.method,
-                "sparsity": self.level.sparsity, "budget": self.budget.to_dict()}
+        d = {"passed": self.passed, "violations": list(self.violations), "method": self.method,
+             "sparsity": self.level.sparsity, "budget": self.budget.to_dict()}
+        if self.variant:
+            d["variant"] = self.variant
+        return d
 
 
-def check(model, data, *, sparsity: float, method: str = "global_magnitude", max_violation: float | None = None,
+def check(model, data, *, sparsity: float | None = None, method: str = "global_magnitude",
+          max_violation: float | None = None,
           max_overall_drop: float | None = None, max_group_drop: float | None = None,
           confidence: float | None = None, finetune_epochs: int = 0, train_data=None, seed: int = 0, device=None,
           batch_size: int = 256, measure_footprint: bool = False,
-          cancel: Callable[[], bool] | None = None) -> CheckResult:
-    """Prune ``model`` to ``sparsity`` with ``method`` and test the level against the budget (see :class:`Budget`).
+          cancel: Callable[[], bool] | None = None, compress: str | None = None) -> CheckResult:
+    """Prune ``model`` to ``sparsity`` with ``method`` and test the level against the budget (see :class:`Budget`);
+    or, with ``compress`` (e.g. "int8_dynamic", "nm_2_4+int8_dynamic") instead of a sparsity, test that
+    compression variant against the same budget.
 
     ``measure_footprint``: also measure size_bytes / latency_ms (off by default: a gate needs neither).
     """
     budget = Budget(max_violation, max_overall_drop, max_group_drop, confidence)
+    if (sparsity is None) == (compress is None):
+        raise InputError("expected exactly one of --sparsity S (a pruning level) or --compress VARIANT (e.g. "
+                         f"int8_dynamic); found {'both' if compress is not None else 'neither'}")
+    if compress is not None:
+        from .compress import parse_variant
+
+        parse_variant(compress)
+        auditor = Auditor(model, data, method=method, seed=seed, device=device, batch_size=batch_size, cancel=cancel,
+                          measure_footprint=measure_footprint)
+        [variant] = auditor.measure_compression([compress])
+        violations = budget.breaches(variant.level)
+        return CheckResult(not violations, violations, variant.level, budget, method, auditor.result([], [variant]),
+                           variant=variant.method)
     auditor = Auditor(model, data, method=method, finetune_epochs=finetune_epochs, train_data=train_data, seed=seed,
                       device=device, batch_size=batch_size, cancel=cancel, measure_footprint=measure_footprint)
     [level] = auditor.measure([sparsity])

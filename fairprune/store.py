@@ -52,6 +52,8 @@ BAD_FILE_NAME = "files: a file name must be a plain name such as 'model.pt2' (no
 MISSING_FILE = "files[{name!r}]: expected an existing file to copy; found {path!r}, which does not exist"
 BAD_FILE_VALUE = "files[{name!r}]: expected bytes, or a path (str or Path) to copy; found {kind}"
 NOT_JSON = "{what} must be JSON-serialisable (numbers, strings, lists, dicts); found {err}"
+INTERRUPTED = ("interrupted: the worker running it ({who}) stopped before it finished (it was shut down, or "
+               "killed: for example by the system when memory ran out); requeue the run to start it again")
 NOT_REQUEUEABLE = "run {run_id!r} is {status!r}; only {allowed} runs can be requeued"
 
 _SCHEMA = """
@@ -433,7 +435,6 @@ class RunStore:
                 who = f"pid {pid} on {host}" if pid is not None else "unknown"
                 db.execute("UPDATE runs SET status = 'interrupted', finished = ?, progress_message = 'interrupted', "
                            "error = ? WHERE id = ?",
-                           (now, f"interrupted: the worker running it ({who}) stopped before it finished; "
-                                 "requeue the run to start it again", run_id))
+                           (now, INTERRUPTED.format(who=who), run_id))
                 reaped.append(run_id)
         return reaped

@@ -62,3 +62,23 @@ def table_files(tmp_path_factory):
     weights = d / "mlp.safetensors"
     save_file(model.state_dict(), str(weights))
     return csv, weights, df, model
+
+
+@pytest.fixture
+def spawned():
+    """Pids of worker processes a test started; each is stopped (SIGKILL) and waited for afterwards."""
+    import os
+    import signal
+
+    from fairprune import jobs
+
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for p in jobs._STARTED:
+        if p.pid in pids:
+            p.wait(timeout=10)

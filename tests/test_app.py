@@ -381,3 +381,48 @@ def test_an_internal_error_is_a_message_not_a_traceback(monkeypatch, worker_call
     assert not at.exception
     [msg] = [e.value for e in at.error]
     assert msg.startswith(UNEXPECTED) and "RuntimeError: database on fire" in msg and "Traceback" not in msg
+
+
+# ---- compression variants -------------------------------------------------------------------------------
+def test_audit_page_queues_compression_variants_and_results_show_them(worker_calls, monkeypatch):
+    at = new_app().run()
+    open_page(at, "pages_/audit.py")
+    assert_clean(at)
+    assert "int8_dynamic" in at.multiselect(key="audit-compress").options
+    at.radio(key="audit-preset").set_value("none").run()
+    assert at.button(key="audit-run").disabled, "no levels and no variants: nothing to run"
+    at.text_input(key="audit-compress-combos").input("int8_dynamic+nm_2_4").run()
+    assert any("nm_2_4 must come first" in e.value for e in at.error)
+    at.text_input(key="audit-compress-combos").input("nm_2_4+int8_dynamic").run()
+    at.multiselect(key="audit-compress").select("fp16").run()
+    assert not at.button(key="audit-run").disabled
+    at.button(key="audit-run").click().run()
+    assert_clean(at)
+    [run] = RunStore().list()
+    assert run.spec["sparsities"] == [] and run.spec["compress"] == ["fp16", "nm_2_4+int8_dynamic"]
+    jobs.run_worker(RunStore(), once=True)
+    result = AuditResult.from_dict(RunStore().get(run.id).result)
+    assert [v.method for v in result.compression] == ["fp16", "nm_2_4+int8_dynamic"] and not result.levels
+
+    open_page(at, "pages_/results.py", run=run.id)
+    assert_clean(at)
+    worst = max(result.compression, key=lambda v: (v.level.fairness_violation["accuracy"], v.method))
+    assert any(f"Under {worst.method} group" in m.value for m in at.markdown)
+    assert [c.key for c in charts(at)] == ["res-sizeaxis", "res-variants"]
+    [table] = [d.value for d in at.dataframe if "variant" in d.value.columns]
+    assert list(table["variant"]) == ["fp16", "nm_2_4+int8_dynamic"]
+    assert table["violation acc (pts)"].tolist() == pytest.approx(
+        [100 * v.level.fairness_violation["accuracy"] for v in result.compression])
+    open_page(at, "pages_/runs.py")
+    assert_clean(at)
+
+
+def test_fixed_sparsity_method_measures_its_one_level(worker_calls):
+    at = new_app().run()
+    open_page(at, "pages_/audit.py")
+    at.selectbox(key="audit-method").set_value("nm_2_4").run()
+    assert any("prunes exactly 50%" in i.value for i in at.info)
+    at.button(key="audit-run").click().run()
+    assert_clean(at)
+    [run] = RunStore().list()
+    assert run.spec["sparsities"] == [0.5] and run.spec["method"] == "nm_2_4"

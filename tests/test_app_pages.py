@@ -123,3 +123,30 @@ def test_search_queues_a_run_and_shows_a_frontier(worker_calls):
     assert_clean(at)
     assert len(charts(at)) == 1 and at.dataframe
     assert plots.search_frontier(res).data
+
+
+def test_search_with_compression_variants_runs_in_the_worker_and_names_the_smallest(worker_calls):
+    at = open_page(new_app().run(), "pages_/search.py")
+    assert "nm_2_4" not in at.multiselect(key="search-methods").options      # fixed sparsity: nothing to search
+    at.number_input(key="search-maxviol").set_value(5.0)
+    at.number_input(key="search-evals").set_value(7)
+    at.multiselect(key="search-compress").select("int8_weight").run()
+    at.button(key="search-run").click().run()
+    assert_clean(at)
+    [run] = RunStore().list(kind="search")
+    assert run.spec["compress"] == ["int8_weight"]
+    jobs.run_worker(RunStore(), once=True)
+    res = RunStore().get(run.id).result
+    assert [v["method"] for v in res["compression"]] == ["int8_weight"]
+    at = open_page(at, "pages_/search.py")
+    assert_clean(at)
+    [variants] = [d.value for d in at.dataframe if "variant" in d.value.columns]
+    assert variants["within budget"].tolist() == [res["compression"][0]["feasible"]]
+    small = res["smallest_within_budget"]
+    if small:
+        assert any("Smallest model within the budget" in x.value for x in at.success)
+        assert small["size_bytes"] == min(p["size_bytes"] for p in
+                                          res["methods"]["global_magnitude"]["frontier"] + res["compression"]
+                                          if p["feasible"] and p["size_bytes"] is not None)
+    else:
+        assert any("No sized model" in w.value for w in at.warning)

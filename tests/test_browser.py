@@ -192,3 +192,26 @@ def test_runs_page_lists_runs(server, page):
     page.wait_for_timeout(1000)
     no_exception(page)
     screenshot(page, "runs.png")
+
+
+def test_compression_variants_on_the_results_page(server, page):
+    from fairprune import jobs
+    from fairprune.audit import AuditSpec
+    from fairprune.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    spec = AuditSpec(sparsities=(0.9,), demo="adult", group=("race",), compress=("int8_dynamic", "nm_2_4+int8_dynamic"))
+    run_id = store.create_run(spec.to_dict(), title="adult, pruned and quantized")
+    while store.get(run_id).active:                      # the app's worker may already be serving this home
+        jobs.run_worker(store, once=True)
+        time.sleep(0.2)
+    assert store.get(run_id).status == "done", store.get(run_id).error
+    page.goto(f"{url}/results?run={run_id}")
+    page.get_by_text("Beyond pruning: quantization and 2:4 sparsity").wait_for(timeout=60_000)
+    # accuracy, drop, violation, size & latency, size axis, then the variants' drop chart
+    page.locator(".js-plotly-plot").nth(5).wait_for()
+    assert page.locator(".js-plotly-plot").count() == 6
+    assert page.get_by_text("Every model on one size axis").count() >= 1
+    no_exception(page)
+    screenshot(page, "compression.png")

@@ -379,3 +379,20 @@ def test_results_page_offers_the_report(result, monkeypatch):
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download report (HTML)" in labels and "Download the result (JSON)" in labels
     assert "res-redact" in [c.key for c in at.checkbox]
+
+
+def test_compression_variants_have_their_own_section(tmp_path):
+    df = make_table()
+    feats = [c for c in df.columns if c.startswith("f")]
+    data = GroupedDataset(x=torch.tensor(df[feats].to_numpy(np.float32)), y=torch.tensor(df["label"].to_numpy()),
+                          group=df["group"].to_numpy().astype(object), name="table", sha256="0" * 64)
+    r = audit(copy.deepcopy(train_mlp(df, epochs=40)), data, sparsities=[], compress=["int8_weight", "nm_2_4"])
+    text = render_html(r)
+    assert '<section id="compression"' in text and 'href="#compression"' in text
+    # the variant chart and, with no levels, the size axis
+    assert int(re.search(r'"fairprune-charts" content="(\d+)"', text).group(1)) == 2
+    section = text[text.index('<section id="compression"'):text.index("</section>", text.index('<section id="compression"'))]
+    for v in r.compression:
+        assert f"<td class=l>{html.escape(v.method)}</td>" in section
+        assert f"{100 * v.level.fairness_violation['accuracy']:.1f}" in section
+    assert headline(r) in html.unescape(text) and headline(r).startswith("Under ")

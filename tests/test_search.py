@@ -341,3 +341,49 @@ def test_search_after_finetuning_uses_the_training_rows():
     res = search(model, both, max_violation=0.25, hi=0.6, finetune_epochs=1, measure_footprint=False)
     assert res.config["finetune_epochs"] == 1 and res.to_dict()["config"]["finetune_epochs"] == 1
     assert 0.265 <= res.recommended.sparsity < 0.275
+
+
+# ---- compression variants beside the levels ---------------------------------------------------------------
+def test_search_judges_compression_variants_and_names_the_smallest_within_budget(table_files):
+    from fairprune.data import load_dataset
+    from fairprune.search import search_methods
+
+    csv, _, _, model = table_files
+    data = load_dataset(str(csv), label="label", group=("group",), ignore=("sex",))
+    report = search_methods(model, data, methods=["global_magnitude"], max_violation=0.05, grid=[0.3, 0.6, 0.9],
+                            max_evals=4, compress=["int8_weight", "nm_2_4"])
+    d = report.to_dict()
+    assert [v["method"] for v in d["compression"]] == ["int8_weight", "nm_2_4"]
+    # each variant judged with the same budget as a level, from its own figures
+    audit = report.results[0].audit
+    for v, entry in zip(report.variants, audit.compression):
+        assert v.point.violation == entry.level.fairness_violation["accuracy"]
+        assert v.point.feasible == (entry.level.fairness_violation["accuracy"] <= 0.05)
+        assert v.point.size_bytes == entry.size_bytes and v.point.phase == "compression"
+    # the smallest passing model among levels and variants, by hand
+    cands = [(p.size_bytes, -p.overall_accuracy, "pruning", p.sparsity) for p in report.results[0].frontier
+             if p.feasible] + [(v.point.size_bytes, -v.point.overall_accuracy, "compression", v.method)
+                               for v in report.variants if v.point.feasible]
+    best = min(cands)
+    small = d["smallest_within_budget"]
+    assert small["size_bytes"] == best[0] and small["kind"] == best[2]
+    assert "compression variants" in report.text()
+
+
+def test_check_gates_a_compression_variant(table_files, tmp_path, capsys):
+    csv, weights, _, _ = table_files
+    base = ["check", "--model", str(weights), "--arch", "mlp", "--num-classes", "3", "--arch-arg", "in_features=4",
+            "--arch-arg", "hidden=32,16", "--data", str(csv), "--ignore", "sex"]
+    out = tmp_path / "check.json"
+    code = main(base + ["--compress", "int8_weight", "--max-overall-drop", "0.5", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and text.startswith("pass: int8_weight (compression)")
+    d = json.loads(out.read_text())
+    assert d["check"]["variant"] == "int8_weight" and d["levels"] == []
+    assert [e["method"] for e in d["compression"]] == ["int8_weight"]
+    # a budget nothing meets fails with exit 1, naming the bound
+    assert main(base + ["--compress", "nm_2_4", "--max-overall-drop", "-0.5"]) == 1
+    assert "max-overall-drop -0.5" in capsys.readouterr().out
+    # both a sparsity and a variant: refused before loading anything
+    assert main(base + ["--compress", "int8_weight", "--sparsity", "0.5", "--max-violation", "0.1"]) == 2
+    assert "exactly one of --sparsity" in capsys.readouterr().err

@@ -78,21 +78,6 @@ def _wait(pred, timeout=20.0, every=0.05):
     return pred()
 
 
-@pytest.fixture
-def spawned():
-    """Pids of worker processes a test started; each is stopped (SIGKILL) and waited for afterwards."""
-    pids: list[int] = []
-    yield pids
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for p in jobs._STARTED:
-        if p.pid in pids:
-            p.wait(timeout=10)
-
-
 def _subprocess_env(monkeypatch):
     """A worker subprocess imports this module (so it knows the test kinds)."""
     monkeypatch.setenv("FAIRPRUNE_WORKER_IMPORTS", "test_store_jobs")

@@ -37,11 +37,12 @@ rows = []
 for r in runs:
     res = results[r.id]
     worst, drop, violation = None, None, None
-    if res is not None and res.levels:
-        lv = res.levels[-1]
+    measured = [] if res is None else res.levels + [v.level for v in res.compression]
+    if measured:
+        lv = res.levels[-1] if res.levels else max(measured, key=lambda x: x.fairness_violation["accuracy"])
         worst = worst_group(lv)
         drop = 100 * lv.groups[worst].accuracy_drop
-        violation = 100 * max(x.fairness_violation["accuracy"] for x in res.levels)
+        violation = 100 * max(x.fairness_violation["accuracy"] for x in measured)
     progress = f"{r.progress_done}/{r.progress_total}" if r.active and r.progress_total else ""
     rows.append({"status": f"{r.status} {progress}".strip(),
                  "title": r.title or r.id,
@@ -50,7 +51,7 @@ for r in runs:
                  "inputs": widgets.run_inputs(r), "id": r.id})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="runs-table", column_config={
     "max violation (pts)": st.column_config.NumberColumn(
-        help="Largest accuracy fairness violation over the levels of the run. "
+        help="Largest accuracy fairness violation over the levels and compression variants of the run. "
              + DEFINITIONS["fairness_violation_accuracy"], format="%.1f"),
     "worst group (top level)": st.column_config.TextColumn(help="The group with the largest accuracy drop at the "
                                                            "run's highest sparsity."),

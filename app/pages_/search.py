@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import result_view, widgets
 from fairprune import plots
+from fairprune.compress import list_compressions
 from fairprune.prune import list_methods
 
 st.title("Operating point")
@@ -16,7 +17,7 @@ s = widgets.store()
 inp = widgets.inputs()
 st.markdown(f"Searching {widgets.describe_inputs(inp)}.")
 
-names = [m.name for m in list_methods()]
+names = [m.name for m in list_methods() if m.fixed_sparsity is None]     # a fixed-sparsity method has nothing to search
 c = st.columns(3)
 max_violation = c[0].number_input("Max violation (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
                                   key="search-maxviol", help=plots.DEFINITIONS["fairness_violation_accuracy"])
@@ -27,6 +28,11 @@ confident = c[2].checkbox("Read the 95% upper bound", value=False, key="search-c
                           help="Pass only levels whose 95% bootstrap interval stays within the budget.")
 chosen = st.multiselect("Pruning methods", names, default=names[:1], key="search-methods")
 evals = st.number_input("Most levels measured per method", min_value=2, max_value=30, value=8, key="search-evals")
+variants = st.multiselect("Also judge compressed variants against the budget", [c.name for c in list_compressions()],
+                          default=[], key="search-compress",
+                          help="Each variant (quantization, 2:4 sparsity) is measured on the same rows and judged by the "
+                               "same budget; the result names the smallest model within the budget among the levels "
+                               "and the variants.")
 
 if st.button("Search", key="search-run", type="primary", disabled=not chosen, icon=":material/travel_explore:"):
     with widgets.friendly_errors("Queuing the search"):
@@ -45,6 +51,8 @@ if st.button("Search", key="search-run", type="primary", disabled=not chosen, ic
             files = {model_name: m["path"], data_name: d["path"]}
         spec.update(methods=list(chosen), max_violation=max_violation / 100, max_evals=int(evals),
                     confidence=0.95 if confident else None)
+        if variants:
+            spec["compress"] = list(variants)
         if use_drop:
             spec["max_overall_drop"] = max_drop / 100
         st.session_state["search-show"] = s.create_run(spec, kind="search", title=f"search {', '.join(chosen)}",
@@ -88,3 +96,19 @@ if runs:
                      and p["sparsity"] == entry["recommended"]["sparsity"]}
                     for name, entry in (res.get("methods") or {}).items() for p in entry.get("frontier") or []]
             st.dataframe(pd.DataFrame(rows), hide_index=True, key="search-table", width="stretch")
+            if res.get("compression"):
+                small = res.get("smallest_within_budget")
+                if small:
+                    what = (f"{small['method']} at {plots.sparsity_label(small['sparsity'])} sparsity"
+                            if small["kind"] == "pruning" else small["method"])
+                    st.success(f"Smallest model within the budget: **{what}** — {small['size_bytes'] / 1e3:,.1f} kB, "
+                               f"violation {100 * small['violation']:.1f} pts, overall accuracy "
+                               f"{100 * small['overall_accuracy']:.1f}%.", icon=":material/compress:")
+                else:
+                    st.warning("No sized model (level or variant) met the budget.")
+                vrows = [{"variant": v["method"], "setting": v["setting"],
+                          "size (kB)": None if v["size_bytes"] is None else v["size_bytes"] / 1e3,
+                          "overall accuracy %": 100 * v["overall_accuracy"], "overall drop (pts)": 100 * v["overall_drop"],
+                          "violation (pts)": 100 * v["violation"], "worst group": v["worst_group"],
+                          "within budget": v["feasible"]} for v in res["compression"]]
+                st.dataframe(pd.DataFrame(vrows), hide_index=True, key="search-variants", width="stretch")

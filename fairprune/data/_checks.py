@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,8 @@ IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 ZIP_MAX_RATIO = 200
 #: ... to more than this many bytes (small, highly compressible members such as a CSV of zeros are fine).
 ZIP_RATIO_MIN_BYTES = 10 << 20
+#: Archives with more entries are refused before their directory is parsed (each entry costs memory to list).
+ZIP_MAX_ENTRIES = 1_000_000
 
 # ---- message texts ---------------------------------------------------------------------------------
 MISSING_GROUP_OPTION = "missing_group (--missing-group): expected one of {choices}, found {found!r}"
@@ -53,6 +56,24 @@ ZIP_BOMB = (
     "which looks like a zip bomb; expected at most {max_ratio}x for members over {min_bytes:,} bytes"
 )
 NOT_A_ZIP = "{file}: expected a zip archive ({what}), found a file that is not one ({reason})"
+ZIP_TOO_MANY = (
+    "{file}: refused: the archive lists {n:,} entries, more than the limit of {limit:,}; expected fewer files "
+    "in one archive"
+)
+NOT_UTF8_VALUE = "{file}: {field} must hold UTF-8 text; found bytes that do not decode: {value!r}"
+
+
+def decode_text(values, *, file: str, field: str) -> list:
+    """Values with bytes (an NPZ ``S`` array) decoded as UTF-8; undecodable bytes are an InputError."""
+    out = []
+    for v in values:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode()
+            except UnicodeDecodeError:
+                raise InputError(NOT_UTF8_VALUE.format(file=file, field=field, value=v[:40])) from None
+        out.append(v)
+    return out
 
 
 def check_missing_group(missing_group: str) -> str:
@@ -187,6 +208,10 @@ MISSING_GROUPS = (
     "Use --missing-group drop to leave those rows out, or --missing-group category to put them in a group "
     "named 'missing'"
 )
+NUL_IN_GROUPS = (
+    "{file}: {field} must hold printable text; found a NUL character in {n} row(s) ({where}). Remove the NUL "
+    "bytes (a binary file saved as text?)"
+)
 NOTHING_LEFT = "{file}: expected rows to audit, found none left after dropping {n} row(s) with a missing group"
 
 
@@ -203,10 +228,14 @@ def resolve_missing_groups(columns: dict, *, missing_group: str, file: str, fiel
     for name, values in columns.items():
         values = np.asarray(values)
         if values.dtype.kind in "OUS":
-            values = np.asarray(
-                [v.decode() if isinstance(v, bytes) else v for v in values.tolist()], dtype=object
-            )
+            values = np.asarray(decode_text(values.tolist(), file=file, field=field.format(name=name)), dtype=object)
             values = np.asarray([v.strip() if isinstance(v, str) else v for v in values], dtype=object)
+            # NumPy's str arrays drop trailing NULs, so 'a\0' would name group 'a' in one place and not another
+            nul = np.asarray([isinstance(v, str) and "\0" in v for v in values], dtype=bool)
+            if nul.any():
+                idx = np.flatnonzero(nul)
+                raise InputError(NUL_IN_GROUPS.format(file=file, field=field.format(name=name), n=len(idx),
+                                                      where=where(idx)))
         missing = is_missing(values)
         if missing.any():
             if missing_group == "error":
@@ -228,9 +257,9 @@ def resolve_missing_groups(columns: dict, *, missing_group: str, file: str, fiel
 def check_split(values, *, file: str, field: str, where) -> np.ndarray:
     """Normalise a split column to an object array of 'train'/'test'; anything else is an InputError."""
     raw = np.asarray(values, dtype=object).ravel()
-    out = np.asarray([(v.decode() if isinstance(v, bytes) else v) for v in raw], dtype=object)
+    out = np.asarray(decode_text(raw.tolist(), file=file, field=field), dtype=object)
     out = np.asarray([v.strip().lower() if isinstance(v, str) else v for v in out], dtype=object)
-    bad = np.asarray([v not in SPLITS for v in out], dtype=bool)
+    bad = np.asarray([not (isinstance(v, str) and v in SPLITS) for v in out], dtype=bool)
     if bad.any():
         idx = np.flatnonzero(bad)
         raise InputError(
@@ -291,6 +320,43 @@ def fit_normalize(stats, shape: tuple[int, ...], *, file: str):
 
 
 # ---- zip archives ----------------------------------------------------------------------------------
+#: What Python's zipfile raises on a damaged or unsupported archive or member, besides BadZipFile:
+#: a corrupt deflate/bzip2/lzma stream, a truncated file, an unsupported zip version or compression
+#: method (NotImplementedError), an encrypted member (RuntimeError), a malformed extra field (ValueError).
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError)
+
+
+def open_zip(path, *, file: str, what: str) -> zipfile.ZipFile:
+    """``zipfile.ZipFile(path)``, with every way a file can fail to be a zip archive an InputError.
+
+    An archive with more than ``ZIP_MAX_ENTRIES`` entries is refused: first from the count its end record
+    declares, before zipfile parses (and holds in memory) the whole directory, then from the entries
+    actually listed, in case the end record lies.
+    """
+    declared = _declared_entries(path)
+    if declared is not None and declared > ZIP_MAX_ENTRIES:
+        raise InputError(ZIP_TOO_MANY.format(file=file, n=declared, limit=ZIP_MAX_ENTRIES))
+    try:
+        zf = zipfile.ZipFile(path)
+    except ZIP_ERRORS as err:
+        raise InputError(NOT_A_ZIP.format(file=file, what=what, reason=str(err) or type(err).__name__)) from err
+    if len(zf.filelist) > ZIP_MAX_ENTRIES:
+        n = len(zf.filelist)
+        zf.close()
+        raise InputError(ZIP_TOO_MANY.format(file=file, n=n, limit=ZIP_MAX_ENTRIES))
+    return zf
+
+
+def _declared_entries(path) -> int | None:
+    """The entry count in a zip file's end-of-central-directory record (ZIP64 too); None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            end = zipfile._EndRecData(f)   # what ZipFile itself reads first; stable since Python 2
+    except (*ZIP_ERRORS, AttributeError, IndexError):
+        return None
+    return None if end is None else int(end[zipfile._ECD_ENTRIES_TOTAL])
+
+
 def check_zip_size(zf: zipfile.ZipFile, *, file: str, limit: int, check_ratio: bool) -> None:
     """Refuse an archive that would expand past ``limit`` bytes, or (``check_ratio``) holds a zip bomb.
 

@@ -117,7 +117,8 @@ def _features(frame: pd.DataFrame, cols: list[str], *, rows: np.ndarray, file: s
                 file=file, n=len(bad_rows), where=line_numbers(rows[bad_rows]), cols=", ".join(map(repr, bad_cols))
             )
         )
-    return np.ascontiguousarray(x)
+    # pandas may hand back a read-only view of its own buffer; the dataset's tensor must own writable memory
+    return np.require(x, requirements=["C_CONTIGUOUS", "WRITEABLE", "OWNDATA"])
 
 
 class _LimitedGzip(io.RawIOBase):

@@ -6,9 +6,11 @@ C is 1 when every image is grayscale (modes 1, L, LA, 16-bit gray scaled to 8 bi
 colour modes (RGB, RGBA, P, CMYK, ...) are converted to RGB, alpha dropped, and when gray and colour
 images mix, gray ones are repeated over three channels. All images must have the same size.
 
-The archive is untrusted input. Before anything is decompressed, an archive is refused when a member's
-name points outside it (absolute, or with ``..``), when it would expand past ``max_uncompressed_bytes``,
-or when a member expands absurdly (a zip bomb). Pillow's decompression-bomb guard stays at its default,
+The archive is untrusted input, and it is never extracted to disk: members are read in memory. Before
+anything is decompressed, an archive is refused when it lists too many entries (``ZIP_MAX_ENTRIES``), when
+a member's name points outside it (absolute, a drive letter, or with ``..``), when a member is a symbolic
+link or another special file, when it would expand past ``max_uncompressed_bytes``, or when a member
+expands absurdly (a zip bomb). Pillow's decompression-bomb guard stays at its default,
 and the decoded pixels, which are held in memory, are bounded by the same byte limit.
 
 Pixels are taken as stored: EXIF orientation is not applied, as in a plain ``Image.open`` training pipeline.
@@ -18,8 +20,8 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .._hash import sha256_file
 from ..errors import InputError
-from ._checks import NOT_A_ZIP, check_zip_size, fit_normalize, fmt_names, is_missing
+from ._checks import ZIP_ERRORS, check_zip_size, fit_normalize, fmt_names, is_missing, open_zip
 from ._dataset import GroupedDataset
 from ._table import line_numbers, read_csv, require_columns, table_parts
 
@@ -40,6 +42,10 @@ PATH_COLUMN = "path"
 UNSAFE_MEMBER = (
     "{file}: refused: member {member!r} points outside the archive (an absolute path or '..'); "
     "expected paths relative to the archive's root"
+)
+SPECIAL_MEMBER = (
+    "{file}: refused: member {member!r} is a {kind}, not a regular file; expected only image files and a "
+    "metadata.csv (and folders)"
 )
 UNSAFE_PATH = (
     "{file}: refused: metadata.csv names {path!r} ({where}), which points outside the archive; "
@@ -73,15 +79,14 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 def load_image_zip(path: Path, *, label: str, groups: tuple[str, ...], missing_group: str, normalize,
                    name: str | None, max_uncompressed_bytes: int) -> GroupedDataset:
     file = path.name
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as err:
-        raise InputError(NOT_A_ZIP.format(file=file, what="images and a metadata.csv", reason=err)) from err
-    with zf:
+    with open_zip(path, file=file, what="images and a metadata.csv") as zf:
         check_zip_size(zf, file=file, limit=max_uncompressed_bytes, check_ratio=True)
-        for member in zf.namelist():
-            if _unsafe(member):
-                raise InputError(UNSAFE_MEMBER.format(file=file, member=member))
+        for info in zf.infolist():
+            if _unsafe(info.filename):
+                raise InputError(UNSAFE_MEMBER.format(file=file, member=info.filename))
+            special = _special(info)
+            if special:
+                raise InputError(SPECIAL_MEMBER.format(file=file, member=info.filename, kind=special))
         meta, folder = _find_metadata(zf, file)
         frame = read_csv(io.BytesIO(_read(zf, meta, file)), file=file,
                          text_columns=[PATH_COLUMN] + [g for g in groups if g != label])
@@ -113,6 +118,20 @@ def load_image_zip(path: Path, *, label: str, groups: tuple[str, ...], missing_g
 def _unsafe(name: str) -> bool:
     name = name.replace("\\", "/")
     return name.startswith("/") or bool(_DRIVE.match(name)) or ".." in name.split("/")
+
+
+_SPECIAL_KINDS = {stat.S_IFLNK: "symbolic link", stat.S_IFCHR: "character device", stat.S_IFBLK: "block device",
+                  stat.S_IFIFO: "named pipe (FIFO)", stat.S_IFSOCK: "socket"}
+
+
+def _special(info: zipfile.ZipInfo) -> str | None:
+    """What a member made on Unix is when it is neither a regular file nor a folder (a symlink, a device...)."""
+    if info.create_system != 3:   # the high 16 bits of external_attr are a Unix mode only for Unix-made members
+        return None
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind in (0, stat.S_IFREG, stat.S_IFDIR):
+        return None
+    return _SPECIAL_KINDS.get(kind, f"special file (mode {oct(kind)})")
 
 
 def _find_metadata(zf: zipfile.ZipFile, file: str) -> tuple[str, str]:
@@ -153,8 +172,7 @@ def _members(zf: zipfile.ZipFile, paths: np.ndarray, *, folder: str, rows: np.nd
 def _read(zf: zipfile.ZipFile, member: str, file: str) -> bytes:
     try:
         return zf.read(member)
-    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as err:
-        # RuntimeError: an encrypted member; NotImplementedError: a compression method zipfile lacks
+    except ZIP_ERRORS as err:
         raise InputError(BAD_MEMBER.format(file=file, member=member, reason=err)) from err
 
 
@@ -175,7 +193,9 @@ def _header(zf: zipfile.ZipFile, member: str, file: str) -> tuple[str, tuple[int
     try:
         with zf.open(member) as stream, _open(stream, member, file) as im:
             return im.mode, im.size
-    except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as err:
+    except InputError:
+        raise
+    except ZIP_ERRORS as err:
         raise InputError(BAD_MEMBER.format(file=file, member=member, reason=err)) from err
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ._checks import as_names, check_missing_group, fmt_counts, parse_normalize
+from ._checks import ZIP_ERRORS, as_names, check_missing_group, fmt_counts, open_zip, parse_normalize
 from ._csv import load_csv
 from ._dataset import GroupedDataset
 from ._imagezip import load_image_zip
@@ -155,8 +155,6 @@ def columns(path: str | Path) -> list[str]:
     (``label`` standing for the array ``y``). A file that cannot be read gives [] and
     :func:`load_dataset` says why when it is loaded.
     """
-    import zipfile
-
     import pandas as pd
 
     p = Path(path)
@@ -165,16 +163,17 @@ def columns(path: str | Path) -> list[str]:
         if name.endswith((".csv", ".csv.gz")):
             return [str(c) for c in pd.read_csv(p, nrows=0).columns]
         if name.endswith(".npz"):
+            open_zip(p, file=p.name, what="a NumPy .npz").close()   # refuses a zip listing too many entries
             with np.load(p, allow_pickle=False) as z:
                 keys = [k for k in z.files if k not in _NPZ_NOT_COLUMNS]
             return ["label"] + [k for k in keys if k != "y"]
         if name.endswith(".zip"):
-            with zipfile.ZipFile(p) as zf:
+            with open_zip(p, file=p.name, what="images and a metadata.csv") as zf:
                 meta = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "metadata.csv"]
                 if len(meta) != 1:
                     return []
                 with zf.open(meta[0]) as f:
                     return [str(c) for c in pd.read_csv(f, nrows=0).columns if c != "path"]
-    except (OSError, ValueError, zipfile.BadZipFile, pd.errors.ParserError, UnicodeDecodeError):
+    except (InputError, *ZIP_ERRORS, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         return []
     return []

@@ -16,7 +16,6 @@ the class the group. The label array is ``y`` unless ``label`` names another arr
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,16 @@ from .._hash import sha256_file
 from ..errors import InputError
 from ._checks import (
     NOT_A_ZIP,
+    ZIP_ERRORS,
     as_class_indices,
     check_split,
     check_zip_size,
+    decode_text,
     fit_normalize,
     fmt_counts,
     fmt_names,
     fmt_rows,
+    open_zip,
     resolve_missing_groups,
 )
 from ._dataset import GroupedDataset, join_groups
@@ -45,6 +47,7 @@ NPZ_OBJECT_ARRAY = (
 NPZ_UNREADABLE = "{file}: array {key!r} does not load ({reason}); expected an array written by np.savez"
 NPZ_LENGTHS = "{file}: expected arrays of the same length along the first axis; found {lengths}"
 NPZ_SHAPE = "{file}: expected array {key!r} of shape {expected}, found shape {shape}"
+NPZ_EMPTY = "{file}: expected at least one sample, found arrays of length 0 ({lengths})"
 NPZ_DTYPE = "{file}: expected array {key!r} to hold {expected}, found dtype {dtype}"
 NONFINITE_X = "{file}: array 'x' must hold finite numbers; found NaN or inf in {n} sample(s) ({where})"
 GROUP_NAME_INDEX = (
@@ -52,6 +55,7 @@ GROUP_NAME_INDEX = (
 )
 CLASS_NAME_INDEX = "{file}: 'class_names' has {k} names, so array {key!r} must hold 0..{last}; found {values}"
 
+NPZ_WHAT = "a NumPy .npz written by np.savez"
 _WHAT = {"x": "features (N, ...)", "y": "integer class labels (N,)", "group": "group of each sample (N,)"}
 
 
@@ -63,19 +67,16 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
              name: str | None, max_uncompressed_bytes: int) -> GroupedDataset:
     file = path.name
     # An .npz is a zip; np.load would expand every member it is asked for, so bound that first.
-    try:
-        with zipfile.ZipFile(path) as zf:
-            check_zip_size(zf, file=file, limit=max_uncompressed_bytes, check_ratio=False)
-    except zipfile.BadZipFile as err:
-        raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason=err)) from err
+    with open_zip(path, file=file, what=NPZ_WHAT) as zf:
+        check_zip_size(zf, file=file, limit=max_uncompressed_bytes, check_ratio=False)
     label_key = "y" if label == "label" else label
     group_keys = tuple(label_key if g in ("label", label_key) else g for g in groups)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # e.g. a zip with a prefix, which np.load takes for a pickle
-        raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason=err)) from err
+    except ZIP_ERRORS as err:  # e.g. a zip with a prefix, which np.load takes for a pickle
+        raise InputError(NOT_A_ZIP.format(file=file, what=NPZ_WHAT, reason=err)) from err
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise InputError(NOT_A_ZIP.format(file=file, what="a NumPy .npz written by np.savez", reason="a single array"))
+        raise InputError(NOT_A_ZIP.format(file=file, what=NPZ_WHAT, reason="a single array"))
     with npz:
         found = list(npz.files)
 
@@ -91,7 +92,7 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
                 if "pickle" in str(err).lower():
                     raise InputError(NPZ_OBJECT_ARRAY.format(file=file, key=key)) from err
                 raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason=err)) from err
-            except (OSError, EOFError, zipfile.BadZipFile) as err:
+            except ZIP_ERRORS as err:
                 raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason=err)) from err
             if not isinstance(value, np.ndarray):  # a member that is not a .npy file comes back as bytes
                 raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason="not a .npy member"))
@@ -113,12 +114,16 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         lengths["split"] = len(split)
     if len(set(lengths.values())) > 1:
         raise InputError(NPZ_LENGTHS.format(file=file, lengths=", ".join(f"{k}: {n}" for k, n in lengths.items())))
+    if len(x) == 0:
+        raise InputError(NPZ_EMPTY.format(file=file, lengths=", ".join(f"{k}: 0" for k in lengths)))
 
     for k, v in group_arrays.items():
         if v.dtype.kind not in "iubfUS":
             raise InputError(NPZ_DTYPE.format(file=file, key=k, expected="integers or strings", dtype=v.dtype))
     keep, group_arrays = resolve_missing_groups(group_arrays, missing_group=missing_group, file=file,
                                                 field="array {name!r}", where=_where)
+    if not group_arrays:  # the class is the only group: every row is kept
+        keep = np.ones(len(x), dtype=bool)
     rows = np.flatnonzero(keep)
     if len(rows) < len(keep):
         x, y = x[rows], y[rows]
@@ -140,6 +145,9 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         raise InputError(NPZ_SHAPE.format(file=file, key="feature_names", expected=f"({x.shape[-1]},) for x of shape "
                                           f"{tuple(x.shape)}", shape=(len(feature_names),)))
     if split is not None:
+        if split.dtype.kind not in "US":
+            raise InputError(NPZ_DTYPE.format(file=file, key="split", expected="strings 'train' or 'test'",
+                                              dtype=split.dtype))
         split = check_split(split, file=file, field="array 'split'", where=where)
     return GroupedDataset(
         x=torch.from_numpy(x),
@@ -172,7 +180,7 @@ def _names(a: np.ndarray | None, key: str, file: str) -> tuple[str, ...] | None:
         raise InputError(NPZ_SHAPE.format(file=file, key=key, expected="(K,)", shape=a.shape))
     if a.dtype.kind not in "US":
         raise InputError(NPZ_DTYPE.format(file=file, key=key, expected="strings", dtype=a.dtype))
-    return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in a.tolist())
+    return tuple(str(v) for v in decode_text(a.tolist(), file=file, field=f"array {key!r}"))
 
 
 def _check_index(values: np.ndarray, k: int, message: str, *, key: str, file: str, where) -> None:

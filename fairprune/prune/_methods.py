@@ -27,6 +27,14 @@ class PruningMethod:
 
     name: str = ""
     description: str = ""
+    #: the one sparsity the method prunes to (``nm_2_4``: 0.5), None when any level in [0, 1) works
+    fixed_sparsity: float | None = None
+
+    def check_sparsity(self, sparsity: float) -> None:
+        """Refuse (InputError) a level the method cannot prune to; any level in [0, 1) unless ``fixed_sparsity``."""
+        if self.fixed_sparsity is not None and abs(float(sparsity) - self.fixed_sparsity) > 1e-9:
+            raise InputError(f"{self.name} prunes to exactly {self.fixed_sparsity:g} sparsity by definition; expected "
+                             f"--sparsity {self.fixed_sparsity:g} (or no --sparsity), found {float(sparsity):g}")
 
     def masks(self, module: nn.Module, sparsity: float, *, seed: int,
               example_input: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -64,6 +72,7 @@ def compute_masks(module: nn.Module, method: str, sparsity: float, *, seed: int 
         raise InputError(f"sparsity must be a fraction in [0, 1), e.g. 0.9 for 90%; got {sparsity!r}")
     if not prunable_parameters(module):
         raise InputError("the model has no prunable weights (conv or linear weight tensors with dim >= 2)")
+    get_method(method).check_sparsity(float(sparsity))
     return get_method(method).masks(module, float(sparsity), seed=seed, example_input=example_input)
 
 
@@ -78,6 +87,8 @@ def iter_masks(module: nn.Module, method: str, sparsities: Sequence[float], *, s
             raise InputError(f"sparsity must be a fraction in [0, 1), e.g. 0.9 for 90%; got {s!r}")
     if not prunable_parameters(module):
         raise InputError("the model has no prunable weights (conv or linear weight tensors with dim >= 2)")
+    for s in sparsities:
+        get_method(method).check_sparsity(float(s))
     yield from get_method(method).iter_masks(module, [float(s) for s in sparsities], seed=seed,
                                               example_input=example_input)
 
