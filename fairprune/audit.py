@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .metrics import accuracy_gap, compare, group_metrics
 from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
 from .result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
 
-__all__ = ["AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress"]
+__all__ = ["InputSpec", "LOAD_KEYS", "AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress"]
 
 #: progress(done, total, message): called after each step of a run.
 Progress = Callable[[int, int, str], None]
@@ -38,14 +38,12 @@ Progress = Callable[[int, int, str], None]
 AMP_MODES = ("auto", "off", "float16", "bfloat16")
 
 
-@dataclass(frozen=True)
-class AuditSpec:
-    """Everything needed to run an audit from files (or a built-in demo): what the worker stores.
+@dataclass(frozen=True, kw_only=True)
+class InputSpec:
+    """Where a run's model and data come from, as the CLI's loading options name them: the part every
+    spec the worker stores shares (audit, mitigation, search). Paths are strings; ``demo`` replaces
+    ``model`` and ``data``; :func:`load_inputs` loads them."""
 
-    Paths are strings; ``demo`` replaces ``model`` and ``data``.
-    """
-
-    sparsities: tuple[float, ...]
     model: str | None = None
     data: str | None = None
     demo: str | None = None
@@ -58,9 +56,23 @@ class AuditSpec:
     ignore: tuple[str, ...] | None = None
     missing_group: str = "error"
     normalize: str | None = None
+    train_data: str | None = None
+
+
+#: the loading keys of every stored spec (InputSpec's fields)
+LOAD_KEYS: tuple[str, ...] = tuple(f.name for f in fields(InputSpec))
+
+
+@dataclass(frozen=True)
+class AuditSpec(InputSpec):
+    """Everything needed to run an audit from files (or a built-in demo): what the worker stores.
+
+    The loading keys are :class:`InputSpec`'s; the rest are :func:`audit`'s options.
+    """
+
+    sparsities: tuple[float, ...]
     method: str = "global_magnitude"
     finetune_epochs: int = 0
-    train_data: str | None = None
     diagnostics: bool | dict = False          # or a dict of fairprune.diagnose.DiagnosticsConfig options
     seed: int = 0
     device: str | None = None
@@ -86,7 +98,7 @@ class AuditSpec:
         return cls(**d)
 
 
-def load_inputs(spec: AuditSpec):
+def load_inputs(spec: InputSpec):
     """(LoadedModel, GroupedDataset, train GroupedDataset | None) for a spec. Raises InputError."""
     from .data import load_dataset
     from .zoo import LoadedModel, load_model
@@ -107,7 +119,7 @@ def load_inputs(spec: AuditSpec):
     return model, data, train
 
 
-def _load(spec: AuditSpec, path: str) -> GroupedDataset:
+def _load(spec: InputSpec, path: str) -> GroupedDataset:
     from .data import load_dataset
 
     return load_dataset(path, label=spec.label, group=spec.group, features=spec.features, ignore=spec.ignore,

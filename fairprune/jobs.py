@@ -133,11 +133,10 @@ def _execute_search(store: RunStore, run: Run, progress, cancel) -> dict:
     ``batch_size``, ``compress`` (compression variants judged beside the levels); and the loading keys of an
     audit spec. Unknown keys are refused.
     """
-    from .audit import AuditSpec, load_inputs
+    from .audit import LOAD_KEYS as load
+    from .audit import InputSpec, load_inputs
     from .search import search_methods
 
-    load = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
-            "missing_group", "normalize", "train_data")
     opts = ("max_violation", "max_overall_drop", "max_group_drop", "confidence", "lo", "hi", "tol", "max_evals",
             "grid", "finetune_epochs", "seed", "device", "batch_size", "compress")
     spec = dict(run.spec)
@@ -151,7 +150,7 @@ def _execute_search(store: RunStore, run: Run, progress, cancel) -> dict:
     for k in ("group", "features", "ignore"):
         if lspec.get(k) is not None:
             lspec[k] = tuple(lspec[k])
-    model, data, train = load_inputs(AuditSpec(sparsities=(0.5,), **lspec))
+    model, data, train = load_inputs(InputSpec(**lspec))
     kw = {k: spec[k] for k in opts if spec.get(k) is not None}
     if "compress" in kw:
         kw["compress"] = [kw["compress"]] if isinstance(kw["compress"], str) else list(kw["compress"])

@@ -69,7 +69,7 @@ def text_table(result: AuditResult) -> str:
     lines = [head, "-" * len(head)]
 
     def row(name, dense_m, per_column):
-        cells = "".join(f"{f'{100 * m.accuracy:.1f} ({-100 * m.accuracy_drop:+5.1f})':>{w}}"
+        cells = "".join(f"{f'{100 * m.accuracy:.1f} ({round(-100 * m.accuracy_drop, 1) + 0.0:+5.1f})':>{w}}"
                         for m, w in zip(per_column, widths))
         return f"{name:<{width}}{dense_m.n:>7}{100 * dense_m.accuracy:8.1f}{cells}"
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..audit import InputSpec
 from ..data import GroupedDataset, validate_labels
 from ..errors import InputError
 from ..evaluate import check_model_fits, evaluate, resolve_device
@@ -280,15 +281,11 @@ class RunInputs:
 
 
 # ---- the spec the worker (and the CLI) run ----------------------------------------------------------------
-_LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
-              "missing_group", "normalize", "train_data")
-
-
 @dataclass(frozen=True)
-class MitigationSpec:
+class MitigationSpec(InputSpec):
     """Everything a mitigation run needs, from files or a demo: what the worker's 'mitigate' kind stores.
 
-    Loading keys are :class:`fairprune.audit.AuditSpec`'s (model, data, demo, arch, num_classes, arch_args,
+    Loading keys are :class:`fairprune.audit.InputSpec`'s (model, data, demo, arch, num_classes, arch_args,
     label, group, features, ignore, missing_group, normalize, train_data); the rest are
     :func:`mitigate`'s keyword arguments of the same names (``batch_size`` is the fine-tuning batch size).
     """
@@ -313,19 +310,6 @@ class MitigationSpec:
     also: tuple[str, ...] = ()
     device: str | None = None
     save_model: str | None = None
-    model: str | None = None
-    data: str | None = None
-    demo: str | None = None
-    arch: str | None = None
-    num_classes: int | None = None
-    arch_args: dict = field(default_factory=dict)
-    label: str = "label"
-    group: tuple[str, ...] = ("group",)
-    features: tuple[str, ...] | None = None
-    ignore: tuple[str, ...] | None = None
-    missing_group: str = "error"
-    normalize: str | None = None
-    train_data: str | None = None
 
     _TUPLES = ("baselines", "also", "group", "features", "ignore")
 
@@ -356,10 +340,9 @@ class MitigationSpec:
 def run_spec(spec: MitigationSpec, *, progress: Progress | None = None,
              cancel: Callable[[], bool] | None = None) -> MitigationResult:
     """Load the spec's model and data (as ``fairprune audit`` does) and run :func:`mitigate`."""
-    from ..audit import AuditSpec, load_inputs
+    from ..audit import load_inputs
 
-    model, data, train = load_inputs(AuditSpec(sparsities=(spec.sparsity,),
-                                               **{k: getattr(spec, k) for k in _LOAD_KEYS}))
+    model, data, train = load_inputs(spec)
     return mitigate(model, data, sparsity=spec.sparsity, method=spec.method, when=spec.when, epochs=spec.epochs,
                     alpha=spec.alpha, dual_lr=spec.dual_lr, warmup=spec.warmup, balanced=spec.balanced,
                     dual_holdout=spec.dual_holdout, protect=spec.protect, lr=spec.lr, batch_size=spec.batch_size,
