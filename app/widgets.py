@@ -111,6 +111,19 @@ def demo_spec(name: str = DEFAULT_DEMO, *, group: tuple[str, ...] | None = None,
                      group=tuple(group or info.default_group), **kw)
 
 
+def chosen_files(inp: dict) -> tuple[dict, dict[str, str], str]:
+    """(loading keys of an InputSpec, {stored name: path} of the files a run copies, a title) for the user's own
+    model and data (``inputs()`` with source 'files'); every page that queues a run on them uses this."""
+    m, d = inp["model"], inp["data"]
+    model_name, data_name = m["name"], d["name"]
+    if data_name == model_name:
+        data_name = "data-" + data_name
+    keys = {"model": model_name, "data": data_name, "arch": m.get("arch"), "num_classes": m.get("num_classes"),
+            "arch_args": m.get("arch_args") or {}, "label": d["label"], "group": tuple(d["group"]),
+            "ignore": tuple(d["ignore"]) if d.get("ignore") else None, "missing_group": d.get("missing_group", "error")}
+    return keys, {model_name: m["path"], data_name: d["path"]}, f"{model_name} on {data_name}"
+
+
 # ---- what the user chose to audit (kept across pages in session state) ---------------------------
 def inputs() -> dict:
     """The model and data this browser session will audit; the MNIST demo until the user picks others.

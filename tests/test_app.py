@@ -426,3 +426,47 @@ def test_fixed_sparsity_method_measures_its_one_level(worker_calls):
     assert_clean(at)
     [run] = RunStore().list()
     assert run.spec["sparsities"] == [0.5] and run.spec["method"] == "nm_2_4"
+
+
+def test_own_files_queue_an_audit_and_a_search_with_the_same_loading_keys(table_files, tmp_path, monkeypatch,
+                                                                          worker_calls):
+    import shutil
+
+    csv, weights, _, _ = table_files
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(csv, served / "table.csv")
+    shutil.copy(weights, served / "mlp.safetensors")
+    monkeypatch.setenv("FAIRPRUNE_DATA_DIRS", str(served))
+    at = choose_own_files(new_app().run())
+    at.radio(key="model-origin").set_value("server").run()
+    at.selectbox(key="model-server").set_value("served/mlp.safetensors").run()
+    at.selectbox(key="model-arch").set_value("mlp").run()
+    at.number_input(key="model-classes").set_value(3).run()
+    at.text_area(key="model-args").input("in_features=4\nhidden=32,16").run()
+    at.radio(key="data-origin").set_value("server").run()
+    at.selectbox(key="data-server").set_value("served/table.csv").run()
+    at.selectbox(key="data-label").set_value("label").run()
+    at.multiselect(key="data-group").set_value(["group"]).run()
+    at.multiselect(key="data-ignore").set_value(["sex"]).run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+
+    open_page(at, "pages_/audit.py")
+    at.radio(key="audit-preset").set_value("moderate").run()
+    at.button(key="audit-run").click().run()
+    assert_clean(at)
+    open_page(at, "pages_/search.py")
+    at.button(key="search-run").click().run()
+    assert_clean(at)
+    [audit_run] = RunStore().list(kind="audit")
+    [search_run] = RunStore().list(kind="search")
+    keys = ("arch", "num_classes", "arch_args", "label", "group", "ignore", "missing_group")
+    assert {k: audit_run.spec[k] for k in keys} == {k: search_run.spec[k] for k in keys}
+    assert audit_run.spec["arch"] == "mlp" and audit_run.spec["ignore"] == ["sex"]
+    for run in (audit_run, search_run):          # each run copies the files into its own folder
+        assert Path(run.spec["model"]).name == "mlp.safetensors" and Path(run.spec["data"]).name == "table.csv"
+    jobs.run_worker(RunStore(), once=True)
+    done = RunStore().get(audit_run.id)
+    assert done.status == "done", done.error
+    assert AuditResult.from_dict(done.result).config.sparsities == [0.5, 0.7, 0.9]

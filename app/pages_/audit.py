@@ -124,16 +124,8 @@ if run_clicked and ready and levels is not None and compress is not None and (le
             title = f"{inp['demo']} demo · {' & '.join(inp['group'])}"
             files = {}
         else:
-            m, d = inp["model"], inp["data"]
-            model_name, data_name = m["name"], d["name"]
-            if data_name == model_name:
-                data_name = "data-" + data_name
-            spec = AuditSpec(model=model_name, data=data_name, arch=m.get("arch"), num_classes=m.get("num_classes"),
-                             arch_args=m.get("arch_args") or {}, label=d["label"], group=tuple(d["group"]),
-                             ignore=tuple(d["ignore"]) if d.get("ignore") else None,
-                             missing_group=d.get("missing_group", "error"), **common)
-            title = f"{model_name} on {data_name}"
-            files = {model_name: m["path"], data_name: d["path"]}
+            keys, files, title = widgets.chosen_files(inp)
+            spec = AuditSpec(**keys, **common)
         run_id = widgets.enqueue(spec, title=title, files=files)
         widgets.open_results(run_id)
 

@@ -40,15 +40,8 @@ if st.button("Search", key="search-run", type="primary", disabled=not chosen, ic
             spec = {"demo": inp["demo"], "group": list(inp["group"])}
             files = None
         else:
-            m, d = inp["model"], inp["data"]
-            model_name, data_name = m["name"], d["name"]
-            if data_name == model_name:
-                data_name = "data-" + data_name
-            spec = {"model": model_name, "data": data_name, "arch": m.get("arch"),
-                    "num_classes": m.get("num_classes"), "arch_args": m.get("arch_args") or {}, "label": d["label"],
-                    "group": list(d["group"]), "ignore": list(d["ignore"]) if d.get("ignore") else None,
-                    "missing_group": d.get("missing_group", "error")}
-            files = {model_name: m["path"], data_name: d["path"]}
+            keys, files, _ = widgets.chosen_files(inp)
+            spec = {k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()}
         spec.update(methods=list(chosen), max_violation=max_violation / 100, max_evals=int(evals),
                     confidence=0.95 if confident else None)
         if variants:
