@@ -66,12 +66,17 @@ def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
         if not isinstance(t, torch.Tensor):
             continue
         t = t.detach()
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        key = storage_key(t)
         if t.numel() and key in seen:
             continue
         seen.add(key)
         out[name] = t.to("cpu").contiguous().clone()
     return out
+
+
+def storage_key(t: torch.Tensor) -> tuple:
+    """What makes two tensors the same bytes as shipped (tied weights share it): kept once."""
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
 def serialised_size(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:

@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from ..footprint import nm_tensors, serialised_size
+from ..footprint import nm_tensors, serialised_size, storage_key
 
 __all__ = ["variant_tensors", "variant_size"]
 
@@ -45,7 +45,7 @@ def variant_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
                 add(f"{name}.{part}", getattr(t, part))
             return
         t = t.detach()
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        key = storage_key(t)
         if t.numel() and key in seen:
             return
         seen.add(key)
