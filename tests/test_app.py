@@ -470,3 +470,12 @@ def test_own_files_queue_an_audit_and_a_search_with_the_same_loading_keys(table_
     done = RunStore().get(audit_run.id)
     assert done.status == "done", done.error
     assert AuditResult.from_dict(done.result).config.sparsities == [0.5, 0.7, 0.9]
+
+
+def test_audit_page_says_where_runs_go_when_a_ray_cluster_is_configured(worker_calls, monkeypatch):
+    at = open_page(new_app().run(), "pages_/audit.py")
+    assert not any("Ray cluster" in c.value for c in at.caption)
+    monkeypatch.setenv("FAIRPRUNE_EXECUTOR", "ray")
+    monkeypatch.setenv("FAIRPRUNE_RAY_ADDRESS", "ray://head:10001")
+    at = open_page(new_app().run(), "pages_/audit.py")
+    assert any("Runs go to the Ray cluster at ray://head:10001" in c.value for c in at.caption)
