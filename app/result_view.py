@@ -250,6 +250,17 @@ COMPRESSION_COLUMNS = {
                                                    format="%.2fx"),
     "quantized": st.column_config.NumberColumn("quantized", help="Share of the model's parameters (by count) "
                                                "actually quantized.", format="%.2f"),
+    "variant": st.column_config.TextColumn("variant", help="The compression steps, applied left to right to a copy "
+                                           "of the dense model (options after a colon)."),
+    "setting": st.column_config.TextColumn("setting", help="What the variant stores and computes with (W: weights, "
+                                           "A: activations)."),
+    "latency (ms)": st.column_config.NumberColumn("latency (ms)", help="Median time of one batch through the "
+                                                  "variant, where measured (audits from the dashboard time them).",
+                                                  format="%.2f"),
+    "worst group": st.column_config.TextColumn("worst group", help="The group with the largest accuracy drop under "
+                                               "this variant."),
+    "kernel": st.column_config.TextColumn("kernel", help="The kernels the variant ran with here (e.g. torch's "
+                                          "reference int8 kernels after PT2E), which sets its latency."),
     "accuracy %": GROUP_COLUMNS["accuracy %"],
     "drop (pts)": GROUP_COLUMNS["drop (pts)"],
     "its drop (pts)": st.column_config.NumberColumn("its drop (pts)", help=DEF["accuracy_drop"], format="%+.2f"),
