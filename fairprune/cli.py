@@ -45,7 +45,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     r.add_argument("--method", default="global_magnitude", help="pruning method (default: global_magnitude)")
     r.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     r.add_argument("--batch-size", type=int, default=256,
-                   help="rows per pass (default 256); on GPU out-of-memory it is halved and retried, never failed")
+                   help="rows per pass (default 256); on out-of-memory (GPU or CPU) it is halved and retried, never failed")
     r.add_argument("--amp", choices=["auto", "off", "float16", "bfloat16"], default="auto",
                    help="mixed-precision evaluation: auto (default) uses float16 on CUDA only if it changes at most "
                         "0.1%% of the dense model's predictions and no group's accuracy by more than 0.1 points "

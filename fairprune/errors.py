@@ -7,7 +7,7 @@ error (exit 3).
 
 from __future__ import annotations
 
-__all__ = ["FairpruneError", "InputError", "Cancelled"]
+__all__ = ["FairpruneError", "InputError", "Cancelled", "is_out_of_memory"]
 
 
 class FairpruneError(Exception):
@@ -20,3 +20,16 @@ class InputError(FairpruneError, ValueError):
 
 class Cancelled(FairpruneError):
     """A run was cancelled through its cancel flag."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` says memory ran out: MemoryError, torch's CPU allocator failing, CUDA out of memory
+    (``torch.OutOfMemoryError`` is a RuntimeError saying so). The evaluation loop retries a smaller batch on
+    it; the worker records the run as out of memory and goes on. (No torch import: the worker stays cheap.)"""
+    if isinstance(err, MemoryError):
+        return True
+    if isinstance(err, RuntimeError):
+        text = str(err)
+        return ("out of memory" in text.lower() or "can't allocate memory" in text
+                or "Cannot allocate memory" in text)
+    return False

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import GroupedDataset
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, is_out_of_memory
 
 __all__ = ["Predictions", "evaluate", "model_outputs", "check_model_fits", "resolve_device", "BatchSize",
-           "is_out_of_memory", "check_amp", "AmpCheck", "AMP_TOLERANCE"]
+           "check_amp", "AmpCheck", "AMP_TOLERANCE"]
 
 OUTPUTS_ARE_PROBABILITIES = (
     "the model's outputs sum to 1 on every row: it looks like it outputs probabilities (softmax) rather than "
@@ -141,17 +141,13 @@ class BatchSize:
 
     def shrink(self, err: BaseException) -> None:
         if self.value == 1:
-            raise InputError("the model runs out of GPU memory on a single row; free the GPU or use --device cpu") from err
+            raise InputError("the model runs out of memory on a single row; free the GPU (or memory), or use "
+                             "--device cpu") from err
         self.backoffs.append(self.value)
         self.value = max(1, self.value // 2)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        warnings.warn(f"out of GPU memory at batch size {self.backoffs[-1]}; retrying with {self.value}", stacklevel=3)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """A CUDA (or other accelerator) out-of-memory error, which a smaller batch may avoid."""
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+        warnings.warn(f"out of memory at batch size {self.backoffs[-1]}; retrying with {self.value}", stacklevel=3)
 
 
 def autocast(device: torch.device, amp: str | None):

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, is_out_of_memory
 from .store import Run, RunStore
 
 __all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main",
@@ -239,17 +239,6 @@ def execute(store: RunStore, run: Run) -> None:
     gc.collect()
     log.warning("run %s: %s", run.id, out_of_memory)
     _record(store.fail, run.id, out_of_memory)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` says memory ran out: MemoryError, torch's CPU allocator failing, CUDA out of memory."""
-    if isinstance(err, MemoryError):
-        return True
-    if isinstance(err, RuntimeError):  # torch.OutOfMemoryError is one; the CPU allocator raises a plain one
-        text = str(err)
-        return ("out of memory" in text.lower() or "can't allocate memory" in text
-                or "Cannot allocate memory" in text)
-    return False
 
 
 def out_of_memory_message(err: BaseException) -> str:

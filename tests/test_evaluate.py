@@ -45,7 +45,7 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_predictions():
     ref = evaluate(LoadedModel.from_module(RunsOutAbove(10_000), name="m"), data, batch_size=64)
     module = RunsOutAbove(12)
     bs = BatchSize(64)
-    with pytest.warns(UserWarning, match="out of GPU memory at batch size 64; retrying with 32"):
+    with pytest.warns(UserWarning, match="out of memory at batch size 64; retrying with 32"):
         got = evaluate(LoadedModel.from_module(module, name="m"), data, batch_size=bs)
     assert bs.value == 8 and bs.backoffs == [64, 32, 16]
     np.testing.assert_array_equal(got.pred, ref.pred)
@@ -60,8 +60,19 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_predictions():
 
 
 def test_out_of_memory_on_one_row_is_a_clear_error():
-    with pytest.raises(InputError, match="out of GPU memory on a single row"), pytest.warns(UserWarning):
+    with pytest.raises(InputError, match="out of memory on a single row"), pytest.warns(UserWarning):
         evaluate(LoadedModel.from_module(RunsOutAbove(0), name="m"), _data(n=4), batch_size=2)
+
+
+def test_cpu_memory_errors_back_off_too():
+    class Hungry(RunsOutAbove):
+        def forward(self, x):
+            if x.shape[0] > self.limit:
+                raise MemoryError()
+            return self.lin(x)
+    with pytest.warns(UserWarning, match="out of memory at batch size 32; retrying with 16"):
+        got = evaluate(LoadedModel.from_module(Hungry(16), name="m"), _data(), batch_size=32)
+    assert len(got.pred) == 50
 
 
 def test_other_errors_are_not_retried():
