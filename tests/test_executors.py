@@ -133,14 +133,19 @@ def test_shipped_files_need_not_exist_on_the_worker(cluster, table, tmp_path):
     assert result.to_json() == local.to_json()   # same names, hashes and numbers as from the original paths
 
 
-def test_a_spec_with_compression_variants_runs_as_one_task(cluster):
-    spec = AuditSpec(demo="mnist", sparsities=(0.5, 0.9), compress=("fp16",))
-    assert split_spec(spec) == [spec]
+def test_compression_variants_run_as_one_task_beside_the_levels(cluster):
+    spec = AuditSpec(demo="mnist", sparsities=(0.5, 0.9), compress=("fp16", "int8_weight"))
+    units = split_spec(spec)
+    assert [(u.sparsities, u.compress) for u in units] == [((0.5,), ()), ((0.9,), ()), ((), ("fp16", "int8_weight"))]
     calls = []
     result = get_executor("ray").run(spec, progress=lambda done, total, msg: calls.append((done, total, msg)))
     assert result.to_json() == LocalExecutor().run(spec).to_json()
-    assert "compression" in result.sections
-    assert calls[-1][:2] == (1, 1) and calls[-1][2].startswith("the whole spec done")
+    assert [e["method"] for e in result.sections["compression"]] == ["fp16", "int8_weight"]
+    assert calls[-1][:2] == (3, 3)
+    assert any("compression variants (fp16, int8_weight) done" in m for _, _, m in calls)
+    # with diagnostics the variants are read beside the levels: one unit, whole
+    whole = AuditSpec(demo="mnist", sparsities=(0.5,), compress=("fp16",), diagnostics=True)
+    assert split_spec(whole) == [whole]
 
 
 def test_killed_worker_is_retried(cluster, mnist_local):
@@ -343,3 +348,15 @@ def test_ray_is_imported_only_when_used():
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_variants_merge_from_one_part_only():
+    from fairprune.audit import run_spec
+
+    only = AuditSpec(demo="adult", sparsities=(), compress=("fp16",))
+    assert split_spec(only) == [only]                          # nothing to run beside it
+    spec = AuditSpec(demo="adult", sparsities=(0.5,), compress=("fp16",))
+    level, variants = (run_spec(u) for u in split_spec(spec))
+    assert merge_results([variants, level]).to_json() == run_spec(spec).to_json()
+    with pytest.raises(MergeError, match=r"compression variants.*found (them in )?2"):
+        merge_results([level, variants, run_spec(AuditSpec(demo="adult", sparsities=(), compress=("bf16",)))])

@@ -34,18 +34,24 @@ class MergeError(InputError):
 
 
 def split_spec(spec) -> list:
-    """The independent units of ``spec``: one spec per sparsity level, in sorted order.
+    """The independent units of ``spec``: one spec per sparsity level, in sorted order, then (with
+    compression variants) one spec holding every variant and no level.
 
     The levels are validated first (the same :class:`~fairprune.errors.InputError` a local run raises),
-    so a bad spec is refused before any unit runs anywhere. A spec with compression variants (``compress``)
-    is one unit, whole: the variants' sections have no level-wise merger yet, and one unit is correct
-    by construction.
+    so a bad spec is refused before any unit runs anywhere. Variants have seeds of their own
+    (``fairprune.compress.variant_seed``), so they measure the same apart from the levels. With diagnostics
+    on, a spec with variants stays one unit: the variants' diagnostics are read beside the levels'.
     """
     from ..audit import _check_sparsities
 
-    if getattr(spec, "compress", ()):
+    compress = tuple(getattr(spec, "compress", ()) or ())
+    levels = _check_sparsities(spec.sparsities) if spec.sparsities else []
+    if compress and (spec.diagnostics or not levels):
         return [spec]
-    return [replace(spec, sparsities=(s,)) for s in _check_sparsities(spec.sparsities)]
+    units = [replace(spec, sparsities=(s,), compress=()) for s in levels]
+    if compress:
+        units.append(replace(spec, sparsities=()))
+    return units
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,8 @@ class LevelwiseSection:
 
     levelwise: tuple[tuple[str, ...], ...]
     combine: dict[tuple[str, ...], Callable[[list], Any]] = field(default_factory=dict)
+    #: paths present in some parts only (what the variants' part adds), combined over the parts that have them
+    optional: dict[tuple[str, ...], Callable[[list], Any]] = field(default_factory=dict)
 
     def __call__(self, name: str, values: list, ctx: MergeContext) -> Any:
         labels = ctx.labels
@@ -203,6 +211,12 @@ class LevelwiseSection:
             _set(merged, path, fn(parts))
             for r in rest:
                 _drop(r, path)
+        for path, fn in self.optional.items():
+            present = [x for x in (_get(v, path) for v in values) if x is not _MISSING]
+            if present:
+                _set(merged, path, fn(present))
+                for r in rest:
+                    _drop(r, path)
         _require_same(f"{name!r} sections (apart from their levels)", rest, labels)
         return merged
 
@@ -219,9 +233,17 @@ def _equal_section(name: str, values: list, ctx: MergeContext) -> Any:
 
 # footprint.FootprintMeter.section(): the device line is descriptive (tasks on different cards each name
 # theirs); the dense model's latency is a timing, taken from the first part like the dense figures.
+def _only(values: list) -> Any:
+    if len(values) != 1:
+        raise MergeError(f"results do not belong together: expected one part to measure the compression variants; "
+                         f"found {len(values)}")
+    return copy.deepcopy(values[0])
+
+
 register_section_merger("footprint", LevelwiseSection(
     levelwise=(("levels",),),
     combine={("device",): _join_distinct, ("dense", "latency_ms"): _first},
+    optional={("compression",): _only},
 ))
 
 # diagnose._run.diagnostics_section(): the dense model's diagnostics are the same in every part; the
@@ -253,6 +275,22 @@ def _without_timing(d: dict) -> dict:
     return d
 
 
+def _merge_compression(name: str, values: list, ctx: MergeContext) -> list:
+    """The variants are measured in one part (:func:`split_spec`): its section, whole."""
+    present = [v for v in values if v is not None]
+    if len(present) != 1:
+        raise MergeError(f"results do not belong together: expected the compression variants in one result; "
+                         f"found them in {len(present)}")
+    return copy.deepcopy(present[0])
+
+
+register_section_merger("compression", _merge_compression, partial=True)
+
+#: the order an audit writes its sections in (fairprune.audit.Auditor._sections, then diagnostics); a merged
+#: result lists them the same way, others after these in the order first met
+SECTION_ORDER = ("footprint", "compression", "precision", "batching", "diagnostics")
+
+
 def merge_results(results: Sequence[AuditResult]) -> AuditResult:
     """One :class:`AuditResult` from the results of the units of one spec (any order).
 
@@ -267,16 +305,18 @@ def merge_results(results: Sequence[AuditResult]) -> AuditResult:
     for i, r in enumerate(results):
         if not isinstance(r, AuditResult):
             raise MergeError(f"expected fairprune AuditResult objects to merge; result {i + 1} is {type(r).__name__}")
-        if not r.levels:
-            raise MergeError(f"result {i + 1} has no levels: expected at least one sparsity level per result")
+        if not r.levels and not r.sections.get("compression"):
+            raise MergeError(f"result {i + 1} has no levels and no compression variants: expected at least one "
+                             f"sparsity level or variant per result")
         if [lv.sparsity for lv in r.levels] != list(r.config.sparsities):
             raise MergeError(f"result {i + 1} is inconsistent: config.sparsities {list(r.config.sparsities)} but "
                              f"levels {[lv.sparsity for lv in r.levels]}")
     if len(results) == 1:
         return results[0]
-    parts = sorted(results, key=lambda r: min(lv.sparsity for lv in r.levels))
+    # by lowest sparsity; the variants' part (no level) last
+    parts = sorted(results, key=lambda r: (not r.levels, min((lv.sparsity for lv in r.levels), default=0.0)))
     labels = [f"result {results.index(r) + 1} (sparsity {', '.join(f'{lv.sparsity:g}' for lv in r.levels)})"
-              for r in parts]
+              if r.levels else f"result {results.index(r) + 1} (compression variants)" for r in parts]
 
     _require_same("models", [asdict(r.model) for r in parts], labels)
     _require_same("data", [asdict(r.data) for r in parts], labels)
@@ -296,6 +336,7 @@ def merge_results(results: Sequence[AuditResult]) -> AuditResult:
     names = [n for n in parts[0].sections]
     for r in parts[1:]:
         names += [n for n in r.sections if n not in names]
+    names.sort(key=lambda n: SECTION_ORDER.index(n) if n in SECTION_ORDER else len(SECTION_ORDER))
     sections = {}
     for name in names:
         missing = [labels[i] for i, r in enumerate(parts) if name not in r.sections]

@@ -1,6 +1,7 @@
 """The ``ray`` executor: one Ray task per sparsity level, merged into one ``fairprune.audit/1`` result.
 
-Each task runs :func:`fairprune.audit.run_spec` on the spec with one level (:func:`split_spec`) and
+Each task runs :func:`fairprune.audit.run_spec` on the spec with one level, or with the compression
+variants only (:func:`split_spec`), and
 returns its :class:`~fairprune.result.AuditResult`; :func:`merge_results` makes them one result, equal to
 the byte to a local run of the whole spec (see :mod:`fairprune.executors._merge` for why).
 
@@ -49,8 +50,11 @@ FILE_FIELDS = ("model", "data", "train_data")
 
 def describe(unit: "AuditSpec") -> str:
     """How progress and errors name a unit: its level, or the spec it is whole."""
-    if len(unit.sparsities) == 1 and not getattr(unit, "compress", ()):
+    compress = getattr(unit, "compress", ())
+    if len(unit.sparsities) == 1 and not compress:
         return f"sparsity {unit.sparsities[0]:g}"
+    if compress and not unit.sparsities:
+        return f"compression variants ({', '.join(compress)})"
     return "the whole spec"
 
 
