@@ -125,8 +125,8 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
 
 
 class BatchSize:
-    """A batch size that backs off on CUDA out-of-memory and remembers it: an audit's K + 1 passes share
-    one, so the first pass finds the largest batch that fits and the others start from it.
+    """A batch size that backs off on out-of-memory (CUDA, or the CPU allocator) and remembers it: an audit's
+    K + 1 passes share one, so the first pass finds the largest batch that fits and the others start from it.
 
     ``None`` asks for the default of the device (1024 rows on CUDA, 256 on the CPU).
     """
@@ -139,10 +139,11 @@ class BatchSize:
         self.value = int(value)
         self.backoffs: list[int] = []          # the sizes that ran out of memory, in order
 
-    def shrink(self, err: BaseException) -> None:
+    def shrink(self, error: str) -> None:
+        """Halve the batch after an out-of-memory error (its message ``error``); InputError at one row."""
         if self.value == 1:
             raise InputError("the model runs out of memory on a single row; free the GPU (or memory), or use "
-                             "--device cpu") from err
+                             f"--device cpu (the error: {error.strip().splitlines()[0] if error.strip() else 'none'})")
         self.backoffs.append(self.value)
         self.value = max(1, self.value // 2)
         if torch.cuda.is_available():
@@ -162,8 +163,8 @@ def evaluate(model, data: GroupedDataset, *, batch_size: int | BatchSize | None 
              amp: str | bool | None = None) -> Predictions:
     """Evaluate ``model`` (a LoadedModel) on every row of ``data``, in row order.
 
-    ``batch_size``: rows per pass, or a shared :class:`BatchSize`; on CUDA out-of-memory the batch is
-    halved and the same rows retried (a warning says so), never the run failed. ``amp``: None
+    ``batch_size``: rows per pass, or a shared :class:`BatchSize`; on out-of-memory the batch is halved and
+    the same rows retried (a warning says so), never the run failed. ``amp``: None
     (full precision), 'float16' or 'bfloat16' autocast (True: float16 on CUDA, bfloat16 on CPU);
     :func:`check_amp` says whether it keeps predictions within a tolerance. Per-batch results stay on
     the device until the end, so host copies of the next batch (pinned, non-blocking) overlap compute.
@@ -182,6 +183,7 @@ def evaluate(model, data: GroupedDataset, *, batch_size: int | BatchSize | None 
                 raise Cancelled("cancelled")
             size = fixed or bs.value
             xb, yb = data.rows(start, start + size, device)
+            error = None
             try:
                 with autocast(device, amp or None):
                     logits = model_outputs(model, xb)
@@ -189,8 +191,10 @@ def evaluate(model, data: GroupedDataset, *, batch_size: int | BatchSize | None 
             except Exception as err:
                 if fixed or not is_out_of_memory(err):
                     raise
+                error = str(err)      # not the exception: its traceback holds the batch's activations
+            if error is not None:
                 del xb, yb
-                bs.shrink(err)
+                bs.shrink(error)      # frees the allocator's cache once nothing holds the failed batch
                 continue
             k = logits.shape[1]
             losses.append(loss)
