@@ -62,6 +62,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def _forward(module, x: torch.Tensor, fixed_batch: int | None) -> torch.Tensor:
     n = x.shape[0]
+    if fixed_batch is not None and n > fixed_batch:     # a program exported for fewer rows: in its own batches
+        return torch.cat([_forward(module, x[i:i + fixed_batch], fixed_batch) for i in range(0, n, fixed_batch)])
     if fixed_batch is None or n == fixed_batch:
         out = module(x)
     else:

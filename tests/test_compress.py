@@ -213,6 +213,29 @@ def test_pt2_program_is_quantized_through_pt2e(tmp_path):
                                                          if p.dim() > 1}
 
 
+def test_fixed_batch_program_calibrates_and_evaluates_in_its_own_batches(tmp_path):
+    """A program exported for 8 rows: calibration (256 rows asked) and evaluation run in batches of 8, and
+    give what the same variant of a program that takes any batch size gives."""
+    from fairprune.audit import audit
+    from fairprune.zoo import load_model, save_pt2
+
+    torch.manual_seed(0)
+    model = ConvNet().eval()
+    x = torch.rand(40, 2, 6, 6)
+    torch.export.save(torch.export.export(model, (x[:8],)), tmp_path / "fixed.pt2")
+    save_pt2(model, x[:8], tmp_path / "any.pt2")
+    fixed, any_batch = load_model(tmp_path / "fixed.pt2"), load_model(tmp_path / "any.pt2")
+    assert fixed.fixed_batch_size == 8 and any_batch.fixed_batch_size is None
+    data = GroupedDataset(x=x, y=torch.arange(40) % 3, group=np.array(["a", "b"] * 20, dtype=object),
+                          name="t", sha256="0" * 64)
+    variants = ["int8_static", "int8_dynamic"]
+    got = audit(fixed, data, sparsities=[], compress=variants, measure_footprint=False)
+    want = audit(any_batch, data, sparsities=[], compress=variants, measure_footprint=False)
+    for g, w in zip(got.compression, want.compression):
+        assert g.level.to_dict() == w.level.to_dict()
+        assert g.details.get("calibration") == w.details.get("calibration")
+
+
 def test_dynamic_activation_scale_is_per_sample():
     """A row's output never depends on the rows evaluated beside it (PT2E's own dynamic scale is per batch)."""
     torch.manual_seed(0)

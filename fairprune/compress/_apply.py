@@ -251,8 +251,9 @@ def _calibration_batches(state: _State):
     if state.calibration is None:
         raise InputError("int8_static needs calibration rows; expected a Calibration (fairprune.compress), found none")
     x = state.calibration.x.to(state.device)
-    for start in range(0, x.shape[0], state.batch_size):
-        yield x[start:start + state.batch_size]
+    size = state.fixed_batch_size or state.batch_size       # a fixed-batch program takes its own batch size
+    for start in range(0, x.shape[0], size):
+        yield x[start:start + size]
 
 
 def _forward_padded(module, x, fixed: int | None):
