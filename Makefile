@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench mitigate-results venv chromium demo-weights clean
+.PHONY: run test bench gpu-check mitigate-results venv chromium demo-weights clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,11 @@ bench: venv
 	$(PY) bench/hessian.py
 	$(PY) bench/throughput.py
 	$(PY) bench/compression.py
+
+# The CUDA paths in one short run (mixed precision, out-of-memory back-off, int4 / 2:4 kernels, the 10k-image
+# audit goal, Ray GPU tasks); prints PASS / FAIL / REFUSED per check; does nothing without a GPU.
+gpu-check: venv
+	$(PY) bench/gpu_check.py
 
 # Every mitigation method on the demos at 90/95/98% sparsity, 3 seeds; rewrites the table in bench/RESULTS.md.
 mitigate-results: venv
