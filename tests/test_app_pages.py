@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fairprune import jobs, plots
@@ -150,3 +152,35 @@ def test_search_with_compression_variants_runs_in_the_worker_and_names_the_small
                                           if p["feasible"] and p["size_bytes"] is not None)
     else:
         assert any("No sized model" in w.value for w in at.warning)
+
+
+def test_why_reads_a_compression_variant_beside_the_levels(worker_calls):
+    spec = AuditSpec(sparsities=(0.9,), demo="adult", group=("race",), compress=("fp16",),
+                     diagnostics={"hessian_rows": 16, "power_iterations": 2, "hutchinson_probes": 1})
+    result = run_spec(spec)
+    [variant] = result.compression
+    vdiag = variant.details["diagnostics"]
+    finished(spec.to_dict(), result.to_dict(), "adult, pruned and fp16, diagnosed")
+    at = open_page(new_app().run(), "pages_/why.py")
+    assert_clean(at)
+    assert at.radio(key="why-level").options == ["90%", "fp16"]
+    at.radio(key="why-level").set_value(1).run()
+    assert_clean(at)
+    assert "Mean per-sample gradient norm, dense vs fp16" in texts(at)
+    # the chart on the page: the variant's bars are its own per-group gradient norms
+    grad = json.loads(next(c for c in charts(at) if c.key == "why-grad").proto.spec)
+    [bars] = [t for t in grad["data"] if t["name"] == "fp16"]
+    shown = dict(zip(bars["y"], _array(bars["x"])))
+    assert shown == pytest.approx({g: d["grad_norm_mean"] for g, d in vdiag.items()})
+    assert "Theorem 1's terms and the flipped samples are measured for the sparsity levels" in texts(at)
+    assert variant.details["diagnostics_note"] in texts(at)
+
+
+def _array(v):
+    """A plotly 7 figure-JSON array: a plain list, or {"dtype", "bdata"} (base64 of the raw values)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
+    return list(v)

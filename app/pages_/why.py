@@ -72,30 +72,44 @@ if not diag:
 
 with widgets.friendly_errors("Reading the diagnostics"):
     result = AuditResult.from_dict(run.result)
-    sparsities = [lv.sparsity for lv in result.levels]
-    idx = st.radio("Sparsity level", list(range(len(sparsities))), index=len(sparsities) - 1, horizontal=True,
-                   key="why-level", format_func=lambda i: plots.sparsity_label(sparsities[i]))
-    lv = result.levels[idx]
+    # the models diagnosed: each sparsity level, then each compression variant (quantization, 2:4) whose entry
+    # carries per-group diagnostics
+    variants = [v for v in result.compression if v.details.get("diagnostics")]
+    labels = [plots.sparsity_label(lv.sparsity) for lv in result.levels] + [v.method for v in variants]
+    if not labels:
+        st.info("This audit measured no pruned or compressed model with diagnostics.", icon=":material/info:")
+        st.stop()
+    choice = st.radio("Model", list(range(len(labels))), index=max(len(result.levels) - 1, 0), horizontal=True,
+                      key="why-level", format_func=lambda i: labels[i],
+                      help="A sparsity level of the audit, or a compression variant (quantization, 2:4 sparsity).")
     dense = diag.get("dense") or {}
-    levels = diag.get("levels") or []
-    level_diag = levels[idx] if idx < len(levels) else None
-
-    factors = (diag.get("factors") or {}).get("levels") or []
-    sentence = factors[idx].get("sentence") if idx < len(factors) else None
+    name = labels[choice]
+    idx = choice
+    is_level = idx < len(result.levels)
+    if is_level:
+        lv = result.levels[idx]
+        levels = diag.get("levels") or []
+        level_diag = levels[idx] if idx < len(levels) else None
+        factors = (diag.get("factors") or {}).get("levels") or []
+        sentence = factors[idx].get("sentence") if idx < len(factors) else None
+    else:
+        variant = variants[idx - len(result.levels)]
+        lv, level_diag, sentence = variant.level, variant.details["diagnostics"], None
+        st.caption(variant.details.get("diagnostics_note") or "")
+        idx = len(result.levels) + len(variants)     # past every per-level list below: those are pruning's
     if sentence:
         with st.container(border=True):
             st.markdown(f"**{sentence}**", help="Spearman rank correlation, across groups, between each factor of the "
                         "dense model and the groups' accuracy drops at this level.")
 
-    name = plots.sparsity_label(lv.sparsity)
     cols = st.columns(2, gap="large")
     with cols[0]:
         result_view.chart(plots.diagnostic_dense_vs_level(dense, level_diag, "grad_norm_mean", level_name=name),
-                          key="why-grad", heading="Mean per-sample gradient norm, dense vs pruned",
+                          key="why-grad", heading=f"Mean per-sample gradient norm, dense vs {name}",
                           help=HELP["grad_norm_mean"])
     with cols[1]:
         result_view.chart(plots.diagnostic_dense_vs_level(dense, level_diag, "margin_mean", level_name=name),
-                          key="why-margin", heading="Mean margin p_y − max p_k≠y, dense vs pruned",
+                          key="why-margin", heading=f"Mean margin p_y − max p_k≠y, dense vs {name}",
                           help=HELP["margin_mean"])
     hess = {g: {k: d.get(k) for k in ("hessian_max_eig", "hessian_max_eig_se", "hessian_trace", "hessian_trace_se")}
             for g, d in dense.items()}
@@ -137,6 +151,9 @@ with widgets.friendly_errors("Reading the diagnostics"):
                            "d = ‖θ̄ − θ*‖": r.get("weight_distance")} for g, r in theory[idx].items()])
         st.dataframe(t, hide_index=True, key="why-theory", width="stretch")
 
+    if not is_level:
+        st.caption("Theorem 1's terms and the flipped samples are measured for the sparsity levels; for a compression "
+                   "variant the panels above compare its gradient norms and margins with the dense model's.")
     flips = (diag.get("flips") or {}).get("levels") or []
     if idx < len(flips) and flips[idx]:
         fl = flips[idx]
