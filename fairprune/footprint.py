@@ -63,20 +63,20 @@ def state_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     seen: set[tuple] = set()
     for name, t in module.state_dict().items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach()
-        key = storage_key(t)
-        if t.numel() and key in seen:
-            continue
-        seen.add(key)
-        out[name] = t.to("cpu").contiguous().clone()
+        if isinstance(t, torch.Tensor):
+            keep_once(out, seen, name, t)
     return out
 
 
-def storage_key(t: torch.Tensor) -> tuple:
-    """What makes two tensors the same bytes as shipped (tied weights share it): kept once."""
-    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+def keep_once(out: dict[str, torch.Tensor], seen: set[tuple], name: str, t: torch.Tensor) -> None:
+    """Put a CPU, contiguous copy of ``t`` in ``out`` under ``name``, unless the same bytes (tied weights: one
+    storage, offset, shape, stride and dtype) were kept already under another name: they ship once."""
+    t = t.detach()
+    key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    if t.numel() and key in seen:
+        return
+    seen.add(key)
+    out[name] = t.to("cpu").contiguous().clone()
 
 
 def serialised_size(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:

@@ -17,7 +17,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from ..footprint import nm_tensors, serialised_size, storage_key
+from ..footprint import keep_once, nm_tensors, serialised_size
 
 __all__ = ["variant_tensors", "variant_size"]
 
@@ -44,12 +44,7 @@ def variant_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
             for part in names:
                 add(f"{name}.{part}", getattr(t, part))
             return
-        t = t.detach()
-        key = storage_key(t)
-        if t.numel() and key in seen:
-            return
-        seen.add(key)
-        out[name] = t.to("cpu").contiguous().clone()
+        keep_once(out, seen, name, t)
 
     if isinstance(module, torch.fx.GraphModule):
         for node in module.graph.nodes:
