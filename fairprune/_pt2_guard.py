@@ -4,7 +4,7 @@ Why this exists: ``torch.export.load`` is not safe on untrusted files (torch 2.1
 loader (``torch/export/pt2_archive/_package.py``, ``torch/_export/serde/serialize.py``) and trying
 crafted archives shows it runs code from the file when:
 
-- a weights/constants config entry is marked ``use_pickle`` (``torch.load(weights_only=False)``),
+- a weights/constants config entry is marked ``use_pickle`` (a load with ``weights_only=False``, which unpickles),
   a legacy ``data/weights/<model>.pt`` / ``data/constants/<model>.pt`` file is present, or a
   constant is a custom object (``custom_obj_*`` / ``opaque_obj_*``: ``pickle.loads``);
 - the example inputs do not load with ``weights_only=True`` (it silently retries with ``False``);
