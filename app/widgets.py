@@ -200,6 +200,23 @@ def _cancel(run_id: str) -> None:
         pass
 
 
+def pick_run(runs: list[Run], *, label: str, key: str, show: str | None) -> Run | None:
+    """A picker over ``runs`` (default: the run ``show``, else the newest); its progress while it runs, its
+    error if it stopped; the run itself once it is done (None otherwise)."""
+    by = {r.id: r for r in runs}
+    ids = list(by)
+    rid = st.selectbox(label, ids, index=ids.index(show) if show in ids else 0, key=key,
+                       format_func=lambda i: f"{run_label(by[i])} · {by[i].status}")
+    run = by[rid]
+    if run.active:
+        progress_panel(run.id)
+    elif run.status != "done":
+        st.error(run.error or f"The run was {run.status}.", icon=":material/error:")
+    else:
+        return run
+    return None
+
+
 @st.fragment(run_every=POLL_S)
 def progress_panel(run_id: str) -> None:
     """Live progress of one run, with a Cancel button; reruns the whole page once the run stops."""

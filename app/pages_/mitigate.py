@@ -55,17 +55,8 @@ else:
 
 if mitigations:
     st.divider()
-    mby = {r.id: r for r in mitigations}
-    want = st.session_state.get("mit-show")
-    ids = list(mby)
-    mid = st.selectbox("Mitigation run", ids, index=ids.index(want) if want in ids else 0, key="mit-pick",
-                       format_func=lambda i: f"{widgets.run_label(mby[i])} · {mby[i].status}")
-    run = mby[mid]
-    if run.active:
-        widgets.progress_panel(run.id)
-    elif run.status != "done":
-        st.error(run.error or f"The run was {run.status}.", icon=":material/error:")
-    else:
+    run = widgets.pick_run(mitigations, label="Mitigation run", key="mit-pick", show=st.session_state.get("mit-show"))
+    if run is not None:
         with widgets.friendly_errors("Reading the mitigation"):
             sec = (run.result or {}).get("mitigation") or {}
             rec = sec.get("recommended")

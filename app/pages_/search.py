@@ -55,17 +55,8 @@ if st.button("Search", key="search-run", type="primary", disabled=not chosen, ic
 runs = s.list(kind="search")
 if runs:
     st.divider()
-    by = {r.id: r for r in runs}
-    ids = list(by)
-    want = st.session_state.get("search-show")
-    rid = st.selectbox("Search run", ids, index=ids.index(want) if want in ids else 0, key="search-pick",
-                       format_func=lambda i: f"{widgets.run_label(by[i])} · {by[i].status}")
-    run = by[rid]
-    if run.active:
-        widgets.progress_panel(run.id)
-    elif run.status != "done":
-        st.error(run.error or f"The run was {run.status}.", icon=":material/error:")
-    else:
+    run = widgets.pick_run(runs, label="Search run", key="search-pick", show=st.session_state.get("search-show"))
+    if run is not None:
         with widgets.friendly_errors("Reading the search"):
             res = run.result or {}
             best = res.get("best")
