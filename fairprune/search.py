@@ -249,9 +249,10 @@ class SearchReport:
         return tuple(v for r in self.results for v in r.variants)
 
     def smallest_within_budget(self) -> dict[str, Any] | None:
-        """The smallest model (stored bytes) within the budget among every measured level of every method and
-        every compression variant (ties: higher overall accuracy); None when none passed or none was sized."""
-        cands = [("pruning", r.method, p) for r in self.results for p in r.frontier]
+        """The smallest model (stored bytes) within the budget among each method's recommended level and every
+        compression variant (ties: higher overall accuracy); None when none passed or none was sized. A level
+        the search did not recommend (one that passes above a failure) is not offered here either."""
+        cands = [("pruning", r.method, r.recommended) for r in self.results if r.recommended is not None]
         cands += [("compression", v.method, v.point) for v in self.variants]
         ok = [c for c in cands if c[2].feasible and c[2].size_bytes is not None]
         if not ok:

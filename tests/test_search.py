@@ -360,10 +360,11 @@ def test_search_judges_compression_variants_and_names_the_smallest_within_budget
         assert v.point.violation == entry.level.fairness_violation["accuracy"]
         assert v.point.feasible == (entry.level.fairness_violation["accuracy"] <= 0.05)
         assert v.point.size_bytes == entry.size_bytes and v.point.phase == "compression"
-    # the smallest passing model among levels and variants, by hand
-    cands = [(p.size_bytes, -p.overall_accuracy, "pruning", p.sparsity) for p in report.results[0].frontier
-             if p.feasible] + [(v.point.size_bytes, -v.point.overall_accuracy, "compression", v.method)
-                               for v in report.variants if v.point.feasible]
+    # the smallest passing model among the recommended level and the variants, by hand
+    rec = report.results[0].recommended
+    cands = ([(rec.size_bytes, -rec.overall_accuracy, "pruning", rec.sparsity)] if rec is not None else []) + [
+        (v.point.size_bytes, -v.point.overall_accuracy, "compression", v.method)
+        for v in report.variants if v.point.feasible]
     best = min(cands)
     small = d["smallest_within_budget"]
     assert small["size_bytes"] == best[0] and small["kind"] == best[2]
