@@ -31,8 +31,8 @@ evals = st.number_input("Most levels measured per method", min_value=2, max_valu
 variants = st.multiselect("Also judge compressed variants against the budget", [c.name for c in list_compressions()],
                           default=[], key="search-compress",
                           help="Each variant (quantization, 2:4 sparsity) is measured on the same rows and judged by the "
-                               "same budget; the result names the smallest model within the budget among the recommended level "
-                               "and the variants.")
+                               "same budget; the result names the smallest model within the budget among each "
+                               "method's recommended level and the variants.")
 
 if st.button("Search", key="search-run", type="primary", disabled=not chosen, icon=":material/travel_explore:"):
     with widgets.friendly_errors("Queuing the search"):
