@@ -12,15 +12,20 @@ crafted archives shows it runs code from the file when:
   the pre-2.8 format (a top-level ``version`` entry), whose reader unpickles state dicts;
 - ``models/<model>.json`` holds a symbolic-shape expression (it is parsed with ``sympy.sympify``,
   which ``eval`` s), a guard (``guards_code`` is ``exec`` 'd into the module), or a name or FQN that
-  FX pastes into the Python source it generates and compiles.
+  FX pastes into the Python source it generates and compiles;
+- a graph node's ``target``, or an ``as_operator`` argument, names any callable under ``torch``,
+  ``_operator`` or ``math`` (``torch.serialization.os.makedirs`` resolves): the loader puts it into
+  the graph as given, and the module calls it when it runs. Today torch's verifier happens to
+  stop such a node before it runs; the guard does not rely on that.
 
 So the check is an allowlist, not a blocklist: every entry must be one torch.export.save writes
 (JSON, raw tensor bytes, example inputs that load with ``weights_only=True``), nothing may be
 marked for unpickling, and every string from ``model.json`` that reaches ``eval``/``exec``/codegen
-must parse as the narrow grammar torch itself emits. Anything else is refused with an InputError
-naming the file, the entry, what was expected and what was found. Raw tensor entries are not
-sniffed for pickle headers: with ``use_pickle`` refused, torch only reinterprets their bytes
-(a float32 payload may legitimately start with 0x80).
+must parse as the narrow grammar torch itself emits, and every operator the graph names must be
+one torch.export emits for ordinary models. Anything else is refused with an InputError naming the
+file, the entry, what was expected and what was found. Raw tensor entries are not sniffed for pickle
+headers: with ``use_pickle`` refused, torch only reinterprets their bytes (a float32 payload may
+legitimately start with 0x80).
 """
 
 from __future__ import annotations
@@ -65,6 +70,27 @@ _DANGEROUS = [
     (re.compile(r"data/aotinductor/.*"), "AOTInductor compiled code, which torch loads as a shared library"),
     (re.compile(r".*\.pkl"), "a pickled payload"),
 ]
+
+# What a graph may call. Measured on torch 2.14.1 exports (eval and training mode, dynamic batch, also
+# after run_decompositions) of conv/BatchNorm/dropout/linear/LayerNorm/MultiheadAttention/SDPA models,
+# torchvision ResNet, MobileNetV3, EfficientNet, ConvNeXt, Swin and ViT, torch.cond, torch.no_grad and
+# autocast regions: aten overloads, the symbolic-shape arithmetic below, and three higher-order ops.
+# prims overloads (decompositions) and torch's other pure control-flow / dtype operators are allowed too.
+_OP_OVERLOAD = re.compile(r"torch\.ops\.(aten|prims)\.(\w+)\.(\w+)", re.ASCII)
+_HIGHER_ORDER = frozenset(f"torch.ops.higher_order.{name}" for name in (
+    "cond", "while_loop", "map_impl", "scan", "associative_scan", "wrap_with_set_grad_enabled",
+    "wrap_with_autocast", "invoke_subgraph", "out_dtype"))
+# torch's serializer writes its symbolic-shape operators (_SYM_OPS) under these names; getitem for tuples.
+_SYM_OPERATORS = frozenset({
+    *(f"_operator.{name}" for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "pos",
+                                       "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "lshift", "rshift",
+                                       "getitem")),
+    "math.trunc", "torch.sym_int", "torch.sym_float", "torch.sym_ite", "torch.sym_max", "torch.sym_min",
+    "torch.sym_not", "torch._sym_sqrt",
+})
+_OPERATORS_EXPECTED = ("torch.ops.aten / torch.ops.prims overloads, torch.ops.higher_order."
+                       "{cond, while_loop, map_impl, scan, associative_scan, wrap_with_set_grad_enabled, "
+                       "wrap_with_autocast, invoke_subgraph, out_dtype} or symbolic-shape arithmetic")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FQN = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*(@\d+)?")
@@ -201,6 +227,11 @@ class _Inspector:
             problem = _check_field(key, value)
             if problem:
                 self.refuse(f"{rel!r}: {problem}")
+        for node_name, what, target in _called_operators(doc.get("graph_module")):
+            if not _is_allowed_operator(target, as_argument=what == "argument"):
+                call = "calls" if what == "target" else "passes the operator"
+                self.refuse(f"{rel!r}: graph node {node_name!r} {call} {str(target)[:120]!r}; expected only "
+                            f"{'torch.ops.aten / torch.ops.prims overloads' if what == 'argument' else _OPERATORS_EXPECTED}")
         constraints, guards = doc.get("range_constraints") or {}, doc.get("guards_code") or []
         if not isinstance(constraints, dict) or not isinstance(guards, list):
             self.refuse(f"{rel!r}: range_constraints should be an object and guards_code a list")
@@ -221,6 +252,45 @@ def _walk(node: object) -> Iterator[tuple[str, object]]:
     elif isinstance(node, list):
         for item in node:
             yield from _walk(item)
+
+
+def _called_operators(graph_module: object) -> Iterator[tuple[str, str, object]]:
+    """(node name, "target" | "argument", operator name) for every operator a serialised graph names.
+
+    Walks every node of the graph and of the subgraphs nested in its arguments (control-flow branches):
+    a node's ``target``, and every ``as_operator`` argument anywhere in its inputs.
+    """
+    stack = [graph_module]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if "target" in item and "inputs" in item:         # a Node
+                name = item.get("name") or "?"
+                yield str(name)[:80], "target", item["target"]
+                for key, value in _walk(item.get("inputs")):
+                    if key == "as_operator":
+                        yield str(name)[:80], "argument", value
+            stack.extend(item.values())
+
+
+def _is_allowed_operator(target: object, *, as_argument: bool) -> bool:
+    """True if ``target`` names an operator torch.export emits for ordinary models.
+
+    aten/prims names must resolve to a real OpOverload; nothing else is looked up.
+    """
+    if not isinstance(target, str):
+        return False
+    match = _OP_OVERLOAD.fullmatch(target)
+    if match:
+        namespace, op, overload = match.groups()
+        try:
+            resolved = getattr(getattr(getattr(torch.ops, namespace), op), overload)
+        except (AttributeError, RuntimeError):
+            return False
+        return isinstance(resolved, torch._ops.OpOverload)
+    return not as_argument and (target in _HIGHER_ORDER or target in _SYM_OPERATORS)
 
 
 def _check_field(key: str, value: object) -> str | None:

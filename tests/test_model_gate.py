@@ -1,0 +1,182 @@
+"""The model gate: what a ``.pt2`` graph may call, and TorchScript uploads only where the server opts in.
+
+The ``.pt2`` archive checks (entries, pickles, expressions, names) are tested in test_zoo.py; here the
+graph itself: a node target or an ``as_operator`` argument naming anything but an operator torch.export
+emits for ordinary models is refused before torch opens the file, while real exports (conv, BatchNorm,
+dropout, attention, control flow, a torchvision ViT) still load and compute what the module computes.
+"""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from fairprune._pt2_guard import _SYM_OPERATORS
+from fairprune.errors import InputError
+from fairprune.zoo import load_model, save_pt2
+from test_zoo import _bn_net, _edit_json, _rewrite
+
+torch.manual_seed(0)
+
+
+@pytest.fixture
+def pt2(tmp_path) -> Path:
+    path = tmp_path / "good.pt2"
+    save_pt2(_bn_net(), torch.randn(8, 4), path)
+    return path
+
+
+def _evil_node(marker: Path, *, target: str, operator_arg: str | None = None) -> dict:
+    """A serialised graph node calling ``target`` (with ``operator_arg`` as an as_operator input) on ``marker``."""
+    inputs = [{"name": "path", "arg": {"as_string": str(marker)}, "kind": 1}]
+    if operator_arg is not None:
+        inputs.insert(0, {"name": "op", "arg": {"as_operator": operator_arg}, "kind": 1})
+    return {"target": target, "inputs": inputs, "outputs": [], "metadata": {},
+            "is_hop_single_tensor_return": None, "name": "evil"}
+
+
+def _with_node(src: Path, dst: Path, node: dict) -> Path:
+    def inject(doc):
+        doc["graph_module"]["graph"]["nodes"].insert(0, node)
+    return _rewrite(src, dst, lambda entries: _edit_json(entries, "models/model.json", inject))
+
+
+@pytest.mark.parametrize("target", [
+    "torch.serialization.os.makedirs",          # any callable reachable from torch resolves
+    "builtins.exec",
+    "torch.ops.higher_order.print",             # a higher-order op torch.export does not emit for models
+    "torch.ops.mylib.evil.default",             # a custom-op namespace
+    "#mylib:evil",                              # an extension operator
+    "torch.ops.aten.__class__.mro",             # aten-shaped, but not an OpOverload
+])
+def test_a_node_calling_anything_else_is_refused(pt2, tmp_path, target):
+    marker = tmp_path / "pwned"
+    path = _with_node(pt2, tmp_path / "evil.pt2", _evil_node(marker, target=target))
+    with pytest.raises(InputError) as err:
+        load_model(path).module(torch.randn(2, 4))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: refused to load: 'models/model.json': graph node 'evil' calls {target!r}")
+    assert "expected only torch.ops.aten / torch.ops.prims overloads" in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("host", ["torch.ops.higher_order.out_dtype", "_operator.getitem", "torch.ops.aten.add.Tensor"])
+def test_an_operator_argument_naming_anything_else_is_refused(pt2, tmp_path, host):
+    marker = tmp_path / "pwned"
+    node = _evil_node(marker, target=host, operator_arg="torch.serialization.os.makedirs")
+    path = _with_node(pt2, tmp_path / "evil.pt2", node)
+    with pytest.raises(InputError) as err:
+        load_model(path).module(torch.randn(2, 4))
+    msg = str(err.value)
+    assert "graph node 'evil' passes the operator 'torch.serialization.os.makedirs'" in msg
+    assert "expected only torch.ops.aten / torch.ops.prims overloads" in msg
+    assert not marker.exists()
+
+
+def test_a_node_hidden_in_a_control_flow_branch_is_found(tmp_path):
+    """Subgraphs (torch.cond branches) are graphs too: a node inside one is checked like the rest."""
+    src = tmp_path / "cond.pt2"
+    torch.export.save(torch.export.export(_Cond().eval(), (torch.randn(3, 4),)), str(src))
+    assert load_model(src).kind == "pt2"
+
+    def inject(doc):
+        branches = [arg["arg"]["as_graph"]["graph"] for node in doc["graph_module"]["graph"]["nodes"]
+                    for arg in node["inputs"] if "as_graph" in arg["arg"]]
+        assert len(branches) == 2
+        branches[1]["nodes"].insert(0, _evil_node(tmp_path / "pwned", target="torch.serialization.os.makedirs"))
+    path = _rewrite(src, tmp_path / "evil.pt2", lambda entries: _edit_json(entries, "models/model.json", inject))
+    with pytest.raises(InputError, match="graph node 'evil' calls 'torch.serialization.os.makedirs'"):
+        load_model(path)
+
+
+def test_the_symbolic_operators_allowed_are_the_ones_torch_serialises():
+    """Every symbolic-shape operator torch's serializer may write is allowed, under the name it writes."""
+    from torch._export.serde.serialize import _SYM_OPS, GraphModuleSerializer
+
+    written = {GraphModuleSerializer.serialize_operator(None, op) for op in _SYM_OPS}
+    assert written <= _SYM_OPERATORS, written - _SYM_OPERATORS
+    assert GraphModuleSerializer.serialize_operator(None, operator.getitem) in _SYM_OPERATORS
+
+
+# --- real exports still load ------------------------------------------------------------------------
+
+class _Mixed(nn.Module):
+    """Conv, BatchNorm, dropout, LayerNorm, linear, MultiheadAttention and SDPA in one model."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.drop = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.1)
+        self.attn, self.norm, self.head = nn.MultiheadAttention(4, 2, batch_first=True), nn.LayerNorm(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.drop(self.bn(self.conv(x))).mean((2, 3))
+        tokens = torch.stack([y, 2 * y], 1)
+        a, _ = self.attn(tokens, tokens, tokens)
+        a = nn.functional.scaled_dot_product_attention(a, a, a)
+        return self.head(self.norm(a[:, 0] + y))
+
+
+class _Cond(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return torch.cond(x.sum() > 0, lambda x: self.lin(x), lambda x: self.lin(-x), (x,))
+
+
+class _NoGradAutocast(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        with torch.no_grad():
+            y = self.lin(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = self.lin(x)
+        return y + z.float()
+
+
+def _tiny_vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2,
+                                                hidden_dim=16, mlp_dim=32, num_classes=3)
+
+
+@pytest.mark.parametrize("make, shape, mode", [
+    (_Mixed, (4, 3, 8, 8), "eval"),
+    (_Mixed, (4, 3, 8, 8), "train"),             # training-mode export: moved to eval by load_model
+    (_Cond, (4, 4), "eval"),
+    (_NoGradAutocast, (4, 4), "eval"),
+    (_tiny_vit, (4, 3, 32, 32), "eval"),         # torchvision ViT: patch conv, encoder attention, MLP
+], ids=["conv_bn_dropout_attention", "same_exported_in_training_mode", "torch_cond", "no_grad_autocast", "vit"])
+def test_real_exports_still_load_and_compute_the_same(tmp_path, make, shape, mode):
+    module = make().train(mode == "train")
+    x = torch.randn(*shape)
+    program = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, str(path))
+
+    loaded = load_model(path)
+    module.eval()
+    with torch.no_grad():
+        got, want = loaded.module(x), module(x)
+    assert loaded.kind == "pt2" and got.shape == want.shape
+    tol = 2e-2 if make is _NoGradAutocast else 1e-5         # bfloat16 autocast inside
+    assert torch.allclose(got, want, atol=tol), (got - want).abs().max()
+
+
+def test_a_decomposed_export_still_loads(tmp_path):
+    """run_decompositions() rewrites to core aten (and symbolic arithmetic for the dynamic batch)."""
+    module = _Mixed().eval()
+    x = torch.randn(4, 3, 8, 8)
+    program = torch.export.export(module, (x,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    path = tmp_path / "core.pt2"
+    torch.export.save(program.run_decompositions(), str(path))
+    with torch.no_grad():
+        assert torch.allclose(load_model(path).module(x), module(x), atol=1e-5)
