@@ -284,13 +284,12 @@ class Auditor:
                              seed=_level_seed(self.seed, s), device=self.device, cancel=self.cancel)
                 pred = self._evaluate()
                 size_bytes, latency_ms = self._measure_footprint(s, masks)
-                overall, g_metrics, violation, violation_ci, gap = compare(
-                    self.dense_pred, pred, self.y, self.groups, self.names, seed=_level_seed(self.seed, s))
+                comparison = compare(self.dense_pred, pred, self.y, self.groups, self.names,
+                                     seed=_level_seed(self.seed, s))
                 self._levels[s] = LevelResult(
-                    sparsity=s, achieved_sparsity=self.masked.achieved_sparsity(self.prunable), overall=overall,
-                    groups=g_metrics, weight_distance=self.masked.weight_distance(self.prunable),
-                    fairness_violation=violation, fairness_violation_ci95=violation_ci, accuracy_gap=gap,
-                    size_bytes=size_bytes, latency_ms=latency_ms,
+                    sparsity=s, achieved_sparsity=self.masked.achieved_sparsity(self.prunable),
+                    weight_distance=self.masked.weight_distance(self.prunable),
+                    size_bytes=size_bytes, latency_ms=latency_ms, **comparison.level_fields(),
                 )
                 if inspect is not None:
                     inspect(s, pred)

@@ -4,29 +4,73 @@ Definitions (PAPER.md): for group a, accuracy drop = acc(θ*; D_a) − acc(θ̄;
 R(a) = J(θ̄; D_a) − J(θ*; D_a) (Eq. 2); fairness violation ξ = max_a R(a) − min_a R(a) (Eq. 3), and
 the same for accuracy drops; accuracy gap = max_a acc − min_a acc (what the paper's experiments plot).
 
-Uncertainty [fairprune]: a paired, stratified bootstrap over samples within groups. Each sample is one
-of four kinds, (dense right?, pruned right?), so resampling a group only changes the counts of the
-four kinds: we draw those counts from a multinomial, which is exact and costs O(B · groups) instead
-of O(B · N). A group's drop is flagged when it differs from the overall drop (two-sided, normal
-approximation with the bootstrap standard error), Holm-corrected over the groups compared.
+Uncertainty [fairprune]. Each row is one of four kinds, (dense right?, pruned right?), so a group's
+accuracy drop is (b − c) / n with b its right→wrong rows and c its wrong→right rows: every figure
+below needs only those counts, which keeps it exact and cheap.
+
+- Per-group and overall interval: Tango's score interval for a difference of paired proportions
+  (Tango 1998, Stat Med 17:891), 95% each, not adjusted for the number of groups. It never collapses
+  to a point the data cannot support: 0 flips in 30 rows gives about ±11 points, where a bootstrap
+  gives [0, 0]. Chosen over Newcombe's hybrid score interval (1998, method 10), which does collapse
+  with no flips when the accuracy is 50%, by the coverage measured in the README's statistics section.
+- ``significant`` / ``p_value``: the exact conditional (permutation) test of the group's paired
+  differences d = dense right − pruned right ∈ {−1, 0, 1} against the other rows'. If group labels
+  carry no information about d, the group's (b, c) is a multivariate hypergeometric draw of its n rows
+  from all N; the two-sided p-value sums the probabilities of every (b, c) whose b − c is at least as
+  far from its expectation as the observed one. Exact at any count, zero flips included; Holm over
+  the groups.
+- Violation interval: simultaneous Tango intervals, each at level 0.95^(1/G) (Šidák: the groups are
+  disjoint rows, so their intervals are independent), give lower = max(0, max_a lo_a − min_a hi_a),
+  upper = max_a hi_a − min_a lo_a; it covers the true violation whenever all G intervals cover their
+  drops, so at least 95%, and it contains 0 when the groups' intervals overlap.
+- Violation p-value (H0: every group's drop is the same): a Monte Carlo permutation test of group
+  labels within the rows with statistic max − min of the groups' drops, p = (1 + #{T* ≥ T}) / (1 + B).
+  Permuted counts are drawn group by group from hypergeometrics, so B permutations cost O(B · groups).
 """
 
 from __future__ import annotations
 
 import warnings
+from statistics import NormalDist
+from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import norm
 
 from .evaluate import Predictions
 from .result import Metrics
 
-__all__ = ["MIN_RELIABLE", "N_BOOT", "group_metrics", "compare", "holm", "accuracy_gap"]
+__all__ = ["MIN_RELIABLE", "N_PERM", "SIGNIFICANCE_TEST", "INTERVAL_METHOD", "Comparison", "group_metrics",
+           "compare", "holm", "accuracy_gap", "paired_counts", "tango_interval", "group_vs_rest_p",
+           "violation_interval", "violation_p_value"]
 
 #: Groups with fewer samples are reported but marked unreliable.
 MIN_RELIABLE = 30
-#: Bootstrap resamples.
-N_BOOT = 2000
+#: Permutations of the violation's p-value.
+N_PERM = 4999
+SIGNIFICANCE_TEST = ("exact conditional (permutation) test of the group's paired drops against the other rows', "
+                     "Holm-adjusted over groups")
+INTERVAL_METHOD = ("Tango score interval for a paired difference of proportions: per group and overall 95% each, "
+                   "not adjusted; violation from simultaneous (Šidák) per-group intervals")
+
+
+class Comparison(NamedTuple):
+    """What :func:`compare` measures: the pruned model against the dense one on the same rows."""
+
+    overall: Metrics
+    groups: dict[str, Metrics]
+    violation: dict[str, float]                       # {"accuracy": max − min drop, "loss": max R − min R}
+    violation_ci95: dict[str, tuple[float, float]]    # {"accuracy": simultaneous interval}
+    accuracy_gap: float
+    violation_p_value: dict[str, float]               # {"accuracy": p of H0 every group's drop is the same}
+    significance_test: str = SIGNIFICANCE_TEST
+    interval_method: str = INTERVAL_METHOD
+
+    def level_fields(self) -> dict:
+        """The keyword arguments of :class:`fairprune.result.LevelResult` this comparison fills."""
+        return dict(overall=self.overall, groups=self.groups, fairness_violation=self.violation,
+                    fairness_violation_ci95=self.violation_ci95, accuracy_gap=self.accuracy_gap,
+                    fairness_violation_p_value=self.violation_p_value, significance_test=self.significance_test,
+                    interval_method=self.interval_method)
 
 
 def holm(p: np.ndarray) -> np.ndarray:
@@ -45,6 +89,153 @@ def holm(p: np.ndarray) -> np.ndarray:
 def accuracy_gap(groups: dict[str, Metrics]) -> float:
     accs = [m.accuracy for m in groups.values()]
     return float(max(accs) - min(accs))
+
+
+def paired_counts(dense_correct: np.ndarray, pruned_correct: np.ndarray, groups: np.ndarray, names: list[str]):
+    """(n, b, c) per group in ``names`` order, int64 arrays: rows, right→wrong rows, wrong→right rows."""
+    d = np.asarray(dense_correct, dtype=bool)
+    p = np.asarray(pruned_correct, dtype=bool)
+    if d.shape != p.shape or d.shape != np.shape(groups):
+        raise ValueError(f"expected dense, pruned and groups of one length; found {d.shape}, {p.shape}, "
+                         f"{np.shape(groups)}")
+    rw, wr = d & ~p, ~d & p
+    n, b, c = (np.array([int(x[groups == g].sum()) for g in names], dtype=np.int64)
+               for x in (np.ones_like(d), rw, wr))
+    return n, b, c
+
+
+def _tango_z(delta, n, b, c):
+    """Tango's score statistic for H0: (b − c)/n's expectation is ``delta`` (arrays broadcast)."""
+    a2 = 2.0 * n
+    bq = -b - c + (2.0 * n - b + c) * delta
+    cq = -c * delta * (1.0 - delta)
+    q21 = (np.sqrt(np.maximum(bq * bq - 4.0 * a2 * cq, 0.0)) - bq) / (2.0 * a2)  # restricted MLE of P(wrong→right)
+    var = n * np.maximum(2.0 * q21 + delta * (1.0 - delta), 0.0)
+    num = b - c - n * delta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(var > 0, num / np.sqrt(var), np.where(num > 0, np.inf, np.where(num < 0, -np.inf, 0.0)))
+
+
+def tango_interval(n, b, c, *, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Tango's (1998) score interval for the drop (b − c)/n of paired proportions, per element.
+
+    n rows, b right→wrong, c wrong→right (arrays of one shape, n ≥ 1). The interval is every Δ whose
+    score statistic (b − c − nΔ) / sqrt(n (2 q̂₂₁ + Δ(1 − Δ))), with q̂₂₁ the maximum-likelihood
+    P(wrong→right) under Δ, is within the normal quantile; its ends are found by bisection (the
+    statistic falls monotonically in Δ). Returns (lo, hi) arrays in [−1, 1]."""
+    n, b, c = (np.atleast_1d(np.asarray(x, dtype=float)) for x in (n, b, c))
+    if (n < 1).any() or (b < 0).any() or (c < 0).any() or (b + c > n).any():
+        raise ValueError(f"expected counts with n >= 1 and 0 <= b + c <= n; found n={n}, b={b}, c={c}")
+    if not 0 < level < 1:
+        raise ValueError(f"expected a confidence level in (0, 1); found {level!r}")
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    est = (b - c) / n
+
+    # One bisection for both ends: Z(Δ) − target falls in Δ, above target at lo and below at hi.
+    k = len(est)
+    lo = np.concatenate([np.full(k, -1.0), est])
+    hi = np.concatenate([est, np.full(k, 1.0)])
+    target = np.concatenate([np.full(k, z), np.full(k, -z)])
+    nn, bb, cc = np.tile(n, 2), np.tile(b, 2), np.tile(c, 2)
+    for _ in range(50):   # 2^-50 of the unit interval: far below any reported digit
+        mid = 0.5 * (lo + hi)
+        above = _tango_z(mid, nn, bb, cc) > target
+        lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
+    ends = 0.5 * (lo + hi)
+    lower = np.where(est <= -1.0, -1.0, ends[:k])
+    upper = np.where(est >= 1.0, 1.0, ends[k:])
+    return np.minimum(lower, est), np.maximum(upper, est)
+
+
+def _log_comb(lf: np.ndarray, n, k) -> np.ndarray:
+    return lf[n] - lf[k] - lf[n - k]
+
+
+def group_vs_rest_p(n_g: int, b_g: int, c_g: int, n: int, b: int, c: int, lf: np.ndarray | None = None) -> float:
+    """Exact two-sided p of the group's b_g − c_g against the rest's, conditional on the totals.
+
+    Under H0 the group's n_g rows are a random draw without replacement from all n rows, of which b
+    are right→wrong and c wrong→right: (b_g, c_g) is multivariate hypergeometric. p sums the
+    probabilities of every outcome whose b_g − c_g is at least as far from its expectation
+    n_g (b − c) / n as the observed one. ``lf``: log-factorials 0..n (computed when None). Outcomes
+    more than 12 standard deviations (+12 rows) from the mean are left out: their mass is below 1e-14."""
+    if not (0 <= b_g <= b and 0 <= c_g <= c and b_g + c_g <= n_g <= n and b + c <= n):
+        raise ValueError(f"expected a group's counts within the totals; found group (n={n_g}, b={b_g}, c={c_g}) "
+                         f"of totals (n={n}, b={b}, c={c})")
+    if b + c == 0 or n_g == n:
+        return 1.0
+    if lf is None:
+        lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1)))])
+    zeros = n - b - c
+    f = n_g / n
+    shrink = (n - n_g) / max(n - 1, 1)
+
+    def window(total):
+        mean, sd = n_g * total / n, np.sqrt(n_g * (total / n) * (1 - total / n) * shrink)
+        lo = max(0, n_g - (n - total), int(np.floor(mean - 12 * sd - 12)))
+        hi = min(n_g, total, int(np.ceil(mean + 12 * sd + 12)))
+        return np.arange(lo, hi + 1)
+
+    bs, cs = window(b), window(c)
+    expected = f * (b - c)
+    observed = abs(b_g - c_g - expected)
+    tol = 1e-9 * (1.0 + abs(expected))
+    total = extreme = 0.0
+    block = max(1, (1 << 21) // len(cs))
+    ref = None
+    for start in range(0, len(bs), block):
+        bb = bs[start:start + block, None]
+        zz = n_g - bb - cs[None, :]
+        ok = (zz >= 0) & (zz <= zeros)
+        logp = np.where(ok, _log_comb(lf, b, bb) + _log_comb(lf, c, cs[None, :])
+                        + _log_comb(lf, zeros, np.clip(zz, 0, zeros)), -np.inf)
+        if ref is None:
+            ref = _log_comb(lf, n, n_g)  # exact normaliser; the sum over the window is ~1 and checks it
+        pr = np.exp(logp - ref)
+        total += pr.sum()
+        extreme += pr[np.abs(bb - cs[None, :] - expected) >= observed - tol].sum()
+    return float(min(1.0, extreme / total))
+
+
+def violation_interval(n, b, c, *, level: float = 0.95) -> tuple[float, float]:
+    """Simultaneous interval for max_a drop_a − min_a drop_a from per-group Tango intervals at level^(1/G)."""
+    n = np.asarray(n)
+    if len(n) < 2:
+        return (0.0, 0.0)  # one group: the violation is 0 by definition
+    lo, hi = tango_interval(n, b, c, level=level ** (1.0 / len(n)))
+    return (float(max(0.0, lo.max() - hi.min())), float(hi.max() - lo.min()))
+
+
+def violation_p_value(n, b, c, *, n_perm: int = N_PERM, seed: int = 0) -> float:
+    """Monte Carlo permutation p of H0 "every group's drop is the same", statistic max − min drop.
+
+    Group labels are permuted within the rows: each permutation's counts are drawn group by group,
+    b_g from a hypergeometric of the right→wrong rows still unassigned, then c_g from the
+    wrong→right rows among the rest. p = (1 + #{T* ≥ T_obs}) / (1 + n_perm)."""
+    n, b, c = (np.asarray(x, dtype=np.int64) for x in (n, b, c))
+    if len(n) < 2 or b.sum() + c.sum() == 0:
+        return 1.0
+    if n_perm < 1:
+        raise ValueError(f"expected n_perm >= 1; found {n_perm!r}")
+    drops = (b - c) / n
+    observed = drops.max() - drops.min()
+    rng = np.random.default_rng(seed)
+    left_b = np.full(n_perm, b.sum())
+    left_c = np.full(n_perm, c.sum())
+    left = np.full(n_perm, n.sum())
+    hi = np.full(n_perm, -np.inf)
+    lo = np.full(n_perm, np.inf)
+    for j, n_g in enumerate(n):
+        if j == len(n) - 1:
+            bg, cg = left_b, left_c
+        else:
+            bg = rng.hypergeometric(left_b, left - left_b, n_g)
+            cg = rng.hypergeometric(left_c, left - left_b - left_c, n_g - bg)
+        d = (bg - cg) / n_g
+        hi, lo = np.maximum(hi, d), np.minimum(lo, d)
+        left_b, left_c, left = left_b - bg, left_c - cg, left - n_g
+    ge = int(((hi - lo) >= observed - 1e-12).sum())
+    return (1 + ge) / (1 + n_perm)
 
 
 def _binary_rates(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict[str, tuple]:
@@ -82,59 +273,41 @@ def group_metrics(p: Predictions, y: np.ndarray, groups: np.ndarray, names: list
 
 
 def compare(dense: Predictions, pruned: Predictions, y: np.ndarray, groups: np.ndarray, names: list[str], *,
-            seed: int = 0, n_boot: int = N_BOOT, alpha: float = 0.05):
-    """The pruned model against the dense one on the same rows.
+            seed: int = 0, n_perm: int = N_PERM, alpha: float = 0.05) -> Comparison:
+    """The pruned model against the dense one on the same rows (see the module docstring for the statistics).
 
-    Returns (overall Metrics, {group: Metrics}, fairness_violation, fairness_violation_ci95, accuracy_gap).
+    ``seed`` seeds the violation's permutations only (everything else is exact), so the same inputs and
+    seed give the same numbers. Returns a :class:`Comparison`.
     """
     _, dense_groups = group_metrics(dense, y, groups, names)
     p_overall, p_groups = group_metrics(pruned, y, groups, names)
-    d_overall_acc = float(dense.correct.mean())
-    d_overall_loss = float(dense.loss.mean())
+    n, b, c = paired_counts(dense.correct, pruned.correct, groups, names)
+    (n_all,), (b_all,), (c_all,) = paired_counts(dense.correct, pruned.correct, np.zeros(len(y)), [0.0])
+    n_all, b_all, c_all = int(n_all), int(b_all), int(c_all)
 
-    # Paired bootstrap via counts of the four (dense right, pruned right) kinds per group.
-    rng = np.random.default_rng(seed)
-    kind = dense.correct.astype(int) * 2 + pruned.correct.astype(int)   # 0: ww, 1: wr, 2: rw, 3: rr
-    n_total = len(y)
-    drops = np.empty((n_boot, len(names)))
-    overall_drop = np.zeros(n_boot)
-    for j, g in enumerate(names):
-        k = kind[groups == g]
-        n_g = len(k)
-        counts = rng.multinomial(n_g, np.bincount(k, minlength=4) / n_g, size=n_boot)
-        drop_counts = counts[:, 2] - counts[:, 1]   # right->wrong minus wrong->right
-        drops[:, j] = drop_counts / n_g
-        overall_drop += drop_counts / n_total
-
-    point = {g: dense_groups[g].accuracy - p_groups[g].accuracy for g in names}
-    overall_point = d_overall_acc - p_overall.accuracy
-    diff = drops - overall_drop[:, None]
-    se = diff.std(axis=0, ddof=1) if n_boot > 1 else np.zeros(len(names))
-    obs = np.array([point[g] - overall_point for g in names])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(se > 0, np.abs(obs) / se, np.where(np.abs(obs) > 1e-12, np.inf, 0.0))
-    p_raw = 2 * norm.sf(z)
+    lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n_all + 1)))])
+    p_raw = np.array([group_vs_rest_p(int(n[j]), int(b[j]), int(c[j]), n_all, b_all, c_all, lf)
+                      for j in range(len(names))])
     p_adj = holm(p_raw)
+    lo, hi = tango_interval(n, b, c)
 
-    lo, hi = np.percentile(drops, [2.5, 97.5], axis=0)
     out_groups = {}
     for j, g in enumerate(names):
         m = p_groups[g]
         out_groups[g] = Metrics(
             n=m.n, accuracy=m.accuracy, loss=m.loss, tpr=m.tpr, fpr=m.fpr, selection_rate=m.selection_rate,
-            accuracy_drop=point[g], excessive_loss=m.loss - dense_groups[g].loss,
+            accuracy_drop=dense_groups[g].accuracy - m.accuracy, excessive_loss=m.loss - dense_groups[g].loss,
             accuracy_drop_ci95=(float(lo[j]), float(hi[j])),
             significant=bool(p_adj[j] < alpha), p_value=float(p_adj[j]), unreliable=m.n < MIN_RELIABLE,
         )
-    olo, ohi = np.percentile(overall_drop, [2.5, 97.5])
+    (olo,), (ohi,) = tango_interval(n_all, b_all, c_all)
     overall = Metrics(
         n=p_overall.n, accuracy=p_overall.accuracy, loss=p_overall.loss, tpr=p_overall.tpr, fpr=p_overall.fpr,
-        selection_rate=p_overall.selection_rate, accuracy_drop=overall_point,
-        excessive_loss=p_overall.loss - d_overall_loss, accuracy_drop_ci95=(float(olo), float(ohi)),
+        selection_rate=p_overall.selection_rate, accuracy_drop=float(dense.correct.mean()) - p_overall.accuracy,
+        excessive_loss=p_overall.loss - float(dense.loss.mean()), accuracy_drop_ci95=(float(olo), float(ohi)),
     )
     acc_drops = [out_groups[g].accuracy_drop for g in names]
     losses = [out_groups[g].excessive_loss for g in names]
     violation = {"accuracy": float(max(acc_drops) - min(acc_drops)), "loss": float(max(losses) - min(losses))}
-    v_boot = drops.max(axis=1) - drops.min(axis=1)
-    vlo, vhi = np.percentile(v_boot, [2.5, 97.5])
-    return overall, out_groups, violation, {"accuracy": (float(vlo), float(vhi))}, accuracy_gap(out_groups)
+    return Comparison(overall, out_groups, violation, {"accuracy": violation_interval(n, b, c)},
+                      accuracy_gap(out_groups), {"accuracy": violation_p_value(n, b, c, n_perm=n_perm, seed=seed)})

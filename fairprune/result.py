@@ -38,8 +38,9 @@ class Metrics:
     accuracy in [0, 1]; loss = mean cross-entropy J(θ; D_a). Binary tasks add tpr, fpr and
     selection_rate (positive class = 1; tpr/fpr are None where the group has no positives/negatives).
     For a pruned model: accuracy_drop = acc(θ*) − acc(θ̄); excessive_loss R(a) = J(θ̄; D_a) − J(θ*; D_a)
-    (the paper's Eq. 2); its 95% paired-bootstrap interval; whether the drop differs from the overall
-    drop (Holm-corrected over groups; ``p_value`` is the Holm-adjusted p); unreliable = fewer than 30 rows.
+    (the paper's Eq. 2); its 95% interval (per group, not adjusted); whether the drop differs from the
+    other rows' (Holm-corrected over groups; ``p_value`` is the Holm-adjusted p); unreliable = fewer than
+    30 rows. The methods are in :mod:`fairprune.metrics` and named in LevelResult.
     """
 
     n: int
@@ -109,8 +110,11 @@ class LevelResult:
     """One sparsity level: the pruned model against the dense one.
 
     fairness_violation: {"accuracy": max_a drop − min_a drop, "loss": max_a R(a) − min_a R(a)} (the
-    paper's Eq. 3, ξ); fairness_violation_ci95["accuracy"] is a bootstrap interval over samples within
-    groups; weight_distance = ‖θ̄ − θ*‖₂ over prunable weights.
+    paper's Eq. 3, ξ); fairness_violation_ci95["accuracy"] is a simultaneous interval that can contain 0
+    and fairness_violation_p_value["accuracy"] the p-value of "every group's drop is the same" (both
+    from :func:`fairprune.metrics.compare`, which names its methods in significance_test and
+    interval_method; None in results written before they existed); weight_distance = ‖θ̄ − θ*‖₂ over
+    prunable weights.
     """
 
     sparsity: float
@@ -123,6 +127,9 @@ class LevelResult:
     accuracy_gap: float
     size_bytes: int | None = None
     latency_ms: float | None = None
+    fairness_violation_p_value: dict[str, float] | None = None
+    significance_test: str | None = None
+    interval_method: str | None = None
 
     def to_dict(self):
         d = {
@@ -131,8 +138,13 @@ class LevelResult:
             "weight_distance": self.weight_distance,
             "fairness_violation": dict(self.fairness_violation),
             "fairness_violation_ci95": {k: list(v) for k, v in self.fairness_violation_ci95.items()},
-            "accuracy_gap": self.accuracy_gap,
         }
+        if self.fairness_violation_p_value is not None:
+            d["fairness_violation_p_value"] = dict(self.fairness_violation_p_value)
+        d["accuracy_gap"] = self.accuracy_gap
+        for k in ("significance_test", "interval_method"):
+            if getattr(self, k) is not None:
+                d[k] = getattr(self, k)
         if self.size_bytes is not None:
             d["size_bytes"] = self.size_bytes
         if self.latency_ms is not None:
@@ -145,7 +157,8 @@ class LevelResult:
             d["sparsity"], d["achieved_sparsity"], Metrics.from_dict(d["overall"]), _groups_from_dict(d["groups"]),
             d.get("weight_distance", float("nan")), dict(d["fairness_violation"]),
             {k: tuple(v) for k, v in d.get("fairness_violation_ci95", {}).items()}, d["accuracy_gap"],
-            d.get("size_bytes"), d.get("latency_ms"),
+            d.get("size_bytes"), d.get("latency_ms"), d.get("fairness_violation_p_value"),
+            d.get("significance_test"), d.get("interval_method"),
         )
 
 

@@ -1,11 +1,15 @@
-"""Metrics against hand-computed values and a plain pandas groupby."""
+"""Metrics against hand-computed values, a plain pandas groupby and slow brute-force references."""
+
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from fairprune.evaluate import Predictions
-from fairprune.metrics import MIN_RELIABLE, compare, group_metrics, holm
+from fairprune.metrics import (INTERVAL_METHOD, MIN_RELIABLE, SIGNIFICANCE_TEST, compare, group_metrics, group_vs_rest_p,
+                               holm, paired_counts, tango_interval, violation_interval, violation_p_value)
+from fairprune.result import LevelResult
 
 
 def _pred(correct, loss, pred=None, k=3):
@@ -31,7 +35,7 @@ def test_compare_drops_excessive_loss_violation_by_hand():
     groups = np.array(["a"] * 4 + ["b"] * 4)
     dense = _pred([1, 1, 1, 1, 1, 1, 1, 0], [0.1] * 4 + [0.2] * 4)
     pruned = _pred([1, 1, 1, 0, 0, 0, 1, 1], [0.3] * 4 + [0.9] * 4)
-    overall, by, fv, fv_ci, gap = compare(dense, pruned, y, groups, ["a", "b"], seed=0, n_boot=500)
+    overall, by, fv, fv_ci, gap, fv_p, _, _ = compare(dense, pruned, y, groups, ["a", "b"], seed=0, n_perm=500)
     assert by["a"].accuracy_drop == pytest.approx(0.25)          # 1.00 -> 0.75
     assert by["b"].accuracy_drop == pytest.approx(0.25)          # 0.75 -> 0.50
     assert by["a"].excessive_loss == pytest.approx(0.2)
@@ -42,7 +46,8 @@ def test_compare_drops_excessive_loss_violation_by_hand():
     assert overall.accuracy_drop == pytest.approx(7 / 8 - 5 / 8)
     assert by["a"].unreliable and by["b"].unreliable            # 4 < 30 samples
     lo, hi = fv_ci["accuracy"]
-    assert 0.0 <= lo <= hi
+    assert lo == 0.0 < hi                                        # equal drops: the interval holds 0
+    assert fv_p["accuracy"] == 1.0                               # observed max − min is 0: every permutation ties
 
 
 def test_metrics_equal_pandas_groupby():
@@ -55,7 +60,7 @@ def test_metrics_equal_pandas_groupby():
     loss_d, loss_p = rng.random(n), rng.random(n) * 2
     dense = _pred(pred_d == y, loss_d, pred_d, k=2)
     pruned = _pred(pred_p == y, loss_p, pred_p, k=2)
-    _, by, fv, _, _ = compare(dense, pruned, y, groups, ["x", "y", "z"], seed=0, n_boot=200)
+    _, by, fv, *_ = compare(dense, pruned, y, groups, ["x", "y", "z"], seed=0, n_perm=200)
     df = pd.DataFrame({"g": groups, "y": y, "cd": pred_d == y, "cp": pred_p == y, "ld": loss_d, "lp": loss_p, "pp": pred_p})
     ref = df.groupby("g").agg(acc=("cp", "mean"), accd=("cd", "mean"), lp=("lp", "mean"), ld=("ld", "mean"), n=("y", "size"))
     for g in ["x", "y", "z"]:
@@ -81,7 +86,7 @@ def test_binary_rates_undefined_without_positives_is_none():
     assert "tpr" in by["a"].to_dict() and by["a"].to_dict()["tpr"] is None
 
 
-def test_bootstrap_ci_covers_point_and_is_seeded():
+def test_intervals_cover_point_and_results_are_seeded():
     rng = np.random.default_rng(0)
     n = 400
     y = np.zeros(n, dtype=int)
@@ -95,7 +100,8 @@ def test_bootstrap_ci_covers_point_and_is_seeded():
         lo, hi = r1[1][g].accuracy_drop_ci95
         assert lo <= r1[1][g].accuracy_drop <= hi
         assert r1[1][g].accuracy_drop_ci95 == r2[1][g].accuracy_drop_ci95
-    # the small group's drop (~0.4) is far beyond the overall (~0.14): significant; both reliable
+    assert r1 == r2 and r1.violation_p_value["accuracy"] < 0.01
+    # the small group's drop (~0.4) is far beyond the other rows' (~0.05): significant; both reliable
     assert r1[1]["small"].significant and not r1[1]["small"].unreliable
     assert r1[1]["small"].n >= MIN_RELIABLE
 
@@ -105,11 +111,119 @@ def test_no_change_is_not_significant():
     y = np.zeros(n, dtype=int)
     groups = np.array(["a", "b"] * 100)
     same = _pred(np.ones(n, bool), np.zeros(n))
-    _, by, fv, ci, _ = compare(same, same, y, groups, ["a", "b"], seed=0)
-    assert not by["a"].significant and by["a"].accuracy_drop == 0 and ci["accuracy"] == (0.0, 0.0)
+    c = compare(same, same, y, groups, ["a", "b"], seed=0)
+    assert not c.groups["a"].significant and c.groups["a"].accuracy_drop == 0 and c.groups["a"].p_value == 1.0
+    # nothing changed in 100 rows: the data still leave room for a few points either way, never [0, 0]
+    lo, hi = c.groups["a"].accuracy_drop_ci95
+    assert lo == pytest.approx(-hi) and 0.03 < hi < 0.05                 # Tango: z²/(n + z²) = 0.0370
+    assert hi == pytest.approx(1.959964 ** 2 / (100 + 1.959964 ** 2), rel=1e-6)
+    assert c.violation_ci95["accuracy"][0] == 0.0 < c.violation_ci95["accuracy"][1]
+    assert c.violation_p_value == {"accuracy": 1.0}
 
 
 def test_holm_by_hand():
     # p sorted: 0.01*3=0.03, 0.02*2=0.04, 0.04*1=0.04 -> monotone
     assert holm(np.array([0.04, 0.01, 0.02])) == pytest.approx([0.04, 0.03, 0.04])
     assert holm(np.array([0.5, 0.6])) == pytest.approx([1.0, 1.0])
+
+
+# ---- the statistics against slow references -------------------------------------------------------------
+
+def _brute_group_p(n_g, b_g, c_g, n, b, c):
+    """Every (b, c) the group could draw, with its multivariate hypergeometric probability."""
+    zeros, e = n - b - c, n_g * (b - c) / n
+    p = 0.0
+    for bb in range(min(b, n_g) + 1):
+        for cc in range(min(c, n_g - bb) + 1):
+            if n_g - bb - cc <= zeros and abs(bb - cc - e) >= abs(b_g - c_g - e) - 1e-9:
+                p += math.comb(b, bb) * math.comb(c, cc) * math.comb(zeros, n_g - bb - cc) / math.comb(n, n_g)
+    return p
+
+
+@pytest.mark.parametrize("args", [(10, 3, 0, 40, 5, 2), (30, 0, 0, 2500, 75, 30), (100, 30, 1, 2500, 100, 40),
+                                  (7, 1, 1, 20, 3, 3), (300, 9, 3, 2500, 80, 30), (40, 0, 6, 200, 6, 10)])
+def test_group_vs_rest_p_equals_full_enumeration(args):
+    assert group_vs_rest_p(*args) == pytest.approx(_brute_group_p(*args), rel=1e-9, abs=1e-15)
+
+
+def test_group_vs_rest_p_refuses_counts_outside_the_totals():
+    with pytest.raises(ValueError, match="expected a group's counts within the totals; found group"):
+        group_vs_rest_p(10, 6, 0, 40, 5, 2)
+
+
+def _brute_tango_z(delta, n, b, c):
+    """Tango's statistic with the restricted MLE of P(wrong→right) found on a fine grid."""
+    q = np.linspace(max(0.0, -delta) + 1e-12, (1 - delta) / 2 - 1e-12, 400_001)
+    ll = b * np.log(q + delta) + c * np.log(q) + (n - b - c) * np.log(1 - 2 * q - delta)
+    q = q[np.argmax(ll)]
+    return (b - c - n * delta) / math.sqrt(n * (2 * q + delta * (1 - delta)))
+
+
+@pytest.mark.parametrize("counts", [(30, 3, 1), (100, 30, 1), (50, 0, 5), (400, 12, 9)])
+def test_tango_interval_ends_are_where_the_score_statistic_meets_the_quantile(counts):
+    n, b, c = counts
+    (lo,), (hi,) = tango_interval(n, b, c)
+    assert lo < (b - c) / n < hi
+    assert _brute_tango_z(lo, n, b, c) == pytest.approx(1.959964, abs=1e-4)
+    assert _brute_tango_z(hi, n, b, c) == pytest.approx(-1.959964, abs=1e-4)
+
+
+def test_tango_interval_never_collapses_and_stays_in_range():
+    lo, hi = tango_interval([30, 30, 5, 5], [0, 0, 5, 0], [0, 0, 0, 5])
+    assert lo[0] == pytest.approx(-0.113513, abs=1e-5) and hi[0] == pytest.approx(0.113513, abs=1e-5)
+    assert hi[2] == 1.0 and 0 < lo[2] < 1 and lo[3] == -1.0 and -1 < hi[3] < 0
+    with pytest.raises(ValueError, match="expected counts with n >= 1 and 0 <= b \\+ c <= n; found"):
+        tango_interval(3, 2, 2)
+
+
+def test_violation_interval_is_built_from_simultaneous_group_intervals():
+    n, b, c = np.array([2000, 300, 100]), np.array([60, 9, 30]), np.array([20, 3, 0])
+    lo, hi = tango_interval(n, b, c, level=0.95 ** (1 / 3))
+    v_lo, v_hi = violation_interval(n, b, c)
+    assert v_lo == pytest.approx(lo.max() - hi.min()) and v_hi == pytest.approx(hi.max() - lo.min())
+    drops = (b - c) / n
+    assert 0 < v_lo < drops.max() - drops.min() < v_hi
+    assert violation_interval([100], [3], [0]) == (0.0, 0.0)          # one group: 0 by definition
+
+
+def test_violation_p_value_is_seeded_and_matches_a_row_permutation():
+    n, b, c = np.array([200, 60, 40]), np.array([6, 6, 1]), np.array([2, 0, 1])
+    p1 = violation_p_value(n, b, c, n_perm=2000, seed=4)
+    assert p1 == violation_p_value(n, b, c, n_perm=2000, seed=4)
+    # slow reference: shuffle the group labels of the rows themselves
+    rng = np.random.default_rng(0)
+    d = np.concatenate([np.repeat([1, -1, 0], [bb, cc, nn - bb - cc]) for nn, bb, cc in zip(n, b, c)])
+    labels = np.repeat(np.arange(3), n)
+    obs = (b - c) / n
+    obs = obs.max() - obs.min()
+    hits = 0
+    for _ in range(2000):
+        lab = rng.permutation(labels)
+        drops = np.array([d[lab == j].mean() for j in range(3)])
+        hits += drops.max() - drops.min() >= obs - 1e-12
+    assert p1 == pytest.approx((1 + hits) / 2001, abs=0.03)         # two Monte Carlo estimates of one p (~0.15)
+    assert violation_p_value(n, np.zeros(3, int), np.zeros(3, int)) == 1.0
+
+
+def test_paired_counts_by_hand():
+    n, b, c = paired_counts([1, 1, 0, 0, 1, 1], [1, 0, 1, 0, 0, 0], np.array(list("aabbbb")), ["a", "b"])
+    assert n.tolist() == [2, 4] and b.tolist() == [1, 2] and c.tolist() == [0, 1]
+
+
+def test_level_result_carries_the_new_fields_and_reads_old_json():
+    rng = np.random.default_rng(2)
+    n = 300
+    y = np.zeros(n, dtype=int)
+    groups = rng.choice(["a", "b", "c"], n)
+    dense = _pred(rng.random(n) < 0.9, np.zeros(n))
+    pruned = _pred(rng.random(n) < 0.8, np.zeros(n))
+    c = compare(dense, pruned, y, groups, ["a", "b", "c"], seed=1, n_perm=300)
+    lv = LevelResult(sparsity=0.5, achieved_sparsity=0.5, weight_distance=1.0, **c.level_fields())
+    d = lv.to_dict()
+    assert d["significance_test"] == SIGNIFICANCE_TEST and d["interval_method"] == INTERVAL_METHOD
+    assert 0 < d["fairness_violation_p_value"]["accuracy"] <= 1
+    assert LevelResult.from_dict(d) == lv
+    old = {k: v for k, v in d.items() if k not in ("significance_test", "interval_method", "fairness_violation_p_value")}
+    back = LevelResult.from_dict(old)
+    assert back.fairness_violation_p_value is None and back.significance_test is None and back.interval_method is None
+    assert back.to_dict() == old

@@ -1,7 +1,7 @@
 """Measuring a compression variant the way an audit measures a pruning level.
 
 The variant is applied to a deep copy of the dense model, evaluated on the same rows, compared with
-the dense predictions by :func:`fairprune.metrics.compare` (same paired bootstrap), sized and timed
+the dense predictions by :func:`fairprune.metrics.compare` (same tests and intervals), sized and timed
 (:mod:`fairprune.footprint`), and, when diagnostics are on, diagnosed (gradient norms and Hessian on a
 float copy carrying the variant's weights where that copy can be built; margins always from the
 compressed model itself).
@@ -27,8 +27,8 @@ __all__ = ["measure_variant", "select_calibration", "variant_seed", "variant_dia
 
 
 def variant_seed(seed: int, name: str) -> int:
-    """A variant's own bootstrap seed: the same variant gets the same numbers whatever else is measured
-    (levels use ``seed + round(sparsity * 1e6)``, below 1e6 above the seed; variants sit above 2e6)."""
+    """A variant's own seed (the violation's permutations): the same variant gets the same numbers whatever
+    else is measured (levels use ``seed + round(sparsity * 1e6)``, below 1e6 above the seed; variants sit above 2e6)."""
     return seed + 2_000_000 + zlib.crc32(name.encode()) % 1_000_000
 
 
@@ -171,13 +171,10 @@ def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[st
         if fp.latency:
             latency_ms = measure_latency(lambda x: model_outputs(variant.model, x), fp.batch, repeats=fp.repeats,
                                          warmup=fp.warmup, budget_s=fp.budget_s)
-    overall, g_metrics, violation, violation_ci, gap = compare(
-        a.dense_pred, pred, a.y, a.groups, a.names, seed=variant_seed(a.seed, spec.name))
+    comparison = compare(a.dense_pred, pred, a.y, a.groups, a.names, seed=variant_seed(a.seed, spec.name))
     achieved, distance = _weights_figures(a, variant)
-    level = LevelResult(sparsity=0.5 if spec.has_nm else 0.0, achieved_sparsity=achieved, overall=overall,
-                        groups=g_metrics, weight_distance=distance, fairness_violation=violation,
-                        fairness_violation_ci95=violation_ci, accuracy_gap=gap, size_bytes=size_bytes,
-                        latency_ms=latency_ms)
+    level = LevelResult(sparsity=0.5 if spec.has_nm else 0.0, achieved_sparsity=achieved, weight_distance=distance,
+                        size_bytes=size_bytes, latency_ms=latency_ms, **comparison.level_fields())
     det = variant.details
     details = {"steps": [s.canonical() for s in spec.steps], "description": spec.description(),
                "backend": det.get("backend"),

@@ -59,6 +59,6 @@ class VariantResult:
         level = LevelResult.from_dict(d)
         known = {"method", "setting", "quantized_fraction", "sparsity", "achieved_sparsity", "overall", "groups",
                  "weight_distance", "fairness_violation", "fairness_violation_ci95", "accuracy_gap", "size_bytes",
-                 "latency_ms"}
+                 "latency_ms", "fairness_violation_p_value", "significance_test", "interval_method"}
         return cls(d["method"], d.get("setting", ""), level, d.get("quantized_fraction", 0.0),
                    {k: v for k, v in d.items() if k not in known})
