@@ -329,8 +329,12 @@ def _add_mitigate(sub) -> None:
                             "measured on held-out rows against plain and reweighted fine-tuning")
     _add_model_data(m)
     m.add_argument("--method", default="constrained_loss",
-                   help="mitigation method: plain, reweighted, constrained_loss (default; the paper's Eq. 8), "
-                        "constrained_accuracy_gap (Balancing Act), protect_layers (no retraining)")
+                   help="mitigation method: plain, reweighted, constrained_loss (default; the form of the paper's "
+                        "Eq. 8: each group's loss within --alpha of the batch's mean loss, which with the default "
+                        "group-balanced batches is the unweighted mean of the group losses, with --no-balanced the "
+                        "population's), constrained_accuracy_gap (Balancing Act: each group's accuracy drop at most "
+                        "the reference drop + --alpha; the reference is the unweighted mean of the group drops by "
+                        "default, the overall drop with --no-balanced), protect_layers (no retraining)")
     m.add_argument("--prune-method", default="global_magnitude", help="pruning method (default: global_magnitude)")
     m.add_argument("--sparsity", type=float, metavar="S", help="fraction of prunable weights to remove, e.g. 0.9")
     m.add_argument("--alpha", type=float, metavar="A",
@@ -344,12 +348,19 @@ def _add_mitigate(sub) -> None:
     m.add_argument("--dual-lr", type=float, metavar="ETA", help="step size of the multipliers (default: the method's)")
     m.add_argument("--warmup", type=int, metavar="EPOCHS", help="epochs with the multipliers held at zero (default: the method's)")
     m.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=None,
-                   help="group-balanced batches (default: the method's)")
+                   help="group-balanced batches (default: the method's; the constrained methods' default is on, "
+                        "which also makes their constraints' reference the unweighted mean over groups rather than "
+                        "the population's figure)")
     m.add_argument("--dual-holdout", type=float, metavar="F",
                    help="share of each group's training rows held back for the dual step (default: the method's)")
     m.add_argument("--protect", type=int, metavar="K", help="protect_layers: at most K layers kept dense (default 2)")
     m.add_argument("--train-fraction", type=float, default=0.5,
-                   help="without a split column or --train-data: share of each group's rows that fine-tune (default 0.5)")
+                   help="without a split column or --train-data: share of each group's rows on the training side "
+                        "(fine-tuning rows and the selection rows carved from them); the rest are held out (default 0.5)")
+    m.add_argument("--select-fraction", type=float, default=0.2, metavar="F",
+                   help="share of each group's training rows kept apart as selection rows: no method fits them, the "
+                        "recommended method is chosen on them, and the figures reported are on held-out rows that "
+                        "took no part in the choice (default 0.2)")
     m.add_argument("--out", required=True, help="where to write the JSON with the `mitigation` section")
     m.add_argument("--save-model", metavar="PATH.pt2", help="write the first seed's mitigated model as a .pt2 program")
     m.add_argument("--quiet", action="store_true", help="no progress bar or table")

@@ -92,7 +92,8 @@ def test_mitigate_shows_a_finished_mitigation(worker_calls):
     out = lambda acc, v: {"overall": {"accuracy": acc}, "fairness_violation": {"accuracy": v}, "groups": groups}  # noqa: E731
     sec = {"method": "constrained_loss", "sparsity": 0.9, "before": out(0.8, 0.04),
            "methods": {"constrained_loss": out(0.85, 0.01), "plain": out(0.86, 0.03)},
-           "recommended": "constrained_loss", "multipliers": [{"a": 0.1, "b": 0.0}, {"a": 0.2, "b": 0.0}]}
+           "recommended": "constrained_loss", "multipliers": [{"a": 0.1, "b": 0.0}, {"a": 0.2, "b": 0.0}],
+           "n_eval": 600, "selection": {"n_select": 1200, "n_eval": 600, "chosen": "constrained_loss"}}
     s = RunStore()
     rid = s.create_run({"sparsity": 0.9, "demo": "mnist"}, kind="mitigate", title="m")
     s.claim_next(worker_pid=0)
@@ -100,7 +101,17 @@ def test_mitigate_shows_a_finished_mitigation(worker_calls):
     at = open_page(new_app().run(), "pages_/mitigate.py")
     assert_clean(at)
     assert len(charts(at)) == 3
-    assert any("constrained_loss" in x.value for x in at.success)
+    assert any("constrained_loss" in x.value and "made on 1,200 selection rows" in x.value
+               and "on 600 held-out rows that took no part in it" in x.value for x in at.success)
+    # a result from before selection rows: the page says the choice was made on the rows it shows
+    old = {k: v for k, v in sec.items() if k != "selection"}
+    rid = s.create_run({"sparsity": 0.9, "demo": "mnist"}, kind="mitigate", title="old")
+    s.claim_next(worker_pid=0)
+    s.finish(rid, {"mitigation": old})
+    at = open_page(new_app().run(), "pages_/mitigate.py")
+    at.selectbox(key="mit-pick").set_value(rid).run()
+    assert_clean(at)
+    assert not at.success and any("chosen on the same 600 held-out rows" in x.value for x in at.warning)
 
 
 def test_search_queues_a_run_and_shows_a_frontier(worker_calls):

@@ -13,8 +13,9 @@ LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label
 MODEL_FILE = "mitigated.pt2"
 
 st.title("Mitigate")
-st.caption("Fine-tune (or re-mask) the pruned model so that the groups share the cost more evenly; every method is "
-           "measured on held-out rows, next to the pruned model without repair.")
+st.caption("Fine-tune (or re-mask) the pruned model so that the groups share the cost more evenly; the recommended "
+           "method is chosen on selection rows kept apart from the training rows, and every method is measured on "
+           "held-out rows that took no part in fitting or choosing, next to the pruned model without repair.")
 s = widgets.store()
 audits = [r for r in s.list(kind="audit") if r.status == "done"]
 mitigations = s.list(kind="mitigate")
@@ -59,14 +60,23 @@ if mitigations:
     if run is not None:
         with widgets.friendly_errors("Reading the mitigation"):
             sec = (run.result or {}).get("mitigation") or {}
+            sel = sec.get("selection") or {}
             rec = sec.get("recommended")
             if rec is None:
                 try:
-                    rec = recommend(run.result)
-                except Exception:
+                    rec = recommend(run.result, on_reported_rows=True)
+                except (ValueError, KeyError, TypeError):
                     rec = None
-            if rec:
-                st.success(f"Recommended on held-out rows: **{rec}**.", icon=":material/thumb_up:")
+            if rec and sel.get("n_select") is not None:
+                st.success(f"Recommended: **{rec}**. The choice was made on {sel['n_select']:,} selection rows kept "
+                           f"apart from the training rows; the figures shown are on {sel.get('n_eval', sec.get('n_eval')):,} "
+                           f"held-out rows that took no part in it.", icon=":material/thumb_up:")
+            elif rec:
+                n_eval = sec.get("n_eval")
+                st.warning(f"Recommended: **{rec}**, chosen on the same "
+                           f"{f'{n_eval:,} ' if isinstance(n_eval, int) else ''}held-out rows its figures are shown "
+                           f"on (a run from before selection rows were kept apart), so those figures flatter it. "
+                           f"Run the mitigation again to choose on separate rows.", icon=":material/warning:")
             for w in sec.get("warnings") or []:
                 st.warning(w)
             cols = st.columns(2, gap="large")

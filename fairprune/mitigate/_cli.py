@@ -32,7 +32,8 @@ def spec_from_args(args) -> MitigationSpec:
         sparsity=args.sparsity, method=args.method, when=args.when, epochs=args.epochs, seeds=args.seeds, seed=args.seed,
         alpha=args.alpha, dual_lr=args.dual_lr, warmup=args.warmup, balanced=args.balanced,
         dual_holdout=args.dual_holdout, protect=args.protect,
-        lr=args.lr, batch_size=args.batch_size, train_fraction=args.train_fraction, prune_method=args.prune_method,
+        lr=args.lr, batch_size=args.batch_size, train_fraction=args.train_fraction,
+        select_fraction=args.select_fraction, prune_method=args.prune_method,
         device=args.device, save_model=args.save_model, model=args.model, data=args.data, demo=args.demo,
         arch=args.arch, num_classes=args.num_classes, arch_args=parse_arch_args(args.arch_arg), label=args.label,
         group=tuple(args.group) if args.group else ("group",),
@@ -42,7 +43,8 @@ def spec_from_args(args) -> MitigationSpec:
 
 
 def text_summary(result: MitigationResult) -> str:
-    """A plain-text table: every method's held-out overall accuracy and fairness violation (mean ± std)."""
+    """A plain-text table: every method's held-out overall accuracy and fairness violation (mean ± std), and
+    how the recommendation was chosen."""
     d = result.to_dict()["mitigation"]
 
     def pm(o, key, sub):
@@ -58,8 +60,17 @@ def text_summary(result: MitigationResult) -> str:
     for name, o in rows:
         lines.append(f"{name:<26} {pm(o, 'overall', 'accuracy'):>18} {pm(o, 'fairness_violation', 'accuracy'):>22} "
                      f"{pm(o, 'fairness_violation', 'loss'):>18}")
-    lines.append(f"recommended on held-out rows: {d['recommended']} (lowest violation within "
-                 f"1 point of the best overall accuracy)")
+    sel = d.get("selection")
+    if sel is None:
+        lines.append(f"recommended: {d['recommended']}, chosen on these same held-out rows (no selection rows: "
+                     f"its figures flatter it)")
+        return "\n".join(lines)
+    lines.append(f"recommended: {d['recommended']}, chosen on {sel['n_select']} selection rows kept apart from the "
+                 f"training rows (lowest violation within 1 point of the best overall accuracy there); the figures "
+                 f"above are on {sel['n_eval']} held-out rows that took no part in the choice")
+    lines.append("on the selection rows (violation/accuracy): " + ", ".join(
+        f"{m} {o['fairness_violation']['accuracy']:.3f}/{o['overall']['accuracy']:.3f}"
+        for m, o in sel["by_method"].items()))
     return "\n".join(lines)
 
 

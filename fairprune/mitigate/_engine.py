@@ -1,10 +1,13 @@
-"""``mitigate``: prune, repair with each method, measure on held-out rows; and the spec the worker runs.
+"""``mitigate``: prune, repair with each method, choose on selection rows, report on held-out rows; and
+the spec the worker runs.
 
-For each seed: compute the masks once (the pruning method, on the dense weights), measure the pruned
-model as it is ("before"), then run every method (the one under test, the baselines, any others asked
-for) from the same dense weights, masks and seed, with the same budget (epochs, learning rate, batch
-size), and measure each on the held-out rows. The dense weights are restored between runs; pruned
-weights are checked to be exactly zero after every fine-tuning run.
+Three disjoint sets of rows: fine-tuning rows, selection rows (carved from the training rows, stratified
+by group, seeded) and held-out rows. For each seed: compute the masks once (the pruning method, on the
+dense weights), measure the pruned model as it is ("before"), then run every method (the one under
+test, the baselines, any others asked for) from the same dense weights, masks and seed, with the same
+budget (epochs, learning rate, batch size), and measure each on the selection rows (where the
+recommendation is chosen) and on the held-out rows (the figures reported). The dense weights are
+restored between runs; pruned weights are checked to be exactly zero after every fine-tuning run.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from ._result import MitigationResult, measure
 from ._objectives import Probe
 from ._split import split_rows, stratified_split
 
-__all__ = ["mitigate", "MitigationSpec", "run_spec", "WHEN", "check_masks"]
+__all__ = ["mitigate", "MitigationSpec", "run_spec", "WHEN", "SELECT_FRACTION", "check_masks", "selection_warnings"]
 
 #: where the repair is applied: fine-tune the pruned model; the dense model, then prune; or both
 WHEN = ("after", "before", "both")
+#: default share of each group's training rows kept apart to choose the recommended method on
+SELECT_FRACTION = 0.2
 
 Progress = Callable[[int, int, str], None]
 
@@ -75,7 +80,7 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
              balanced: bool | None = None, dual_holdout: float | None = None, protect: int | None = None,
              lr: float = 1e-3, batch_size: int = 128,
              seed: int = 0, seeds: int = 1, train_data: GroupedDataset | None = None, train_fraction: float = 0.5,
-             prune_method: str = "global_magnitude", baselines: Sequence[str] = ("plain", "reweighted"),
+             select_fraction: float = SELECT_FRACTION, prune_method: str = "global_magnitude", baselines: Sequence[str] = ("plain", "reweighted"),
              also: Sequence[str] = (), method_options: Mapping[str, Mapping] | None = None,
              device: str | torch.device | None = None, amp: bool = True,
              eval_batch_size: int = 256, save_model: str | Path | None = None,
@@ -87,6 +92,9 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
             restored on return).
         data: the grouped dataset; held-out rows and training rows come from ``train_data``, its
             ``split``, or a split stratified by group (``train_fraction``, seeded by ``seed``).
+        select_fraction: share of each group's training rows kept apart as selection rows (seeded by
+            ``seed``): no method fits them; the recommendation is chosen on them, so the held-out
+            figures of the chosen method are not flattered by the choice. The rest fine-tune.
         method: a registered mitigation method (:func:`list_mitigations`). ``alpha``, ``dual_lr``,
             ``warmup`` (epochs), ``balanced`` (group-balanced batches), ``dual_holdout`` (share of each
             group's training rows held back for the dual step), ``protect`` (layers) override its
@@ -125,8 +133,9 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
                                                dual_holdout=dual_holdout, protect=protect)
     seed_list = [int(seed) + i for i in range(seeds)]
 
-    split = split_rows(data, train_data=train_data, train_fraction=train_fraction, seed=seed)
-    train, held = split.train, split.eval
+    split = split_rows(data, train_data=train_data, train_fraction=train_fraction, seed=seed,
+                       select_fraction=select_fraction)
+    train, held, select = split.train, split.eval, split.select
     dev = resolve_device(device)
     module = model.module.to(dev)
     with warnings.catch_warnings(record=True) as caught:
@@ -145,6 +154,7 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
         if held.group_sizes[g] < MIN_RELIABLE:
             run_warnings.append(f"group {g!r} has {held.group_sizes[g]} held-out rows (< {MIN_RELIABLE}): "
                                 f"its figures are unreliable")
+    run_warnings += selection_warnings(train.group_sizes, select.group_sizes)
 
     total = 1 + len(seed_list) * (1 + len(names_tried))
     done = 0
@@ -161,6 +171,8 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
     dense = {"overall": {"n": d_overall.n, "accuracy": d_overall.accuracy, "loss": d_overall.loss},
              "groups": {g: {"n": m.n, "accuracy": m.accuracy, "loss": m.loss} for g, m in d_groups.items()},
              "accuracy_gap": accuracy_gap(d_groups)}
+    y_sel, g_sel, names_sel = select.y.numpy(), select.group.astype(str), select.group_names
+    dense_sel = evaluate(model, select, batch_size=eval_batch_size, device=dev, cancel=cancel)
     ctx = _Context(model, train, names_all, dev, eval_batch_size, cancel)
     step("dense model evaluated")
 
@@ -168,7 +180,7 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
     example = next(held.batches(min(2, held.n), dev))[0]
     root = MaskedModel(module)
     protected = None
-    before, runs = [], {n: [] for n in names_tried}
+    before, runs, selection_runs = [], {n: [] for n in names_tried}, {n: [] for n in names_tried}
     trajectories: dict[str, list] = {}
     achieved: dict[str, float] = {}
     try:
@@ -212,6 +224,8 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
                             if when == "both":
                                 tune(masked)
                         check_masks(module, masked.masks)
+                    pred = evaluate(model, select, batch_size=eval_batch_size, device=dev, cancel=cancel)
+                    selection_runs[name].append(measure(dense_sel, pred, y_sel, g_sel, names_sel))
                     pred = evaluate(model, held, batch_size=eval_batch_size, device=dev, cancel=cancel)
                     runs[name].append(measure(dense_pred, pred, y, groups, names))
                     if i == 0:
@@ -233,7 +247,26 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
         baselines=tuple(dict.fromkeys(baselines)), multipliers=trajectories, achieved_sparsity=achieved,
         options={n: configs[n].to_dict(mitigations[n]) for n in names_tried},
         protected_layers=protected, warnings=run_warnings,
+        selection={"split": "stratified from the training rows", "fraction": float(select_fraction),
+                   "seed": int(seed), "n_select": select.n, "n_select_by_group": select.group_sizes},
+        selection_runs=selection_runs,
     )
+
+
+def selection_warnings(train_sizes: Mapping[str, int], select_sizes: Mapping[str, int]) -> list[str]:
+    """Warnings, naming the counts, when the selection rows are too few to choose between methods well:
+    a group the selection rows miss (one training row), groups with fewer than MIN_RELIABLE there."""
+    out = []
+    missing = [g for g in train_sizes if g not in select_sizes]
+    if missing:
+        out.append("no selection rows for " + ", ".join(f"group {g!r} ({train_sizes[g]} training row)" for g in missing)
+                   + ": the recommendation is chosen without seeing it")
+    few = [(g, n) for g, n in select_sizes.items() if n < MIN_RELIABLE]
+    if few:
+        out.append(f"the recommendation is chosen on {sum(select_sizes.values())} selection rows, with fewer than "
+                   f"{MIN_RELIABLE} in " + ", ".join(f"group {g!r} ({n})" for g, n in few)
+                   + ": the choice between methods is noisy (more data or a larger --select-fraction helps)")
+    return out
 
 
 def _save(save_pt2, module, example, path) -> None:
@@ -267,7 +300,7 @@ class _Context:
         primal, dual = stratified_split(self.train.group, 1.0 - cfg.dual_holdout, seed=seed)
         rows = self.train.subset(dual)
         probe = Probe(self.model, rows, group_codes(rows.group, self.names), batch_size=batch_size, seed=seed,
-                      device=self.device)
+                      device=self.device, balanced=cfg.balanced)
         return self.train.subset(primal), RunInputs(probe, self.dense_accuracy(dual))
 
 
@@ -305,6 +338,7 @@ class MitigationSpec(InputSpec):
     lr: float = 1e-3
     batch_size: int = 128
     train_fraction: float = 0.5
+    select_fraction: float = SELECT_FRACTION
     prune_method: str = "global_magnitude"
     baselines: tuple[str, ...] = ("plain", "reweighted")
     also: tuple[str, ...] = ()
@@ -347,6 +381,7 @@ def run_spec(spec: MitigationSpec, *, progress: Progress | None = None,
                     alpha=spec.alpha, dual_lr=spec.dual_lr, warmup=spec.warmup, balanced=spec.balanced,
                     dual_holdout=spec.dual_holdout, protect=spec.protect, lr=spec.lr, batch_size=spec.batch_size,
                     seed=spec.seed, seeds=spec.seeds,
-                    train_data=train, train_fraction=spec.train_fraction, prune_method=spec.prune_method,
+                    train_data=train, train_fraction=spec.train_fraction, select_fraction=spec.select_fraction,
+                    prune_method=spec.prune_method,
                     baselines=spec.baselines, also=spec.also, device=spec.device, save_model=spec.save_model,
                     progress=progress, cancel=cancel)

@@ -8,12 +8,20 @@ the caller may override for the method under test; baselines always run with the
 ==========================  ==========================================================================
 ``plain``                   minimise the mean loss J(θ; D) over shuffled batches (baseline)
 ``reweighted``              the same loss over group-balanced batches (every group equally likely) (baseline)
-``constrained_loss``        the paper's Eq. 8, |J(θ; D_a) − J(θ; D)| ≤ α, by the Lagrangian dual method
-``constrained_accuracy_gap``  Balancing Act: each group's accuracy drop ≤ the overall drop + α (one-sided),
-                            CE surrogate in the primal step, true rates in the dual step
+``constrained_loss``        Eq. 8's form, |J_a − J̄| ≤ α, by the Lagrangian dual method; J̄ is the batch's
+                            mean loss: by default (group-balanced batches) the unweighted mean of the
+                            group losses, not the paper's population loss J(θ; D); with balanced=False,
+                            the population's (the training rows' group mix)
+``constrained_accuracy_gap``  Balancing Act's one-sided form: each group's accuracy drop ≤ the reference
+                            drop + α, the reference being the batch's: by default the unweighted mean of
+                            the group drops, not Balancing Act's overall drop; with balanced=False, the
+                            overall drop. CE surrogate in the primal step, true rates in the dual step
 ``protect_layers``          no retraining: keep dense the layers whose pruning costs the worst-off group most
                             (measured on training rows, one layer at a time), same overall sparsity
 ==========================  ==========================================================================
+
+The descriptions below are what ``fairprune mitigate --help`` and the dashboard show: they say exactly
+what each method constrains under its defaults.
 """
 
 from __future__ import annotations
@@ -115,14 +123,16 @@ def get_mitigation(name: str) -> MitigationMethod:
 @dataclass(frozen=True)
 class Plain(MitigationMethod):
     name: str = "plain"
-    description: str = "fine-tune with the plain mean loss over shuffled batches (baseline)"
+    description: str = ("fine-tune with the plain mean loss over shuffled batches, i.e. the loss over the training "
+                        "rows' group mix (baseline)")
 
 
 @register_mitigation
 @dataclass(frozen=True)
 class Reweighted(MitigationMethod):
     name: str = "reweighted"
-    description: str = "fine-tune with the mean loss over group-balanced batches (baseline)"
+    description: str = ("fine-tune with the mean loss over group-balanced batches, i.e. the unweighted mean of the "
+                        "group losses, every group counting once (baseline)")
     defaults: MethodConfig = MethodConfig(balanced=True)
 
 
@@ -130,8 +140,11 @@ class Reweighted(MitigationMethod):
 @dataclass(frozen=True)
 class ConstrainedLoss(MitigationMethod):
     name: str = "constrained_loss"
-    description: str = ("the paper's Eq. 8: each group's loss held to the population's, |J_a − J| ≤ α, "
-                        "by the Lagrangian dual method (one multiplier per group)")
+    description: str = ("the form of the paper's Eq. 8 by the Lagrangian dual method (one multiplier per group): "
+                        "minimise the batch's mean loss J subject to |J_a − J| ≤ α for every group a. With the "
+                        "default group-balanced batches J is the unweighted mean of the group losses (every group "
+                        "counts once), not the paper's population loss; with --no-balanced, J is the population's "
+                        "loss (the training rows' group mix), as in Eq. 8")
     constrained: bool = True
     defaults: MethodConfig = MethodConfig(alpha=0.0, dual_lr=0.2, warmup=1, balanced=True)
 
@@ -143,8 +156,11 @@ class ConstrainedLoss(MitigationMethod):
 @dataclass(frozen=True)
 class ConstrainedAccuracyGap(MitigationMethod):
     name: str = "constrained_accuracy_gap"
-    description: str = ("Balancing Act: each group's accuracy drop at most the overall drop + α (one-sided); "
-                        "cross-entropy surrogate in the primal step, true accuracies in the dual step")
+    description: str = ("Balancing Act's one-sided constraint: each group's accuracy drop (dense − pruned) at most "
+                        "the reference drop + α. With the default group-balanced batches the reference is the "
+                        "unweighted mean of the group drops (every group counts once), not Balancing Act's overall "
+                        "drop; with --no-balanced, it is the overall drop (the training rows' group mix), as in "
+                        "Balancing Act. Cross-entropy surrogate in the primal step, true accuracies in the dual step")
     constrained: bool = True
     defaults: MethodConfig = MethodConfig(alpha=0.0, dual_lr=0.2, warmup=1, balanced=True)
 

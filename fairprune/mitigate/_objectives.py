@@ -18,8 +18,13 @@ scheme of Cotter et al., 2019, "Training well-generalizing classifiers for fairn
 data-dependent constraints"). Balancing Act reports that constraints met on the rows a model fits are
 not met on unseen rows; measuring them on rows the primal step never fits is the cheap remedy.
 
-J(θ; D) on a batch is the batch's mean loss: the population's loss under shuffled batches, the mean of
-the group losses under group-balanced batches. During the first ``warmup`` epochs the multipliers
+J(θ; D) on a batch is the batch's mean loss: the population's loss (the training rows' group mix) under
+shuffled batches, the unweighted mean of the group losses (every group counts once) under group-balanced
+batches, the constrained methods' default. So by default ``LossConstraint`` holds each group's loss to the
+mean of the group losses, not to the population's loss of the paper's Eq. 8, and ``AccuracyGapConstraint``
+holds each group's drop to the mean of the group drops, not to Balancing Act's overall drop; with
+shuffled batches (``balanced=False``) both are against the population's figure, as the papers write
+them. A probe draws its batches the same way. During the first ``warmup`` epochs the multipliers
 stay at zero (plain fine-tuning recovers most of the accuracy first; constraints measured on a model
 that has just been pruned mostly reflect its collapse). [fairprune]
 """
@@ -75,19 +80,21 @@ class Multipliers:
 
 
 class Probe:
-    """Group-balanced batches of held-back rows, run through the current model without gradients.
+    """Batches of held-back rows, run through the current model without gradients: group-balanced
+    (every group equally likely) when ``balanced``, else uniform over the rows (the rows' group mix), as
+    the primal step's batches are drawn, so both steps measure the constraint against the same J.
 
     ``probe()`` -> (logits (B, K) float32, y (B,), group codes (B,)), on ``device``. Seeded.
     """
 
-    def __init__(self, model, rows, codes: np.ndarray, *, batch_size: int, seed: int, device):
+    def __init__(self, model, rows, codes: np.ndarray, *, batch_size: int, seed: int, device, balanced: bool = True):
         from ..evaluate import model_outputs
 
         self._forward = lambda x: model_outputs(model, x)
         self.rows, self.batch_size, self.device = rows, batch_size, torch.device(device)
         counts = np.bincount(codes)
         self.codes = torch.as_tensor(codes)
-        self.weights = torch.as_tensor(1.0 / counts[codes], dtype=torch.float64)
+        self.weights = torch.as_tensor(1.0 / counts[codes] if balanced else np.ones(len(codes)), dtype=torch.float64)
         self.gen = torch.Generator().manual_seed(seed)
 
     def __call__(self):
@@ -160,7 +167,9 @@ class AccuracyGapConstraint(_Constrained):
 
     ``dense_accuracy``: (G,) acc_dense(a) of the dense model on the rows the dual step measures (the
     training rows, or the held-back rows with a probe), in ``names`` order.
-    The batch's overall drop is Σ_a (n_a / B) · drop_a, so it matches the batch's group mix.
+    The reference drop is the batch's Σ_a (n_a / B) · drop_a, so it follows the batch's group mix: the
+    overall (population) drop under shuffled batches, the unweighted mean of the group drops under
+    group-balanced ones.
     """
 
     def __init__(self, names, *, alpha, dual_lr, warmup, dense_accuracy: np.ndarray, probe: Probe | None = None):

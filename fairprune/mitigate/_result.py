@@ -1,7 +1,7 @@
 """Typed mitigation results and their one JSON form, the ``mitigation`` section (DESIGN.md).
 
-:class:`Outcome` is one model measured on the held-out rows against the dense model on the same
-rows. :class:`MitigationResult` keeps one Outcome per seed for every method tried; :meth:`to_dict` is
+:class:`Outcome` is one model measured on some rows (the held-out rows, or the selection rows) against
+the dense model on the same rows. :class:`MitigationResult` keeps one Outcome per seed for every method tried; :meth:`to_dict` is
 the only place the section is built: with several seeds each number is the mean over seeds and a
 ``*_std`` key (sample standard deviation, ddof=1) sits beside it.
 """
@@ -17,10 +17,13 @@ import numpy as np
 from ..metrics import accuracy_gap, group_metrics
 from ..result import Metrics
 
-__all__ = ["Outcome", "MitigationResult", "measure", "aggregate", "recommend", "ACCURACY_TOLERANCE"]
+__all__ = ["Outcome", "MitigationResult", "measure", "aggregate", "recommend", "ACCURACY_TOLERANCE", "CRITERION"]
 
 #: recommend(): methods within this much overall accuracy (fraction) of the best are candidates
 ACCURACY_TOLERANCE = 0.01
+#: how recommend() chooses, in words (``{tolerance}``: the accuracy tolerance as a fraction)
+CRITERION = ("among the methods whose mean overall accuracy is within {tolerance:g} of the best one's, the lowest "
+             "mean accuracy fairness violation (ties: higher accuracy, then name)")
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class Outcome:
 
         return {"overall": metrics(self.overall, False),
                 "groups": {g: metrics(m, True) for g, m in self.groups.items()},
+                "fairness_violation": dict(self.fairness_violation), "accuracy_gap": self.accuracy_gap}
+
+    def to_lite_dict(self) -> dict[str, Any]:
+        """OUTCOME without its groups: ``{"overall": {n, accuracy, loss}, "fairness_violation", "accuracy_gap"}``."""
+        o = self.overall
+        return {"overall": {"n": o.n, "accuracy": o.accuracy, "loss": o.loss},
                 "fairness_violation": dict(self.fairness_violation), "accuracy_gap": self.accuracy_gap}
 
 
@@ -112,6 +121,9 @@ class MitigationResult:
     runs: method name -> one Outcome per seed (the method under test, the baselines, any others tried);
     before: the pruned model before any repair, per seed; dense: the dense model on the held-out rows;
     multipliers: method name -> per seed, per epoch {group: λ_a} (constrained methods only).
+    selection: how the selection rows were drawn (``split``, ``fraction``, ``seed``, ``n_select``,
+    ``n_select_by_group``); selection_runs: method name -> one Outcome per seed on the selection
+    rows, where :func:`recommend` chooses. Both empty for a result made without selection rows.
     """
 
     method: str
@@ -136,6 +148,8 @@ class MitigationResult:
     options: dict[str, dict] = field(default_factory=dict)
     protected_layers: list[str] | None = None
     warnings: list[str] = field(default_factory=list)
+    selection: dict = field(default_factory=dict)
+    selection_runs: dict[str, list[Outcome]] = field(default_factory=dict)
 
     @property
     def after(self) -> list[Outcome]:
@@ -144,6 +158,18 @@ class MitigationResult:
     def outcome(self, method: str) -> dict:
         """The seed-aggregated OUTCOME dict of ``method``."""
         return aggregate([o.to_dict() for o in self.runs[method]])
+
+    def selection_outcome(self, method: str) -> dict:
+        """The seed-aggregated OUTCOME-lite dict of ``method`` on the selection rows."""
+        return aggregate([o.to_lite_dict() for o in self.selection_runs[method]])
+
+    def selection_section(self) -> dict[str, Any] | None:
+        """The ``selection`` entry of the section (None without selection rows)."""
+        if not self.selection_runs:
+            return None
+        return {**self.selection, "n_train": self.n_train, "n_eval": self.n_eval, "chosen": recommend(self),
+                "criterion": CRITERION.format(tolerance=ACCURACY_TOLERANCE) + ", on the selection rows",
+                "by_method": {m: self.selection_outcome(m) for m in self.selection_runs}}
 
     def to_dict(self) -> dict[str, Any]:
         section: dict[str, Any] = {
@@ -165,11 +191,14 @@ class MitigationResult:
             "lr": self.lr, "batch_size": self.batch_size, "split": dict(self.split),
             "single_seed": len(self.seeds) == 1,
             "methods": {m: self.outcome(m) for m in self.runs},
-            "recommended": recommend(self),
+            "recommended": recommend(self, on_reported_rows=not self.selection_runs),
             "prune_method": self.prune_method, "achieved_sparsity": dict(self.achieved_sparsity),
             "options": {m: dict(o) for m, o in self.options.items()},
             "dense": self.dense, "device": self.device,
         })
+        selection = self.selection_section()
+        if selection is not None:
+            section["selection"] = selection
         if self.protected_layers is not None:
             section["protected_layers"] = list(self.protected_layers)
         if self.warnings:
@@ -188,16 +217,35 @@ def _clean(v):
     return v
 
 
-def recommend(result: MitigationResult | dict, *, tolerance: float = ACCURACY_TOLERANCE) -> str:
-    """The method that measured best on the held-out rows: among the methods whose mean overall accuracy
-    is within ``tolerance`` of the best one's, the one with the lowest mean accuracy fairness violation
-    (ties: higher accuracy, then name). Accepts a result or its ``to_dict()`` (or the bare section).
+def recommend(result: MitigationResult | dict, *, tolerance: float = ACCURACY_TOLERANCE,
+              on_reported_rows: bool = False) -> str:
+    """The method chosen on the selection rows: among the methods whose mean overall accuracy there is
+    within ``tolerance`` of the best one's, the one with the lowest mean accuracy fairness violation (ties:
+    higher accuracy, then name) (:data:`CRITERION`). Accepts a result or its ``to_dict()`` (or the bare
+    section); from a dict it chooses on ``selection.by_method``.
+
+    A result without selection rows (written before fairprune kept them apart, or built by hand) can
+    only be judged on the rows it reports, which flatters the winner (a winner's curse): that raises
+    ValueError unless ``on_reported_rows=True`` asks for exactly that, knowingly.
     """
     if isinstance(result, MitigationResult):
+        if result.selection_runs:
+            return _choose({m: result.selection_outcome(m) for m in result.selection_runs}, tolerance)
         methods = {m: result.outcome(m) for m in result.runs}
     else:
         section = result.get("mitigation", result)
+        by_method = (section.get("selection") or {}).get("by_method")
+        if by_method:
+            return _choose(by_method, tolerance)
         methods = section.get("methods") or {section["method"]: section["after"], **section.get("baselines", {})}
+    if not on_reported_rows:
+        raise ValueError("this result has no selection rows to choose on (it predates them or was built without "
+                         "them); choosing on the held-out rows it reports flatters the choice: pass "
+                         "on_reported_rows=True to do that knowingly, or rerun fairprune mitigate")
+    return _choose(methods, tolerance)
+
+
+def _choose(methods: dict[str, dict], tolerance: float) -> str:
     if not methods:
         raise ValueError("the result holds no method outcomes to recommend from")
     best_acc = max(o["overall"]["accuracy"] for o in methods.values())

@@ -8,6 +8,13 @@ Three sources, in this order of precedence (the result records which one was use
 - otherwise a seeded split stratified by group: in every group, ``train_fraction`` of its rows
   (rounded, at least one row on each side when the group has two or more) fine-tune and the rest are
   held out, so each group keeps its share on both sides. A group of one row is held out only.
+
+Selection rows (``select_fraction``): a further seeded split, stratified by group, carved from the
+training rows before any method sees them. Methods fine-tune on the rest of the training rows; the
+recommendation is chosen on the selection rows; the figures reported are on the held-out rows, which
+took no part in fitting or choosing. In every group with two or more training rows,
+``select_fraction`` of them (rounded, at least one, never all) select; a group with one training row
+keeps it for fine-tuning (the choice does not see that group).
 """
 
 from __future__ import annotations
@@ -26,11 +33,15 @@ SOURCES = ("split column", "train-data", "stratified")
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """Training rows and held-out rows.
+    """Training rows, held-out rows and (with ``select_fraction``) selection rows.
 
     ``train_index`` / ``eval_index``: positions in the dataset given to :func:`split_rows` (None for
     ``train_index`` when the training rows come from another file). ``train_fraction``: the fraction
-    asked for (stratified) or measured, n_train / (n_train + n_eval), for the other sources.
+    asked for (stratified) or measured, n_train / (n_train + n_eval), for the other sources; it
+    describes the training side before selection rows are carved from it.
+    ``select`` / ``select_index``: the selection rows and their positions in the file the training rows
+    came from (``train_data`` for the 'train-data' source, else the dataset); None without selection.
+    ``train`` and ``train_index`` then hold the fine-tuning rows only.
     """
 
     train: GroupedDataset
@@ -40,6 +51,9 @@ class Split:
     seed: int | None
     train_index: np.ndarray | None
     eval_index: np.ndarray
+    select: GroupedDataset | None = None
+    select_index: np.ndarray | None = None
+    select_fraction: float | None = None
 
     def to_dict(self) -> dict:
         d = {"source": self.source, "train_fraction": self.train_fraction}
@@ -66,8 +80,33 @@ def stratified_split(groups: np.ndarray, train_fraction: float, seed: int) -> tu
 
 
 def split_rows(data: GroupedDataset, *, train_data: GroupedDataset | None = None, train_fraction: float = 0.5,
-               seed: int = 0) -> Split:
-    """The training rows and held-out rows for a mitigation run (see the module docstring)."""
+               seed: int = 0, select_fraction: float | None = None) -> Split:
+    """The training rows and held-out rows for a mitigation run, and selection rows carved from the
+    training rows when ``select_fraction`` is given (see the module docstring)."""
+    split = _train_and_held(data, train_data=train_data, train_fraction=train_fraction, seed=seed)
+    if select_fraction is None:
+        return split
+    return _carve_selection(split, float(select_fraction), int(seed))
+
+
+def _carve_selection(split: Split, fraction: float, seed: int) -> Split:
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"--select-fraction must be in (0, 1), e.g. 0.2; got {fraction!r}")
+    train = split.train
+    # stratified_split's 'held' side keeps a one-row group, so it is the fine-tuning side here
+    select, fit = stratified_split(train.group, fraction, seed)
+    if len(select) == 0:
+        sizes = ", ".join(f"{g!r} {n}" for g, n in train.group_sizes.items())
+        raise InputError(f"{train.name}: too few training rows to keep selection rows apart from the fine-tuning "
+                         f"rows: expected at least 2 training rows in some group, found {sizes}")
+    base = split.train_index
+    return Split(train.subset(fit), split.eval, split.source, split.train_fraction, split.seed,
+                 None if base is None else base[fit], split.eval_index, train.subset(select),
+                 select if base is None else base[select], fraction)
+
+
+def _train_and_held(data: GroupedDataset, *, train_data: GroupedDataset | None, train_fraction: float,
+                    seed: int) -> Split:
     if train_data is not None:
         held = np.flatnonzero(data.split == "test") if data.split is not None else np.arange(data.n)
         if len(held) == 0:
