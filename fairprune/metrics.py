@@ -239,22 +239,23 @@ def violation_p_value(n, b, c, *, n_perm: int = N_PERM, seed: int = 0) -> float:
 
 
 def _binary_rates(y: np.ndarray, pred: np.ndarray, groups: np.ndarray) -> dict[str, tuple]:
-    """(tpr, fpr, selection_rate) per group and for '__overall__', from fairlearn's MetricFrame."""
-    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+    """(tpr, fpr, selection_rate) per group and for '__overall__', class 1 being the positive class.
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fairlearn/sklearn warn on groups with no positives; we report None there
-        mf = MetricFrame(
-            metrics={"tpr": true_positive_rate, "fpr": false_positive_rate, "selection_rate": selection_rate},
-            y_true=y, y_pred=pred, sensitive_features=groups,
-        )
-    out = {}
-    for key, row, yy in [("__overall__", mf.overall, y)] + [
-        (str(g), mf.by_group.loc[g], y[groups == g]) for g in mf.by_group.index
-    ]:
-        tpr = float(row["tpr"]) if (yy == 1).any() else None
-        fpr = float(row["fpr"]) if (yy == 0).any() else None
-        out[key] = (tpr, fpr, float(row["selection_rate"]))
+    tpr is None for rows without positives, fpr None without negatives (undefined, not 0). Counted
+    directly: fairlearn's MetricFrame squeezed a one-row input to 0-d and failed ("Feature array has
+    too many dimensions"); these are the same definitions, for any number of rows.
+    """
+    y, pred, groups = (np.asarray(a).reshape(-1) for a in (y, pred, groups))
+
+    def rates(mask: np.ndarray) -> tuple:
+        positive, negative = mask & (y == 1), mask & (y == 0)
+        tpr = float(np.mean(pred[positive] == 1)) if positive.any() else None
+        fpr = float(np.mean(pred[negative] == 1)) if negative.any() else None
+        return tpr, fpr, float(np.mean(pred[mask] == 1))
+
+    out = {"__overall__": rates(np.ones(len(y), dtype=bool))}
+    for g in np.unique(groups):
+        out[str(g)] = rates(groups == g)
     return out
 
 
