@@ -4,7 +4,9 @@
 
 For each demo (MNIST with an inverted-colour minority; Adult grouped by race) and each sparsity, one
 :func:`fairprune.mitigate.mitigate` call runs every method from the same dense weights, masks, seeds
-and budget (epochs, learning rate, batch size), measured on the demo's test rows (never trained on).
+and budget (epochs, learning rate, batch size), fine-tuned on the demo's training rows less the
+selection rows (20% of each group's, stratified), measured on the demo's test rows (never trained on,
+never used to choose). The "recommended" column is chosen on the selection rows, not on the figures shown.
 The table between the markers in ``bench/RESULTS.md`` is rewritten; the prose around it is kept.
 Numbers: mean ± sample std over the seeds, and [min, max].
 """
@@ -74,7 +76,9 @@ def table(rows, seeds, demos) -> str:
     budget = "; ".join(f"{d}: {BUDGET[d][0]} epochs, lr {BUDGET[d][1]:g}, batch {BUDGET[d][2]}" for d in demos)
     options = "; ".join(f"{d}: {json.dumps(OPTIONS[d]) if OPTIONS[d] else 'registry defaults'}" for d in demos)
     out = [f"Held-out rows only (the demos' test rows). {seeds} seeds; mean ± std [min, max]. Budget per method: "
-           f"{budget}. Options of the constrained methods: {options}.",
+           f"{budget}. Options of the constrained methods: {options}. Methods fine-tune on the training rows less "
+           f"the selection rows (20% of each group's); 'recommended' is chosen on the selection rows, not on the "
+           f"held-out figures shown.",
            "", "| demo | sparsity | method | violation (accuracy) | overall accuracy | violation (loss) | recommended |",
            "|---|---|---|---|---|---|---|"]
     for demo, s, name, viol, acc, lviol, rec in rows:

@@ -319,6 +319,13 @@ def test_dual_holdout_rows_are_kept_from_the_primal_step(setting):
     assert (held_back.group == "b").sum() == round(0.25 * (train.group == "b").sum())
     logits, y, group = inputs.probe()
     assert logits.shape == (64, 2) and set(group.tolist()) == {0, 1}
+    # the probe draws as the primal step does: group-balanced, or the rows' own mix with balanced=False
+    b = ctx.names.index("b")
+    share = {}
+    for balanced in (True, False):
+        _, inputs = ctx.run_inputs(cfg.replaced(balanced=balanced), seed=0, batch_size=64)
+        share[balanced] = float(np.mean([(inputs.probe()[2] == b).float().mean() for _ in range(30)]))
+    assert abs(share[True] - 0.5) < 0.05 and abs(share[False] - float((held_back.group == "b").mean())) < 0.03, share
 
 
 # ---- the point of it: on held-out rows ----------------------------------------------------------------------
