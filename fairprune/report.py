@@ -14,15 +14,20 @@ fingerprints (SHA-256 of model and data, versions, seed) and the result JSON its
 sample rows or images) from the page *and* the embedded JSON, keeping every aggregate: for reports
 that leave the team. The page is rendered from the redacted JSON, so nothing left out can leak.
 
+The page's HTML lives in Jinja2 templates under ``fairprune/templates/`` (``report.html.j2`` the
+layout, ``sections/`` one template per section, ``macros.html.j2`` tables, cards and charts), rendered
+with autoescaping: this module only prepares data, plain dicts and lists of already-formatted text.
 Charts come from :mod:`fairprune.plots` and sentences from :mod:`fairprune.reading`, as in the
-dashboard; this module only arranges them.
+dashboard. How the intervals and flags were computed is read from the result (``interval_method``,
+``significance_test``, ``fairness_violation_p_value``); a result written before they were recorded
+is described "as recorded with the result".
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as _dt
-import html
+import functools
 import json
 import math
 import re
@@ -30,10 +35,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jinja2
+from markupsafe import Markup
+
 from . import __version__, plots
 from .errors import InputError
 from .reading import headline, worst_group
-from .result import SCHEMA, AuditResult
+from .result import SCHEMA, AuditResult, LevelResult
 
 __all__ = ["render_html", "write_report", "load_source", "redact", "SAMPLE_KEYS", "CHART_CLASS", "RESULT_SCRIPT_ID"]
 
@@ -142,11 +150,7 @@ def redact(d: Mapping) -> tuple[dict, list[str]]:
     return walk(copy.deepcopy(dict(d)), ""), removed
 
 
-# ---- formatting ---------------------------------------------------------------------------------------
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
+# ---- formatting: every figure becomes a string here; the templates only place and escape them ---------
 
 def _pts(x: float | None, signed: bool = False) -> str:
     if x is None:
@@ -167,6 +171,11 @@ def _num(x: float | None, fmt: str | None = None) -> str:
     return f"{x:,.{max(0, 3 - math.floor(math.log10(abs(x))))}f}"
 
 
+def _p(p: float) -> str:
+    """A p-value for a sentence: 'p = 0.031', 'p < 0.001'."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
 def _join(names: list[str]) -> str:
     """['a'] -> 'a'; ['a', 'b', 'c'] -> 'a, b and c'."""
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
@@ -185,23 +194,41 @@ def _size(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def _table(head: list[str], rows: list[list[str]], *, left: tuple[int, ...] = (0, 1), cls: str = "") -> str:
-    """An HTML table of escaped text; columns in ``left`` are left-aligned (labels), the others right (numbers)."""
-    def cells(tag, r):
-        return "".join(f"<{tag}{' class=l' if i in left else ''}>{_e(c)}</{tag}>" for i, c in enumerate(r))
+def _table(head: list[str], rows: list[list[str]], *, left: tuple[int, ...] = (0, 1), cls: str = "") -> dict:
+    """A table for the ``table`` macro: columns in ``left`` are left-aligned (labels), the others right (numbers)."""
+    return {"head": head, "rows": rows, "left": left, "cls": cls}
 
-    body = "".join(f"<tr>{cells('td', r)}</tr>" for r in rows)
-    return (f'<div class="table-wrap"><table class="{cls}"><thead><tr>{cells("th", head)}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+
+def _card(label: str, value: str, note: str = "") -> dict:
+    return {"label": label, "value": value, "note": note}
+
+
+def _trusted(markup: str) -> Markup:
+    """The only place the report lets markup through unescaped. Three sources, none user-controlled:
+    plotly's own figure ``<div>``s and its JavaScript bundle (produced by plotly from numbers and the
+    captions' text, which plotly escapes itself), and the result JSON serialised by :func:`_json_text`
+    with every ``<`` written as ``\\u003c``. Everything else (group names, file names, warnings,
+    sentences) reaches the templates as plain text and is autoescaped there."""
+    return Markup(markup)
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    """The templates under fairprune/templates/, autoescaped (every ``{{ }}`` is HTML-escaped)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                             autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.globals.update(chart_class=CHART_CLASS, result_script_id=RESULT_SCRIPT_ID)
+    return env
 
 
 class _Charts:
-    """Collects figures as ``<div>``s; the plotly bundle is inlined once in the page head."""
+    """Renders figures to plotly ``<div>``s, numbered in page order; the bundle is inlined once in the head."""
 
     def __init__(self):
         self.count = 0
 
-    def add(self, fig, *, heading: str, caption: str, margin_top: int = 30) -> str:
+    def add(self, fig, *, heading: str, caption: str, margin_top: int = 30) -> dict:
         from plotly.io import to_html
 
         self.count += 1
@@ -209,13 +236,100 @@ class _Charts:
         fig.update_layout(title_text="", margin_t=margin_top)
         div = to_html(fig, full_html=False, include_plotlyjs=False, config=CHART_CONFIG,
                       div_id=f"fp-chart-{self.count}", default_width="100%")
-        return (f'<figure class="{CHART_CLASS}"><h3>{_e(heading)}</h3>{div}'
-                f'<figcaption>{_e(caption)}</figcaption></figure>')
+        return {"heading": heading, "html": _trusted(div), "caption": caption}
 
 
-# ---- sections ---------------------------------------------------------------------------------------
+# ---- the statistics' own words ------------------------------------------------------------------------
+# Results written before the statistics named their methods (issue 12) carry none of these fields:
+# the report then says "as recorded with the result" rather than guess a method.
 
-def _meaning(result: AuditResult) -> str:
+AS_RECORDED = "as recorded with the result"
+
+
+def _recorded(levels: list[LevelResult], name: str) -> str | None:
+    """The method a level records under ``name`` (significance_test, interval_method), one mention per
+    distinct value across ``levels``; None when no level records one."""
+    seen: list[str] = []
+    for lv in levels:
+        v = getattr(lv, name, None)
+        if isinstance(v, str) and v and v not in seen:
+            seen.append(v)
+    return "; ".join(seen) or None
+
+
+def _violation_p(lv: LevelResult) -> float | None:
+    """p-value of "every group's drop is the same" for the accuracy violation; None when not recorded."""
+    p = getattr(lv, "fairness_violation_p_value", None)
+    v = p.get("accuracy") if isinstance(p, Mapping) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+class _Stats:
+    """How the levels' intervals and flags were computed, worded once for captions, tables and definitions."""
+
+    def __init__(self, levels: list[LevelResult]):
+        self.test = _recorded(levels, "significance_test")
+        self.interval = _recorded(levels, "interval_method")
+        # the violation's interval is simultaneous over groups in results that name their interval method
+        self.simultaneous = self.interval is not None
+        self.has_p = any(_violation_p(lv) is not None for lv in levels)
+
+    def compared_with(self) -> str:
+        # results that name their test compare a group with the other groups' rows; older ones with the overall drop
+        return "the other groups'" if self.test else "the overall drop"
+
+    def whiskers(self) -> str:
+        return ("each group's own 95% interval of its drop, not adjusted for the number of groups (method: "
+                f"{self.interval or AS_RECORDED}).")
+
+    def flagged(self, n_groups: int) -> str:
+        return (f"the group's drop differs from {self.compared_with()} by more than chance, at the 5% level after "
+                f"correcting for testing {n_groups} groups (Holm; test: {self.test or AS_RECORDED}).")
+
+    def violation_band(self) -> str:
+        if self.simultaneous:
+            return ("Band: 95% interval of the accuracy violation, simultaneous over the groups; it can reach 0, "
+                    "which would mean every group paid the same.")
+        return f"Band: 95% interval of the accuracy violation, {AS_RECORDED}."
+
+    def violation_ci_head(self) -> str:
+        return "95% CI (simultaneous)" if self.simultaneous else "95% CI"
+
+    def definitions(self) -> list[tuple[str, str, str]]:
+        out = [
+            ("95% interval of a group's drop (CI)",
+             f"Method: {self.interval or AS_RECORDED}. Not adjusted for the number of groups: each group's interval "
+             "holds for that group alone.", "fairprune"),
+            ("95% interval of the violation",
+             ("Simultaneous over the groups: it holds for every group's drop at once, so it is wider than any one "
+              f"group's and can contain 0 (every group paid the same). Method: {self.interval}.") if self.simultaneous
+             else f"Interval of the accuracy fairness violation, {AS_RECORDED}.", "fairprune"),
+            ("Significant",
+             f"The group's drop differs from {self.compared_with()} by more than chance: Holm-corrected for the number "
+             f"of groups tested, at the 5% level. Test: {self.test or AS_RECORDED}.", "fairprune"),
+            ("p (Holm)", "The group's p-value, Holm-adjusted for the number of groups tested; the group is significant "
+                         "when it is below 0.05.", "fairprune"),
+        ]
+        if self.has_p:
+            out.append(("p (equal drops)", "p-value of the hypothesis that every group's drop is the same: how often a "
+                                           "violation at least as large as the one measured would arise if it were.",
+                        "fairprune"))
+        return out
+
+
+def _violation_cells(lv: LevelResult, stats: _Stats) -> list[str]:
+    """The violation's interval, and its p-value when the result has a column for it."""
+    ci = lv.fairness_violation_ci95.get("accuracy")
+    cells = [f"{_pts(ci[0])} to {_pts(ci[1])}" if ci else "—"]
+    if stats.has_p:
+        p = _violation_p(lv)
+        cells.append(_num(p, ".3g") if p is not None else "—")
+    return cells
+
+
+# ---- sections: each returns the data its template under templates/sections/ shows -----------------------
+
+def _meaning(result: AuditResult, stats: _Stats) -> str:
     """The plain-words reading of the highest level, and the gentler option if there is one."""
     lv = result.levels[-1]
     groups = lv.groups
@@ -230,15 +344,26 @@ def _meaning(result: AuditResult) -> str:
                      f"{best} {'loses' if b >= 0 else 'gains'} {_pts(abs(b))}.")
         v = lv.fairness_violation["accuracy"]
         ci = lv.fairness_violation_ci95.get("accuracy")
+        where = f", simultaneous over the {len(groups)} groups" if stats.simultaneous else ""
         parts.append(f"The difference between the group that loses most and the one that loses least, the fairness "
-                     f"violation, is {_pts(v)} points" + (f" (95% interval {_pts(ci[0])} to {_pts(ci[1])})" if ci else "")
+                     f"violation, is {_pts(v)} points"
+                     + (f" (95% interval {_pts(ci[0])} to {_pts(ci[1])}{where})" if ci else "")
                      + "; 0 would mean every group paid the same.")
+        p = _violation_p(lv)
+        if p is not None and p < 0.05:
+            parts.append(f"A violation this large would be unlikely if every group's drop were the same ({_p(p)})"
+                         + ("; the interval, which holds for all groups at once, is the more cautious of the two "
+                            "and reaches 0." if ci and ci[0] <= 0 else "."))
+        elif p is not None:
+            parts.append(f"A violation this large could arise by chance even if every group's drop were the same "
+                         f"({_p(p)}).")
         sig = [k for k, m in groups.items() if m.significant]
         if sig:
-            parts.append(f"For {_join(sig)} the drop differs from the overall drop by more than chance would "
+            parts.append(f"For {_join(sig)} the drop differs from {stats.compared_with()} by more than chance would "
                          f"explain, after correcting for testing {len(groups)} groups.")
         else:
-            parts.append("No group's drop differs from the overall drop by more than chance at this sample size.")
+            parts.append(f"No group's drop differs from {stats.compared_with()} by more than chance at this sample "
+                         f"size, after correcting for testing {len(groups)} groups.")
         gainers = [k for k, m in groups.items() if m.accuracy_drop < 0]
         if gainers:
             parts.append(f"{_join(gainers)} even {'gains' if len(gainers) == 1 else 'gain'} accuracy: pruning can "
@@ -258,27 +383,30 @@ def _meaning(result: AuditResult) -> str:
     return " ".join(parts)
 
 
-def _card(label: str, value: str, note: str = "") -> str:
-    return (f'<div class="card"><div class="card-label">{_e(label)}</div><div class="card-value">{_e(value)}</div>'
-            f'<div class="card-note">{_e(note)}</div></div>')
+def _violation_note(lv: LevelResult, stats: _Stats) -> str:
+    ci = lv.fairness_violation_ci95.get("accuracy")
+    if not ci:
+        return "largest minus smallest group drop"
+    p = _violation_p(lv)
+    return (f"95% CI {_pts(ci[0])} to {_pts(ci[1])}" + (" (simultaneous)" if stats.simultaneous else "")
+            + (f"; {_p(p)} for equal drops" if p is not None else ""))
 
 
-def _summary(result: AuditResult | None, mitigation: Mapping | None) -> str:
-    out = ['<section id="summary"><h2>Summary</h2>']
+def _summary(result: AuditResult | None, mitigation: Mapping | None, stats: _Stats) -> dict:
+    out: dict[str, Any] = {"headline": None, "cards": [], "meaning": None, "note": None, "repair": None,
+                           "warnings": list(result.warnings) if result is not None else []}
     if result is not None and result.levels:
         lv = result.levels[-1]
         g = worst_group(lv)
         m, d = lv.groups[g], result.dense.groups[g]
-        out.append(f'<p class="fp-headline">{_e(headline(result))}</p>')
-        ci = lv.fairness_violation_ci95.get("accuracy")
+        out["headline"] = headline(result)
         cards = [
             _card("Overall accuracy", f"{_pts(result.dense.overall.accuracy)}% → {_pts(lv.overall.accuracy)}%",
                   f"{_pts(-lv.overall.accuracy_drop, True)} points at {plots.sparsity_label(lv.sparsity)} sparsity"),
             _card(f"Worst group: {g}", f"{_pts(d.accuracy)}% → {_pts(m.accuracy)}%",
                   f"{_pts(-m.accuracy_drop, True)} points" + (f" (CI {_pts(m.accuracy_drop_ci95[0])} to "
                                                               f"{_pts(m.accuracy_drop_ci95[1])})" if m.accuracy_drop_ci95 else "")),
-            _card("Fairness violation, accuracy", f"{_pts(lv.fairness_violation['accuracy'])} pts",
-                  f"95% CI {_pts(ci[0])} to {_pts(ci[1])}" if ci else "largest minus smallest group drop"),
+            _card("Fairness violation, accuracy", f"{_pts(lv.fairness_violation['accuracy'])} pts", _violation_note(lv, stats)),
             _card("Violation ξ, loss", f"{lv.fairness_violation['loss']:.3f} nats", "max R(a) − min R(a), Eq. 3"),
             _card("Accuracy gap", f"{_pts(result.dense.accuracy_gap)} → {_pts(lv.accuracy_gap)} pts",
                   "best minus worst group, dense → pruned"),
@@ -286,44 +414,38 @@ def _summary(result: AuditResult | None, mitigation: Mapping | None) -> str:
         if result.dense.size_bytes and lv.size_bytes:
             cards.append(_card("Stored size", f"{_size(result.dense.size_bytes)} → {_size(lv.size_bytes)}",
                                f"{lv.size_bytes / result.dense.size_bytes - 1:+.0%}"))
-        out.append('<div class="cards">' + "".join(cards) + "</div>")
-        out.append(f'<h3>What this means</h3><p class="meaning">{_e(_meaning(result))}</p>')
+        out["cards"] = cards
+        out["meaning"] = _meaning(result, stats)
     elif result is not None and result.compression:
-        out.append(f'<p class="fp-headline">{_e(headline(result))}</p>'
-                   f"<p>No sparsity level was measured: the compression variants below were.</p>")
+        out["headline"] = headline(result)
+        out["note"] = "No sparsity level was measured: the compression variants below were."
     elif result is not None:
-        out.append("<p>This result has no sparsity levels.</p>")
+        out["note"] = "This result has no sparsity levels."
     if mitigation:
-        out.append(_mitigation_summary(mitigation, headline_=result is None))
-    if result is not None and result.warnings:
-        out.append('<div class="warnings"><strong>Warnings recorded with the result</strong><ul>'
-                   + "".join(f"<li>{_e(w)}</li>" for w in result.warnings) + "</ul></div>")
-    out.append("</section>")
-    return "".join(out)
+        out["repair"] = _mitigation_summary(mitigation, alone=result is None)
+    return out
 
 
-def _group_charts(result: AuditResult, charts: _Charts) -> str:
-    out = ['<section id="charts"><h2>Who pays, group by group</h2>']
-    out.append(charts.add(
+def _group_charts(result: AuditResult, charts: _Charts, stats: _Stats) -> list[dict]:
+    n = len(result.group_names)
+    out = [charts.add(
         plots.accuracy_vs_sparsity(result), heading="Accuracy of each group as the model is pruned",
         caption=DEF["accuracy"] + " Each line is one group; the dashed line is the whole test set. Bands: 95% "
-                "interval of the group's accuracy at each level, from the bootstrap interval of its drop. Dotted grey "
-                "lines: groups with fewer than 30 samples."))
-    drop_caption = (DEF["accuracy_drop"] + " Whiskers: " + DEF["accuracy_drop_ci95"] + " Dashed line: the whole test "
-                    "set. Outlined bars with *: " + DEF["significant"])
+                "interval of the group's accuracy at each level, from the interval of its drop (each group's own, "
+                "not adjusted for the number of groups). Dotted grey lines: groups with fewer than 30 samples.")]
+    drop_caption = (DEF["accuracy_drop"] + " Whiskers: " + stats.whiskers() + " Dashed line: the whole test set. "
+                    "Outlined bars with *: " + stats.flagged(n))
     for i, lv in enumerate(reversed(result.levels)):   # the highest level first: it is the one the summary reads
         out.append(charts.add(plots.drop_by_group(result, lv.sparsity), margin_top=50,
                               caption=drop_caption if i == 0 else "As above, at this level.",
                               heading=f"Accuracy drop per group at {plots.sparsity_label(lv.sparsity)} sparsity"))
     out.append(charts.add(
         plots.violation_vs_sparsity(result), heading="Fairness violation: how unequally pruning hurts the groups",
-        caption=DEF["fairness_violation"] + " " + DEF["accuracy_gap"] + " Band: 95% bootstrap interval of the "
-                "accuracy violation."))
-    out.append("</section>")
-    return "".join(out)
+        caption=DEF["fairness_violation"] + " " + DEF["accuracy_gap"] + " " + stats.violation_band()))
+    return out
 
 
-def _full_table(result: AuditResult) -> str:
+def _full_table(result: AuditResult, stats: _Stats) -> dict:
     binary = result.dense.overall.selection_rate is not None
     head = ["sparsity", "group", "n", "accuracy %", "drop (pts)", "95% CI of drop", "loss J", "excessive loss R(a)",
             "significant", "p (Holm)", "note"] + (["TPR", "FPR", "selection rate"] if binary else [])
@@ -347,27 +469,28 @@ def _full_table(result: AuditResult) -> str:
     for lv in result.levels:
         for i, (g, m) in enumerate({"(overall)": lv.overall, **lv.groups}.items()):
             row(plots.sparsity_label(lv.sparsity), g, m, i == 0)
-    level_rows = [["dense", "—", "", _pts(result.dense.accuracy_gap), "—", "0", "0"]]
+    level_rows = [["dense", "—", "", *([""] if stats.has_p else []), _pts(result.dense.accuracy_gap), "—", "0", "0"]]
     for lv in result.levels:
-        ci = lv.fairness_violation_ci95.get("accuracy")
         level_rows.append([plots.sparsity_label(lv.sparsity), _pts(lv.fairness_violation["accuracy"]),
-                           f"{_pts(ci[0])} to {_pts(ci[1])}" if ci else "—", _pts(lv.accuracy_gap),
+                           *_violation_cells(lv, stats), _pts(lv.accuracy_gap),
                            f"{lv.fairness_violation['loss']:.4f}", f"{lv.achieved_sparsity:.4f}",
                            f"{lv.weight_distance:.3f}"])
-    return ('<section id="table"><h2>Every figure</h2>'
-            "<p>Accuracy in percent; drops in percentage points, dense − pruned (positive: the group lost accuracy; "
-            "negative: it gained), with their 95% interval. '(overall)' is the whole test set.</p>"
-            + _table(head, rows, left=(0, 1, 10), cls="groups")
-            + "<h3>Per level</h3>"
-            + _table(["sparsity", "violation, accuracy (pts)", "95% CI", "accuracy gap (pts)", "violation ξ, loss (nats)",
-                      "achieved sparsity", "‖θ̄ − θ*‖₂"], level_rows, left=(0,))
-            + "</section>")
+    n = len(result.group_names)
+    intro = ("Accuracy in percent; drops in percentage points, dense − pruned (positive: the group lost accuracy; "
+             "negative: it gained), with each group's own 95% interval (not adjusted for the number of groups). "
+             f"'significant' and p are Holm-adjusted for testing {n} groups"
+             + ("; the violation's interval is simultaneous over the groups" if stats.simultaneous else "")
+             + ". '(overall)' is the whole test set.")
+    return {"intro": intro, "groups": _table(head, rows, left=(0, 1, 10), cls="groups"),
+            "levels": _table(["sparsity", "violation, accuracy (pts)", stats.violation_ci_head(),
+                              *(["p (equal drops)"] if stats.has_p else []), "accuracy gap (pts)",
+                              "violation ξ, loss (nats)", "achieved sparsity", "‖θ̄ − θ*‖₂"], level_rows, left=(0,))}
 
 
-def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> str:
+def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> dict | None:
     parts = [("dense", result.dense), *((plots.sparsity_label(lv.sparsity), lv) for lv in result.levels)]
     if all(p.size_bytes is None for _, p in parts):
-        return ""
+        return None
     fp = d.get("footprint") if isinstance(d.get("footprint"), dict) else {}
     how = {plots.sparsity_label(x.get("sparsity", 0)): x for x in fp.get("levels", []) if isinstance(x, dict)}
     how["dense"] = fp.get("dense") or {}
@@ -376,59 +499,58 @@ def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> str:
              how.get(name, {}).get("storage", "—"),
              f"{p.latency_ms:.2f}" if p.latency_ms is not None else "not measured", how.get(name, {}).get("timed", "—")]
             for name, p in parts]
-    table = _table(["model", "stored size", "change", "storage", "latency (ms per batch)", "model timed"], rows,
-                   left=(0, 3, 5))
-    notes = "".join(f"<li><strong>{_e(k)}:</strong> {_e(fp[k])}</li>" for k in ("size", "latency", "device", "batch_size")
-                    if fp.get(k) is not None)
-    return ('<section id="footprint"><h2>Size and latency</h2>'
-            + charts.add(plots.footprint_vs_sparsity(result), heading="What pruning saves",
-                         caption="Stored size of the weights as they would ship; latency of one batch where measured.")
-            + charts.add(plots.size_axis(d), heading="Every model on one size axis",
-                         caption="Each group's accuracy against each model's stored size (and latency where timed): "
-                                 "the dense model, every sparsity level and every quantized or N:M variant; colour "
-                                 "is the model's accuracy fairness violation (largest minus smallest group drop).")
-            + table
-            + (f'<ul class="notes">{notes}</ul>' if notes else "") + "</section>")
+    return {
+        "charts": [
+            charts.add(plots.footprint_vs_sparsity(result), heading="What pruning saves",
+                       caption="Stored size of the weights as they would ship; latency of one batch where measured."),
+            charts.add(plots.size_axis(d), heading="Every model on one size axis",
+                       caption="Each group's accuracy against each model's stored size (and latency where timed): "
+                               "the dense model, every sparsity level and every quantized or N:M variant; colour "
+                               "is the model's accuracy fairness violation (largest minus smallest group drop)."),
+        ],
+        "table": _table(["model", "stored size", "change", "storage", "latency (ms per batch)", "model timed"], rows,
+                        left=(0, 3, 5)),
+        "notes": [(k, fp[k]) for k in ("size", "latency", "device", "batch_size") if fp.get(k) is not None],
+    }
 
 
-def _compression(result: AuditResult, charts: _Charts) -> str:
+def _compression(result: AuditResult, charts: _Charts, stats: _Stats) -> dict | None:
     """Quantization, 2:4 and combinations: who pays for each variant, every figure, how each was run."""
     variants = result.compression
     if not variants:
-        return ""
+        return None
     dense = result.dense.size_bytes
     rows = []
     for v in variants:
         lv = v.level
         g = worst_group(lv)
-        ci = lv.fairness_violation_ci95.get("accuracy")
         cal = (v.details.get("calibration") or {}).get("groups") or {}
         rows.append([v.method, v.setting, _size(v.size_bytes),
                      f"{v.size_bytes / dense:.2f}x" if dense and v.size_bytes else "—", f"{v.quantized_fraction:.2f}",
                      _pts(lv.overall.accuracy), _pts(lv.overall.accuracy_drop, True),
                      f"{g} ({_pts(lv.groups[g].accuracy_drop, True)})", _pts(lv.fairness_violation["accuracy"]),
-                     f"{_pts(ci[0])} to {_pts(ci[1])}" if ci else "—", f"{lv.fairness_violation['loss']:.4f}",
+                     *_violation_cells(lv, stats), f"{lv.fairness_violation['loss']:.4f}",
                      ", ".join(f"{k} {n}" for k, n in cal.items()) or "—"])
     notes = sorted({v.details.get("kernel") for v in variants} - {None})
     notes += sorted({v.details.get("diagnostics_note") for v in variants} - {None})
     notes += sorted({(v.details.get("nm_2_4") or {}).get("sparse_kernel_note") for v in variants} - {None})
-    size_axis = ""
+    chart_list = [charts.add(plots.drop_by_variant(result), heading="Who pays for each compression variant",
+                             caption=DEF["accuracy_drop"] + " Whiskers: " + stats.whiskers())]
     if not result.levels and dense is not None:      # with levels, the size axis is in the size section
-        size_axis = charts.add(plots.size_axis(result), heading="Every model on one size axis",
-                               caption="Each group's accuracy against each model's stored size; colour is the "
-                                       "model's accuracy fairness violation.")
-    return ('<section id="compression"><h2>Beyond pruning: quantization and 2:4 sparsity</h2>'
-            "<p>Each variant is applied to a copy of the dense model and measured on the same rows exactly as a "
-            "pruning level: the same per-group drops, bootstrap intervals and fairness violation. "
-            "'quantized' is the share of the model's parameters (by count) actually quantized.</p>"
-            + charts.add(plots.drop_by_variant(result), heading="Who pays for each compression variant",
-                         caption=DEF["accuracy_drop"] + " Whiskers: " + DEF["accuracy_drop_ci95"])
-            + size_axis
-            + _table(["variant", "setting", "stored size", "vs dense", "quantized", "accuracy %", "drop (pts)",
-                      "worst group (drop)", "violation (pts)", "95% CI", "violation ξ, loss", "calibration rows"],
-                     rows, left=(0, 1, 7, 11))
-            + (f'<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else "")
-            + "</section>")
+        chart_list.append(charts.add(plots.size_axis(result), heading="Every model on one size axis",
+                                     caption="Each group's accuracy against each model's stored size; colour is the "
+                                             "model's accuracy fairness violation."))
+    p_col = ["p (equal drops)"] if stats.has_p else []
+    return {
+        "intro": "Each variant is applied to a copy of the dense model and measured on the same rows exactly as a "
+                 "pruning level: the same per-group drops, intervals, tests and fairness violation. "
+                 "'quantized' is the share of the model's parameters (by count) actually quantized.",
+        "charts": chart_list,
+        "table": _table(["variant", "setting", "stored size", "vs dense", "quantized", "accuracy %", "drop (pts)",
+                         "worst group (drop)", "violation (pts)", stats.violation_ci_head(), *p_col,
+                         "violation ξ, loss", "calibration rows"], rows, left=(0, 1, 7, 11 + len(p_col))),
+        "notes": notes,
+    }
 
 
 def _diag_rows(label: str, diag: Mapping) -> list[list[str]]:
@@ -447,57 +569,44 @@ def _diag_rows(label: str, diag: Mapping) -> list[list[str]]:
     return rows
 
 
-def _diagnostics(result: AuditResult | None, diag: Mapping, charts: _Charts, redacted: bool) -> str:
-    out = ['<section id="diagnostics"><h2>Why: diagnostics</h2>',
-           "<p>Theorem 1 of Tran et al. bounds a group's excessive loss by ‖g_a‖·‖θ̄ − θ*‖ + ½ λ_max(H_a)·‖θ̄ − θ*‖²: "
-           "since pruning moves every group's weights by the same ‖θ̄ − θ*‖, groups with larger gradient norms and "
-           "larger Hessian eigenvalues pay more, and these are the groups nearer the decision boundary "
-           "(smaller margins, more uncertain predictions). <span class=\"tag\">[paper]</span></p>"]
+def _diagnostics(result: AuditResult | None, diag: Mapping, charts: _Charts, redacted: bool) -> dict:
+    out: dict[str, Any] = {"factor": None, "other_factors": [], "charts": [], "table": None, "theory": None,
+                           "flips": _flips(diag.get("flips"), redacted)}
     levels = [lv.sparsity for lv in result.levels] if result is not None else []
     factors = (diag.get("factors") or {}).get("levels") or []
     sentences = [(f.get("sparsity"), f.get("sentence")) for f in factors if isinstance(f, dict) and f.get("sentence")]
     if sentences:
         s, text = sentences[-1]
-        out.append(f'<p class="factor-sentence"><strong>Which factor explains it'
-                   f'{" at " + plots.sparsity_label(s) + " sparsity" if s is not None else ""}:</strong> {_e(text)}</p>')
-        rest = [f"<li>{_e(plots.sparsity_label(s) if s is not None else '')}: {_e(t)}</li>" for s, t in sentences[:-1] if t != text]
-        if rest:
-            out.append('<ul class="notes">' + "".join(rest) + "</ul>")
+        out["factor"] = {"where": f" at {plots.sparsity_label(s)} sparsity" if s is not None else "", "sentence": text}
+        out["other_factors"] = [(plots.sparsity_label(s) if s is not None else "", t) for s, t in sentences[:-1]
+                                if t != text]
     dense = diag.get("dense")
     if isinstance(dense, dict) and dense:
         try:
-            out.append(charts.add(plots.diagnostics_by_group(dense), heading="The dense model's per-group factors",
-                                  caption="Each panel is one factor of Theorems 1 and 2, one bar per group; whiskers ± "
-                                          "one standard error of the estimate."))
+            out["charts"].append(charts.add(plots.diagnostics_by_group(dense), heading="The dense model's per-group factors",
+                                            caption="Each panel is one factor of Theorems 1 and 2, one bar per group; "
+                                                    "whiskers ± one standard error of the estimate."))
         except ValueError:
             pass
         rows = _diag_rows("dense", dense)
         for s, lvd in zip(levels, diag.get("levels") or []):
             if isinstance(lvd, dict):
                 rows += _diag_rows(plots.sparsity_label(s), lvd)
-        out.append(_table(["model", "group", "mean ‖∇ℓ‖", "‖g_a‖", "λ_max(H_a) ± SE", "Tr(H_a) ± SE", "mean margin",
-                           "mean uncertainty", "boundary distance"], rows))
-    theory = diag.get("theory") or []
+        out["table"] = _table(["model", "group", "mean ‖∇ℓ‖", "‖g_a‖", "λ_max(H_a) ± SE", "Tr(H_a) ± SE", "mean margin",
+                               "mean uncertainty", "boundary distance"], rows)
     trows = []
-    for s, th in zip(levels, theory):
+    for s, th in zip(levels, diag.get("theory") or []):
         for i, (g, t) in enumerate((th or {}).items()):
             trows.append([plots.sparsity_label(s) if i == 0 else "", g, _num(t.get("grad_term")),
                           _num(t.get("hessian_term")), _num(t.get("bound")), _num(t.get("excessive_loss"), "+.4f")])
     if trows:
-        out.append("<h3>Theorem 1's terms next to the measured excessive loss</h3>"
-                   "<p>grad term = ‖g_a‖·‖θ̄ − θ*‖, Hessian term = ½ λ_max(H_a)·‖θ̄ − θ*‖², bound = their sum without the "
-                   "third-order remainder. The bound is loose; what it predicts is the ordering of the groups.</p>"
-                   + _table(["sparsity", "group", "grad term", "Hessian term", "bound", "measured R(a)"], trows))
-    out.append(_flips(diag.get("flips"), redacted))
-    out.append("</section>")
-    return "".join(out)
+        out["theory"] = _table(["sparsity", "group", "grad term", "Hessian term", "bound", "measured R(a)"], trows)
+    return out
 
 
-def _flips(flips: Any, redacted: bool) -> str:
+def _flips(flips: Any, redacted: bool) -> dict | None:
     if not isinstance(flips, dict) or not flips.get("levels"):
-        return ""
-    out = ["<h3>Samples pruning flips</h3><p>Rows the dense model classifies correctly and the pruned model does "
-           "not (flipped), and the reverse (fixed).</p>"]
+        return None
     show_idx = not redacted and any("indices" in (x or {}) for lv in flips["levels"] for x in (lv.get("groups") or {}).values())
     rows = []
     for lv in flips["levels"]:
@@ -508,8 +617,7 @@ def _flips(flips: Any, redacted: bool) -> str:
                 idx = x.get("indices") or []
                 r.append(", ".join(map(str, idx[:15])) + (f", … ({len(idx)} listed)" if len(idx) > 15 else ""))
             rows.append(r)
-    out.append(_table(["sparsity", "group", "flipped", "fixed"] + (["row indices (first 15)"] if show_idx else []), rows,
-                      left=(0, 1, 4)))
+
     def pct(x):
         return f"{100 * x:.1f}%" if x < 0.1 else f"{100 * x:.0f}%"
 
@@ -524,12 +632,9 @@ def _flips(flips: Any, redacted: bool) -> str:
                          f"{pct(p['random'])} for rows picked at random"
                          + (": the dense model's own diagnostics point at the rows pruning will cost." if p["k"] >= 10
                             and best >= 2 * p["random"] else "."))
-    if notes:
-        out.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
-    if redacted:
-        out.append('<p class="redacted-note">Row indices of flipped and at-risk samples are left out of this report '
-                   "(--redact-samples); the counts above are kept.</p>")
-    return "".join(out)
+    return {"table": _table(["sparsity", "group", "flipped", "fixed"] + (["row indices (first 15)"] if show_idx else []),
+                            rows, left=(0, 1, 4)),
+            "notes": notes, "redacted": redacted}
 
 
 def _mitigation_sentence(m: Mapping) -> str:
@@ -559,15 +664,16 @@ def _outcome(m: Mapping, *path: str):
     return v
 
 
-def _mitigation_summary(m: Mapping, *, headline_: bool) -> str:
+def _mitigation_summary(m: Mapping, *, alone: bool) -> dict:
+    """The repair in the summary: one sentence, with cards when the mitigation file is reported alone."""
     method = m.get("method", "the mitigation")
     before, after = _outcome(m, "before", "fairness_violation", "accuracy"), _outcome(m, "after", "fairness_violation", "accuracy")
     plain = _outcome(m, "baselines", "plain", "fairness_violation", "accuracy")
     s = (f"At {100 * (m.get('sparsity') or 0):g}% sparsity, {method} fine-tuning brings the accuracy violation on "
          f"held-out rows from {_pts(before)} to {_pts(after)} points"
          + (f" (plain fine-tuning: {_pts(plain)})." if plain is not None else "."))
-    if not headline_:
-        return f'<h3>Repair</h3><p class="mitigation-summary">{_e(s)} See <a href="#mitigation">Mitigation</a>.</p>'
+    if not alone:
+        return {"alone": False, "sentence": s, "cards": []}
     acc_b, acc_a = _outcome(m, "before", "overall", "accuracy"), _outcome(m, "after", "overall", "accuracy")
     cards = [_card("Fairness violation, accuracy", f"{_pts(before)} → {_pts(after)} pts", "pruned → repaired, held-out rows"),
              _card("Overall accuracy", f"{_pts(acc_b)}% → {_pts(acc_a)}%", "pruned → repaired, held-out rows")]
@@ -575,29 +681,31 @@ def _mitigation_summary(m: Mapping, *, headline_: bool) -> str:
         cards.append(_card("Plain fine-tuning", f"{_pts(plain)} pts", "violation with the same budget"))
     if m.get("recommended"):
         cards.append(_card("Recommended", str(m["recommended"]), "measured on held-out rows"))
-    return f'<p class="fp-headline">{_e(s)}</p><div class="cards">{"".join(cards)}</div>'
+    return {"alone": True, "sentence": s, "cards": cards}
 
 
-def _mitigation(m: Mapping, charts: _Charts) -> str:
+def _mitigation(m: Mapping, charts: _Charts) -> dict:
     runs = plots._mitigation_runs(m)
-    out = ['<section id="mitigation"><h2>Repair: mitigation</h2>', f"<p>{_e(_mitigation_sentence(m))}</p>"]
     split = m.get("split") or {}
     settings = [("method", m.get("method")), ("when", m.get("when")), ("sparsity", m.get("sparsity")),
                 ("pruning method", m.get("prune_method")), ("alpha", m.get("alpha")), ("epochs", m.get("epochs")),
                 ("seeds", m.get("seeds")), ("learning rate", m.get("lr")), ("batch size", m.get("batch_size")),
                 ("training rows", m.get("n_train")), ("held-out rows", m.get("n_eval")),
                 ("held-out rows from", split.get("source")), ("device", m.get("device"))]
-    out.append('<p class="settings">' + " · ".join(f"{_e(k)} <strong>{_e(v)}</strong>" for k, v in settings
-                                                   if v is not None) + "</p>")
+    out: dict[str, Any] = {"sentence": _mitigation_sentence(m), "charts": [], "groups": None, "methods": None,
+                           "settings": [(k, str(v)) for k, v in settings if v is not None],
+                           "warnings": list(m.get("warnings") or [])}
     if runs:
         try:
-            out.append(charts.add(plots.mitigation_by_group(m), margin_top=30,
-                                  heading="Accuracy drop per group, before and after repair",
-                                  caption="Drops relative to the dense model on the same held-out rows; outlined: the "
-                                          "recommended method; whiskers ± one standard deviation over seeds."))
-            out.append(charts.add(plots.mitigation_methods(m), heading="Methods compared",
-                                  caption="Overall accuracy against the accuracy fairness violation on held-out rows; "
-                                          "lower right is better; the star is the recommended method."))
+            out["charts"].append(charts.add(plots.mitigation_by_group(m), margin_top=30,
+                                            heading="Accuracy drop per group, before and after repair",
+                                            caption="Drops relative to the dense model on the same held-out rows; "
+                                                    "outlined: the recommended method; whiskers ± one standard "
+                                                    "deviation over seeds."))
+            out["charts"].append(charts.add(plots.mitigation_methods(m), heading="Methods compared",
+                                            caption="Overall accuracy against the accuracy fairness violation on "
+                                                    "held-out rows; lower right is better; the star is the "
+                                                    "recommended method."))
         except (ValueError, KeyError, TypeError):
             pass
         groups = list((runs[0][1].get("groups") or {}))
@@ -608,29 +716,21 @@ def _mitigation(m: Mapping, charts: _Charts) -> str:
             n = (runs[0][1]["groups"].get(g) or {}).get("n")
             rows.append([g, _num(n, ","), _pts((dense.get(g) or {}).get("accuracy"))]
                         + [_std((o.get("groups") or {}).get(g) or {}, "accuracy_drop") for _, o in runs])
-        out.append("<h3>Before and after, per group</h3>" + _table(head, rows, left=(0,)))
+        out["groups"] = _table(head, rows, left=(0,))
         mrows = [[name + (" (recommended)" if name == m.get("recommended") else ""),
                   _std(o.get("overall") or {}, "accuracy"), _std(o.get("fairness_violation") or {}, "accuracy"),
                   _std(o.get("fairness_violation") or {}, "loss", 1.0, ".4f"),
                   _pts(o.get("accuracy_gap"))] for name, o in runs]
-        out.append("<h3>Methods compared</h3>" + _table(
-            ["method", "overall accuracy %", "violation, accuracy (pts)", "violation ξ, loss", "accuracy gap (pts)"],
-            mrows, left=(0,)))
-    if m.get("warnings"):
-        out.append('<div class="warnings"><ul>' + "".join(f"<li>{_e(w)}</li>" for w in m["warnings"]) + "</ul></div>")
-    out.append("</section>")
-    return "".join(out)
+        out["methods"] = _table(["method", "overall accuracy %", "violation, accuracy (pts)", "violation ξ, loss",
+                                 "accuracy gap (pts)"], mrows, left=(0,))
+    return out
 
 
-def _check(c: Mapping) -> str:
-    passed = c.get("passed")
+def _check(c: Mapping) -> dict:
     budget = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k} {v}"
                        for k, v in (c.get("budget") or {}).items() if v is not None and k != "reads")
-    viol = "".join(f"<li>{_e(v)}</li>" for v in c.get("violations") or [])
-    return (f'<section id="check"><h2>CI gate (fairprune check)</h2><p class="{"pass" if passed else "fail"}">'
-            f"<strong>{'Passed' if passed else 'Failed'}</strong>: {_e(c.get('method', ''))} at sparsity "
-            f"{_e(c.get('sparsity', ''))}; budget: {_e(budget or 'none')}</p>" + (f"<ul>{viol}</ul>" if viol else "")
-            + "</section>")
+    return {"passed": bool(c.get("passed")), "method": str(c.get("method", "")), "sparsity": str(c.get("sparsity", "")),
+            "budget": budget or "none", "violations": [str(v) for v in c.get("violations") or []]}
 
 
 _DEFINITIONS = [
@@ -643,9 +743,8 @@ _DEFINITIONS = [
     ("Accuracy drop = acc(θ*; D_a) − acc(θ̄; D_a)", DEF["accuracy_drop"], "fairprune"),
     ("Fairness violation ξ = max_a R(a) − min_a R(a)", DEF["fairness_violation"], "paper, Eq. 3 (loss); fairprune (accuracy)"),
     ("Accuracy gap = max_a acc − min_a acc", DEF["accuracy_gap"], "paper, Sec. 6.2"),
-    ("95% interval (CI)", DEF["accuracy_drop_ci95"] + " The violation's interval resamples within groups the same way.",
-     "fairprune"),
-    ("Significant", DEF["significant"], "fairprune"),
+]
+_AFTER_STATS = [
     ("Unreliable", DEF["unreliable"], "fairprune"),
     ("‖θ̄ − θ*‖₂", DEF["weight_distance"], "paper (Theorem 1's distance)"),
 ]
@@ -667,17 +766,14 @@ _MIT_DEFINITIONS = [
 ]
 
 
-def _definitions(diag: bool, mitigation: bool) -> str:
-    entries = _DEFINITIONS + (_DIAG_DEFINITIONS if diag else []) + (_MIT_DEFINITIONS if mitigation else [])
-    items = "".join(f"<dt>{_e(t)} <span class=\"tag\">[{_e(tag)}]</span></dt><dd>{_e(text)}</dd>" for t, text, tag in entries)
-    return ('<section id="definitions"><h2>Definitions used</h2><p>After C. Tran, F. Fioretto, J.-E. Kim, R. Naidu, '
-            "<em>Pruning has a disparate impact on model accuracy</em>, NeurIPS 2022. [paper] marks what the paper says; "
-            "[fairprune] marks this tool's own choices.</p>"
-            f"<dl>{items}</dl></section>")
+def _definitions(stats: _Stats, diag: bool, mitigation: bool) -> list[tuple[str, str, str]]:
+    return (_DEFINITIONS + stats.definitions() + _AFTER_STATS + (_DIAG_DEFINITIONS if diag else [])
+            + (_MIT_DEFINITIONS if mitigation else []))
 
 
-def _provenance(result: AuditResult | None, mitigation: Mapping | None, rendered: str, removed: list[str] | None) -> str:
+def _provenance(result: AuditResult | None, mitigation: Mapping | None, rendered: str, removed: list[str] | None) -> dict:
     rows: list[tuple[str, str]] = []
+    command = None
     if result is not None:
         p, c = result.provenance, result.config
         rows += [("model", f"{result.model.name} — {result.model.parameters:,} parameters, "
@@ -691,6 +787,10 @@ def _provenance(result: AuditResult | None, mitigation: Mapping | None, rendered
                  ("pruning method", c.method), ("sparsities", ", ".join(plots.sparsity_label(s) for s in c.sparsities)),
                  ("fine-tuning epochs", str(c.finetune_epochs)), ("seed", str(c.seed)), ("device", c.device),
                  ("fairprune version (audit)", p.fairprune_version), ("torch version", p.torch_version)]
+        groups = " ".join(f"--group {g}" for g in p.group_columns)
+        command = (f"fairprune audit --model MODEL --data DATA --label {p.label} {groups} --sparsity "
+                   f"{' '.join(f'{s:g}' for s in c.sparsities)} --method {c.method} --finetune-epochs {c.finetune_epochs} "
+                   f"--seed {c.seed} --out result.json")
     if mitigation:
         rows += [("mitigation", f"{mitigation.get('method')} ({mitigation.get('when')}), seeds {mitigation.get('seeds')}, "
                                 f"pruning {mitigation.get('prune_method', '?')} at {mitigation.get('sparsity')}")]
@@ -700,100 +800,12 @@ def _provenance(result: AuditResult | None, mitigation: Mapping | None, rendered
     rows += [("report rendered", rendered), ("fairprune version (report)", __version__),
              ("per-sample content", f"left out (--redact-samples): {len(removed)} field(s) removed" if removed is not None
               else "included")]
-    body = "".join(f"<tr><th>{_e(k)}</th><td><code>{_e(v)}</code></td></tr>" if "SHA-256" in k
-                   else f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    repro = ""
-    if result is not None:
-        p, c = result.provenance, result.config
-        groups = " ".join(f"--group {g}" for g in p.group_columns)
-        cmd = (f"fairprune audit --model MODEL --data DATA --label {p.label} {groups} --sparsity "
-               f"{' '.join(f'{s:g}' for s in c.sparsities)} --method {c.method} --finetune-epochs {c.finetune_epochs} "
-               f"--seed {c.seed} --out result.json")
-        repro = ("<p>To reproduce: check that the model and data files hash to the SHA-256 above "
-                 f"(<code>sha256sum</code> for the model file), then run</p><pre>{_e(cmd)}</pre>")
-    return f'<section id="provenance"><h2>Inputs and provenance</h2><table class="kv">{body}</table>{repro}</section>'
+    return {"rows": [(k, str(v), "SHA-256" in k) for k, v in rows], "command": command}
 
 
-def _json_block(d: Mapping) -> str:
+def _json_text(d: Mapping) -> str:
     # "<" escaped so no "</script>" inside the data can end the block early
-    text = json.dumps(d, indent=1, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
-    return f'<script type="application/json" id="{RESULT_SCRIPT_ID}">{text}</script>'
-
-
-_CSS = """
-:root { --ink:#1d2433; --muted:#5b6475; --line:#d9dee7; --accent:#0072B2; --bg:#ffffff; --soft:#f4f6fa; }
-* { box-sizing: border-box; }
-body { margin:0; background:var(--bg); color:var(--ink); font:16px/1.55 Inter, "Source Sans Pro", "Segoe UI", Arial, sans-serif; }
-main { max-width: 1040px; margin: 0 auto; padding: 28px 32px 60px; }
-header h1 { font-size: 1.9rem; line-height:1.25; margin: 0 0 6px; }
-header .sub { color: var(--muted); margin: 0; }
-nav.toc { margin: 16px 0 8px; font-size: .92rem; }
-nav.toc a { color: var(--accent); text-decoration: none; margin-right: 14px; white-space: nowrap; }
-h2 { font-size: 1.4rem; margin: 42px 0 12px; padding-bottom: 6px; border-bottom: 2px solid var(--line); }
-h3 { font-size: 1.1rem; margin: 22px 0 8px; }
-.fp-headline { font-size: 1.3rem; line-height: 1.5; font-weight: 600; background: var(--soft); border-left: 5px solid var(--accent);
-  padding: 14px 18px; margin: 12px 0 18px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(180px, 1fr)); gap: 10px; }
-.card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px; break-inside: avoid; }
-.card-label { color: var(--muted); font-size: .85rem; }
-.card-value { font-size: 1.25rem; font-weight: 650; margin: 2px 0; }
-.card-note { color: var(--muted); font-size: .82rem; }
-.meaning { max-width: 52em; }
-figure.fp-chart { margin: 18px 0 26px; break-inside: avoid; page-break-inside: avoid; }
-figure.fp-chart h3 { margin: 0 0 4px; }
-figcaption { color: var(--muted); font-size: .86rem; margin-top: 4px; max-width: 60em; }
-.table-wrap { overflow-x: auto; margin: 8px 0 14px; }
-table { border-collapse: collapse; font-size: .88rem; font-variant-numeric: tabular-nums; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: right; vertical-align: top; }
-th { background: var(--soft); font-weight: 600; position: sticky; top: 0; }
-th.l, td.l { text-align: left; }
-tbody tr:hover { background: #fafbfd; }
-table.kv th, table.kv td { text-align: left; }
-table.kv th { width: 14em; background: none; }
-code, pre { font-family: "JetBrains Mono", Consolas, "DejaVu Sans Mono", monospace; font-size: .84rem; }
-td code { word-break: break-all; }
-pre { background: var(--soft); padding: 10px 12px; white-space: pre-wrap; word-break: break-word; }
-dl dt { font-weight: 600; margin-top: 10px; }
-dl dd { margin: 2px 0 0 0; color: var(--ink); }
-.tag { color: var(--muted); font-weight: 400; font-size: .85rem; }
-.notes { color: var(--muted); font-size: .9rem; }
-.warnings { background: #fff7e6; border: 1px solid #f0c36d; padding: 8px 14px; border-radius: 6px; margin: 12px 0; }
-.redacted-banner, .redacted-note { background: #eef4fb; border: 1px solid #b9d3ee; padding: 8px 14px; border-radius: 6px; }
-.settings { color: var(--muted); font-size: .9rem; }
-.pass { color: #0a7a3e; } .fail { color: #b3261e; }
-a.button { display: inline-block; background: var(--accent); color: #fff; padding: 8px 14px; border-radius: 6px;
-  text-decoration: none; font-weight: 600; }
-footer { color: var(--muted); font-size: .85rem; margin-top: 40px; border-top: 1px solid var(--line); padding-top: 10px; }
-@page { size: A4; margin: 14mm 12mm; }
-@media print {
-  body { font-size: 11pt; }
-  main { max-width: none; padding: 0; }
-  nav.toc, .no-print, .modebar-container { display: none !important; }
-  h2 { break-after: avoid; page-break-after: avoid; margin-top: 24px; }
-  h3 { break-after: avoid; page-break-after: avoid; }
-  .fp-headline { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  th { position: static; -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  tr, .card, figure.fp-chart { break-inside: avoid; page-break-inside: avoid; }
-  .table-wrap { overflow: visible; }
-  table { font-size: 8.5pt; }
-  a { color: inherit; text-decoration: none; }
-}
-"""
-
-# Redraw the charts at the printed width, and hand the embedded JSON out as a file (a blob: URL, no request).
-_SCRIPT = """
-(function () {
-  function resize() { document.querySelectorAll('.js-plotly-plot').forEach(function (el) { Plotly.Plots.resize(el); }); }
-  if (window.matchMedia) { var mq = window.matchMedia('print'); (mq.addEventListener ? mq.addEventListener('change', resize) : mq.addListener(resize)); }
-  window.addEventListener('beforeprint', resize);
-  window.addEventListener('afterprint', resize);
-  var a = document.getElementById('fp-download-json');
-  var data = document.getElementById('%s');
-  if (a && data && window.Blob && window.URL) {
-    a.href = URL.createObjectURL(new Blob([data.textContent], {type: 'application/json'}));
-  }
-})();
-""" % RESULT_SCRIPT_ID
+    return json.dumps(d, indent=1, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c")
 
 
 def render_html(result: AuditResult | None, *, redact_samples: bool = False, title: str | None = None,
@@ -834,60 +846,36 @@ def render_html(result: AuditResult | None, *, redact_samples: bool = False, tit
                  else f"Repairing a pruned model: {mit.get('method', 'mitigation')} at "
                       f"{100 * (mit.get('sparsity') or 0):g}% sparsity")
     rendered = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stats = _Stats([*res.levels, *(v.level for v in res.compression)] if res is not None else [])
+    # sections in page order, so the charts are numbered as they appear
     charts = _Charts()
-    body: list[str] = [_summary(res, mit)]
-    toc = [("summary", "Summary")]
+    page: dict[str, Any] = {"summary": _summary(res, mit, stats), "charts": None, "table": None, "footprint": None,
+                            "compression": None, "diagnostics": None, "mitigation": None, "check": None}
     if res is not None and res.levels:
-        body += [_group_charts(res, charts), _full_table(res)]
-        toc += [("charts", "Charts"), ("table", "Every figure")]
-        fp = _footprint(res, d, charts)
-        if fp:
-            body.append(fp)
-            toc.append(("footprint", "Size and latency"))
-    comp = _compression(res, charts) if res is not None else ""
-    if comp:
-        body.append(comp)
-        toc.append(("compression", "Compression"))
+        page["charts"] = _group_charts(res, charts, stats)
+        page["table"] = _full_table(res, stats)
+        page["footprint"] = _footprint(res, d, charts)
+    if res is not None:
+        page["compression"] = _compression(res, charts, stats)
     if diag:
-        body.append(_diagnostics(res, diag, charts, redact_samples))
-        toc.append(("diagnostics", "Diagnostics"))
+        page["diagnostics"] = _diagnostics(res, diag, charts, redact_samples)
     if mit:
-        body.append(_mitigation(mit, charts))
-        toc.append(("mitigation", "Mitigation"))
+        page["mitigation"] = _mitigation(mit, charts)
     if check:
-        body.append(_check(check))
-        toc.append(("check", "CI gate"))
-    body.append(_definitions(bool(diag), bool(mit)))
-    body.append(_provenance(res, mit, rendered, removed))
-    body.append('<section id="json"><h2>The result JSON</h2><p>The full result'
-                + (" (per-sample content left out)" if redact_samples else "")
-                + f" is embedded in this file (<code>&lt;script id=\"{RESULT_SCRIPT_ID}\"&gt;</code>), in "
-                f"fairprune's schema ({SCHEMA}): <code>fairprune report</code> reads the downloaded file, or this "
-                "HTML file itself, to render the report again.</p>"
-                '<p class="no-print"><a class="button" id="fp-download-json" download="fairprune-result.json" '
-                'href="#json">Download the result (JSON)</a></p></section>')
-    toc += [("definitions", "Definitions"), ("provenance", "Provenance"), ("json", "JSON")]
+        page["check"] = _check(check)
+    toc = [{"id": s, "label": label} for s, label in (
+        ("summary", "Summary"), ("charts", "Charts"), ("table", "Every figure"), ("footprint", "Size and latency"),
+        ("compression", "Compression"), ("diagnostics", "Diagnostics"), ("mitigation", "Mitigation"),
+        ("check", "CI gate"), ("definitions", "Definitions"), ("provenance", "Provenance"), ("json", "JSON"))
+        if s not in page or page[s]]
 
     from plotly.offline import get_plotlyjs
 
-    sub = (f"{_e(res.model.name)} · {_e(res.data.name)} ({res.data.n:,} samples, groups by "
-           f"{_e(' & '.join(res.provenance.group_columns))}) · {_e(res.config.method)} · rendered {rendered}"
-           if res is not None else f"mitigation report · rendered {rendered}")
-    banner = ('<p class="redacted-banner">Per-sample content is left out of this report (<code>--redact-samples</code>): '
-              "no row indices, rows or images; every aggregate is kept.</p>") if redact_samples else ""
-    nav = '<nav class="toc">' + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in toc) + "</nav>"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="generator" content="fairprune {__version__}">'
-        f'<meta name="fairprune-charts" content="{charts.count}">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style>"
-        '<script type="text/javascript">window.PlotlyConfig = {MathJaxConfig: "local"};</script>'
-        f'<script type="text/javascript">{get_plotlyjs()}</script>'
-        "</head><body><main>"
-        f'<header><h1>{_e(title)}</h1><p class="sub">{sub}</p>{banner}{nav}</header>'
-        + "".join(body)
-        + f"<footer>fairprune {__version__} · self-contained: opens offline; charts are interactive (hover for "
-        "values).</footer></main>"
-        + _json_block(d) + f"<script>{_SCRIPT}</script></body></html>\n"
-    )
+    subtitle = (f"{res.model.name} · {res.data.name} ({res.data.n:,} samples, groups by "
+                f"{' & '.join(res.provenance.group_columns)}) · {res.config.method} · rendered {rendered}"
+                if res is not None else f"mitigation report · rendered {rendered}")
+    return _env().get_template("report.html.j2").render(
+        **page, title=title, subtitle=subtitle, toc=toc, redacted=redact_samples, version=__version__,
+        schema=SCHEMA, chart_count=charts.count, definitions=_definitions(stats, bool(diag), bool(mit)),
+        provenance=_provenance(res, mit, rendered, removed),
+        plotly_js=_trusted(get_plotlyjs()), result_json=_trusted(_json_text(d)))

@@ -127,8 +127,12 @@ def test_report_reads_first_and_fingerprints_the_inputs(result, page_html):
     # the definitions, with the paper's equations and fairprune's own choices told apart
     for needle in ("R(a) = J(θ̄; D_a) − J(θ*; D_a)", "[paper, Eq. 2]", "ξ = max_a R(a) − min_a R(a)",
                    "[paper, Eq. 3 (loss); fairprune (accuracy)]", "Accuracy gap = max_a acc − min_a acc",
-                   "Holm-corrected", "paired bootstrap", "Not adjusted", "[fairprune]"):
+                   "Holm-corrected", "Not adjusted", "[fairprune]"):
         assert html.escape(needle) in text, needle
+    # the interval method and the test are the ones the result records, not names written into the report
+    for name in ("interval_method", "significance_test"):
+        recorded = getattr(result.levels[-1], name, None)
+        assert (recorded or "as recorded with the result") in html.unescape(text), name
     # sections in the order a stakeholder reads them
     order = [text.index(f'<section id="{s}"') for s in ("summary", "charts", "table", "definitions", "provenance", "json")]
     assert order == sorted(order)
@@ -197,6 +201,86 @@ def test_redact_samples_removes_per_sample_content_and_keeps_aggregates(result):
     # a redacted report rendered again stays redacted
     again, _ = load_source({k: v for k, v in d.items()})
     assert str(SECRET[0]) not in without_plotly(render_html(again))
+
+
+EVIL = "<script>alert(1)</script>"
+
+
+def renamed(result: AuditResult, old: str, new: str) -> AuditResult:
+    """The result with group ``old`` called ``new`` everywhere (every JSON string equal to it)."""
+    text = result.to_json().replace(json.dumps(old), json.dumps(new))
+    return AuditResult.from_dict(json.loads(text))
+
+
+def script_tags(text: str) -> int:
+    from html.parser import HTMLParser
+
+    class Count(HTMLParser):
+        n = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.n += tag == "script"
+
+    p = Count()
+    p.feed(text)
+    return p.n
+
+
+def test_user_controlled_text_is_escaped(result, page_html):
+    """Group names, model and data names, warnings and the title are text: a group called
+    <script>alert(1)</script> is shown as those characters, and the page gains no element."""
+    from dataclasses import replace
+
+    from markupsafe import escape
+
+    evil = renamed(result, result.group_names[0], EVIL)
+    evil = replace(evil, model=replace(evil.model, name='m"><img src=x onerror=alert(2)>'),
+                   warnings=[*evil.warnings, "<b>not bold</b> & co"])
+    text = render_html(evil, title="<i>title</i>")
+    page = without_plotly(text)
+    assert EVIL not in page and "<img" not in page and "<b>not bold" not in page and "<i>title" not in page
+    assert f"<td class=l>{escape(EVIL)}</td>" in page                   # the table shows the name as text
+    assert "<li>&lt;b&gt;not bold&lt;/b&gt; &amp; co</li>" in page
+    assert "<title>&lt;i&gt;title&lt;/i&gt;</title>" in page
+    assert html.unescape(page).count(EVIL) >= 3                        # cards, tables, sentences: the name itself
+    # the same elements as the page with plain names: nothing the names say became markup
+    assert script_tags(text) == script_tags(page_html)
+    assert EVIL in embedded(text)["dense"]["groups"]                    # the JSON keeps the name as it is
+
+
+def test_report_names_the_statistics_methods_from_the_result(result):
+    """Results that record their test, interval method and violation p-value are described with them; the
+    violation's interval is simultaneous, may contain 0, and the sentence around it says so."""
+    d = json.loads(result.to_json())
+    for i, lv in enumerate(d["levels"]):
+        lv["fairness_violation_ci95"] = {"accuracy": [0.0, 0.05 + 0.03 * i]}
+        lv["fairness_violation_p_value"] = {"accuracy": [0.2, 0.0004][i]}
+        lv["significance_test"] = "made-up rank test of drops, Holm-adjusted"
+        lv["interval_method"] = "made-up score interval per group"
+    text = html.unescape(without_plotly(render_html(AuditResult.from_dict(d))))
+    assert "as recorded with the result" not in text
+    assert "Test: made-up rank test of drops, Holm-adjusted." in text
+    assert "method: made-up score interval per group" in text and "Method: made-up score interval per group." in text
+    n = len(result.group_names)
+    # the highest level: p below 0.05 beside an interval reaching 0, and the sentence reconciles them
+    assert (f"the fairness violation, is {100 * result.levels[-1].fairness_violation['accuracy']:.1f} points "
+            f"(95% interval 0.0 to 8.0, simultaneous over the {n} groups); 0 would mean every group paid the same. "
+            "A violation this large would be unlikely if every group's drop were the same (p < 0.001); the "
+            "interval, which holds for all groups at once, is the more cautious of the two and reaches 0.") in text
+    assert f"after correcting for testing {n} groups" in text and "differs from the other groups'" in text
+    assert "0.0 to 8.0 (simultaneous); p < 0.001 for equal drops" in text          # the violation card
+    # the per-level table: the p-value column, one value per level
+    assert "<th>p (equal drops)</th>" in text and "<th>95% CI (simultaneous)</th>" in text
+    assert "<td>0.0 to 5.0</td><td>0.2</td>" in text and "<td>0.0 to 8.0</td><td>0.0004</td>" in text
+
+    # the same result as written before these fields existed: neutral wording, no claim about the method
+    for lv in d["levels"]:
+        for k in ("fairness_violation_p_value", "significance_test", "interval_method"):
+            del lv[k]
+    old = html.unescape(without_plotly(render_html(AuditResult.from_dict(d))))
+    assert "Test: as recorded with the result." in old and "method: as recorded with the result" in old
+    assert "simultaneous" not in old and "p (equal drops)" not in old and "for equal drops" not in old
+    assert "(95% interval 0.0 to 8.0); 0 would mean every group paid the same." in old
 
 
 def test_redact_walks_any_section():
