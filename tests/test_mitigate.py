@@ -269,6 +269,8 @@ def test_tiny_data_selection_degrades_with_counts():
         split_rows(tiny, select_fraction=0.2)
     with pytest.raises(InputError, match=r"--select-fraction must be in \(0, 1\).*got 1.0"):
         split_rows(tiny, select_fraction=1.0)
+    with pytest.raises(InputError, match=r"--select-fraction must be a number in \(0, 1\).*got 'lots'"):
+        split_rows(tiny, select_fraction="lots")
     w = selection_warnings({"a": 400, "b": 20, "c": 1}, {"a": 80, "b": 4})
     assert w[0] == "no selection rows for group 'c' (1 training row): the recommendation is chosen without seeing it"
     assert "chosen on 84 selection rows, with fewer than 30 in group 'b' (4)" in w[1] and "'a'" not in w[1]

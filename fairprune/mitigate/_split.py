@@ -86,10 +86,14 @@ def split_rows(data: GroupedDataset, *, train_data: GroupedDataset | None = None
     split = _train_and_held(data, train_data=train_data, train_fraction=train_fraction, seed=seed)
     if select_fraction is None:
         return split
-    return _carve_selection(split, float(select_fraction), int(seed))
+    return _carve_selection(split, select_fraction, int(seed))
 
 
-def _carve_selection(split: Split, fraction: float, seed: int) -> Split:
+def _carve_selection(split: Split, fraction, seed: int) -> Split:
+    try:
+        fraction = float(fraction)
+    except (TypeError, ValueError):
+        raise InputError(f"--select-fraction must be a number in (0, 1), e.g. 0.2; got {fraction!r}") from None
     if not 0.0 < fraction < 1.0:
         raise InputError(f"--select-fraction must be in (0, 1), e.g. 0.2; got {fraction!r}")
     train = split.train
