@@ -45,18 +45,26 @@ class Tape:
         self.calls: list[Call] = []
         self.leaves: list[tuple[torch.Tensor, Call]] = []
         self._handles: list = []
+        self.batch = int(root.shape[0])
+        # ids of trainable parameters that reach a leaf call's output through ops no rule covers
+        self.uncovered: set[int] = set()
+        # a call was left out only because the batch size equals another of its dimensions
+        self.ambiguous = False
 
     def record(self, call: Call | None) -> torch.Tensor | None:
-        """Keep ``call`` if it uses a trainable parameter; return the tensor to use downstream instead of
-        its output (None: keep the output)."""
+        """Keep ``call`` if it uses a trainable parameter and its rows are provably the samples; return the
+        tensor to use downstream instead of its output (None: keep the output)."""
         if call is None or not any(id(p) in self.trainable for p in call.params.values() if p is not None):
             return None
         out = call.out
         if not isinstance(out, torch.Tensor) or not out.requires_grad or not isinstance(call.inp, torch.Tensor):
             return None
+        if not self._per_sample(call.inp, out):
+            return None       # not captured: its parameters show up in the graph as uncovered, and fall back
         call.version = call.inp._version
         self.calls.append(call)
         if not call.inp.requires_grad or call.inp is self.root:
+            self.uncovered |= _foreign_params(out.grad_fn, call, self.trainable)
             leaf = out.detach().requires_grad_()
             call.leaf = True
             self.leaves.append((leaf, call))
@@ -64,6 +72,19 @@ class Tape:
         call.node = out.grad_fn
         self._handles.append(out.register_hook(partial(_keep_grad, call)))
         return None
+
+    def _per_sample(self, inp: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether dim 0 of the call's input and output is provably the sample: both have the batch's
+        size there, and (with more than one row) no other dimension has it, so no transpose or reshape
+        can have moved the sample elsewhere (a sequence-first (T, B, E) or flattened (T·B, E) activation
+        inside attention is refused). When only the second condition fails, the batch can be split."""
+        b = self.batch
+        if inp.dim() == 0 or out.dim() == 0 or inp.shape[0] != b or out.shape[0] != b:
+            return False
+        if b > 1 and (b in inp.shape[1:] or b in out.shape[1:]):
+            self.ambiguous = True
+            return False
+        return True
 
     def release(self) -> None:
         """Drop the outputs, graph nodes and hooks once the backward is done. A hook lives on its
@@ -75,6 +96,30 @@ class Tape:
         for call in self.calls:
             call.out = call.node = None
         self.leaves.clear()
+
+
+def _foreign_params(root, call: Call, trainable: dict[int, str]) -> set[int]:
+    """Trainable parameters that reach ``root`` (a leaf call's output node, whose graph the tape cuts)
+    other than as the call's own parameters, each exactly once: a weight computed from a parameter in
+    ``forward`` (weight standardisation, ``parametrize``, ``weight_norm``) or a parameter used twice.
+    Their gradients flow through ops no rule covers, so they must fall back."""
+    if root is None:
+        return set()
+    own = {id(p) for p in call.params.values() if p is not None and id(p) in trainable}
+    edges: Counter[int] = Counter()
+    seen, stack = {root}, [root]
+    while stack:
+        fn = stack.pop()
+        for nxt, _ in fn.next_functions:
+            if nxt is None:
+                continue
+            var = getattr(nxt, "variable", None)
+            if var is not None and id(var) in trainable:
+                edges[id(var)] += 1
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return {pid for pid, k in edges.items() if pid not in own or k != 1} | (own - set(edges))
 
 
 def _keep_grad(call: Call, grad: torch.Tensor) -> None:

@@ -167,7 +167,7 @@ def conv_call(weight, bias, inp, out, *, stride, padding, dilation, groups, padd
                      pre_pad=pre_pad, mode=mode, dims=dims))
 
 
-@register_rule(nn.Conv1d, nn.Conv2d)
+@register_rule(nn.Conv1d, nn.Conv2d, relies_on=("_conv_forward",))
 def _conv_module(m, args, out):
     return conv_call(m.weight, m.bias, args[0], out, stride=m.stride, padding=m.padding, dilation=m.dilation,
                      groups=m.groups, padding_mode=m.padding_mode, reversed_padding=m._reversed_padding_repeated_twice)

@@ -66,6 +66,10 @@ class Rule:
 
 KINDS: dict[str, Rule] = {}
 _MODULE_RULES: dict[type, Callable[[nn.Module, tuple, torch.Tensor], Call | None]] = {}
+#: module type -> the methods its extractor relies on (a subclass overriding any of them is not covered)
+_RELIES_ON: dict[type, tuple[str, ...]] = {}
+#: methods every module rule relies on: the call itself and the forward computation
+_ALWAYS = ("forward", "__call__", "_call_impl")
 ATEN_RULES: dict[object, Callable[["AtenCall"], Call | None]] = {}
 
 
@@ -76,12 +80,14 @@ def register_kind(name: str):
     return deco
 
 
-def register_rule(*layer_types: type):
-    """Register an extractor ``fn(module, args, output) -> Call | None`` for module types (exact or
-    subclasses that do not override ``forward``)."""
+def register_rule(*layer_types: type, relies_on: tuple[str, ...] = ()):
+    """Register an extractor ``fn(module, args, output) -> Call | None`` for module types (exact, or
+    subclasses that override neither ``forward`` nor any method named in ``relies_on``, e.g. a
+    convolution's ``_conv_forward``)."""
     def deco(fn):
         for t in layer_types:
             _MODULE_RULES[t] = fn
+            _RELIES_ON[t] = _ALWAYS + tuple(relies_on)
         return fn
     return deco
 
@@ -96,12 +102,19 @@ def register_aten_rule(*ops):
 
 
 def module_extractor(module: nn.Module):
-    """The extractor for ``module``'s type, or None. A subclass that overrides ``forward`` computes
-    something else, so it is not covered (its parameters fall back)."""
-    for t in type(module).__mro__:
+    """The extractor for ``module``'s type, or None. A subclass that overrides ``forward`` or another
+    method the rule relies on (``_conv_forward``) computes something else, and a module with forward
+    hooks of its own may have its output replaced after the layer ran: neither is covered (their
+    parameters fall back to the exact per-sample loop)."""
+    cls = type(module)
+    for t in cls.__mro__:
         fn = _MODULE_RULES.get(t)
         if fn is not None:
-            return fn if type(module).forward is t.forward else None
+            if any(getattr(cls, name, None) is not getattr(t, name, None) for name in _RELIES_ON[t]):
+                return None
+            if module._forward_hooks:
+                return None
+            return fn
     return None
 
 

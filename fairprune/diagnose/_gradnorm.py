@@ -111,6 +111,13 @@ class _Engine:
                               for i in range(0, x.shape[0], self.fixed)])
         n = x.shape[0]
         tape, loss, report = self._pass(x, y, self.root_grad)
+        if tape.ambiguous and not self.fixed and n > 1:
+            # The batch size equals another dimension of some layer's tensors, so which dimension holds
+            # the samples is not proven there: halves of other sizes prove it (samples are independent).
+            tape.release()
+            del loss
+            half = n // 2
+            return torch.cat([self.norms_sq(x[:half], y[:half]), self.norms_sq(x[half:], y[half:])])
         if report.unreached and not self.root_grad and x.is_floating_point():
             self.root_grad = True
             tape.release()
@@ -131,7 +138,7 @@ class _Engine:
     def _combine(self, tape: Tape, report, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-sample squared norms from the captured calls (no autograd), plus the fallback's share."""
         n = x.shape[0]
-        fallback = set(report.uncovered)
+        fallback = set(report.uncovered) | tape.uncovered
         for call in [*report.unreached, *(c for c in tape.calls if c.inp._version != c.version)]:
             fallback |= {id(p) for p in call.params.values() if p is not None and id(p) in self.trainable}
         uses: dict[int, list[tuple[Call, str]]] = defaultdict(list)
