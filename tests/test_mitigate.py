@@ -380,7 +380,8 @@ def test_recommend_chooses_on_the_selection_rows_not_the_held_out_ones():
     kw = dict(method="constrained_loss", when="after", sparsity=0.9, alpha=0.0, epochs=1, seeds=[0], n_train=800,
               n_eval=600, lr=1e-3, batch_size=128, split={"source": "split column", "train_fraction": 0.625},
               prune_method="global_magnitude", device="cpu", dense={}, before=[outcome(0.7, 0.2)])
-    held = {"constrained_loss": [outcome(0.90, 0.05)], "plain": [outcome(0.905, 0.01)], "reweighted": [outcome(0.9, 0.03)]}
+    held = {"constrained_loss": [outcome(0.90, 0.05)], "plain": [outcome(0.905, 0.01)],
+            "reweighted": [outcome(0.9, 0.03)]}
     chosen_on = {"constrained_loss": [outcome(0.91, 0.01)], "plain": [outcome(0.912, 0.04)],
                  "reweighted": [outcome(0.85, 0.0)]}
     r = MitigationResult(**kw, runs=held, selection={"split": "stratified from the training rows", "fraction": 0.2,

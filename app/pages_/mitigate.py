@@ -68,9 +68,10 @@ if mitigations:
                 except (ValueError, KeyError, TypeError):
                     rec = None
             if rec and sel.get("n_select") is not None:
+                n_eval = sel.get("n_eval", sec.get("n_eval"))
                 st.success(f"Recommended: **{rec}**. The choice was made on {sel['n_select']:,} selection rows kept "
-                           f"apart from the training rows; the figures shown are on {sel.get('n_eval', sec.get('n_eval')):,} "
-                           f"held-out rows that took no part in it.", icon=":material/thumb_up:")
+                           f"apart from the training rows; the figures shown are on {n_eval:,} held-out rows that "
+                           f"took no part in it.", icon=":material/thumb_up:")
             elif rec:
                 n_eval = sec.get("n_eval")
                 st.warning(f"Recommended: **{rec}**, chosen on the same "

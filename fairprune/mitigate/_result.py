@@ -1,9 +1,9 @@
 """Typed mitigation results and their one JSON form, the ``mitigation`` section (DESIGN.md).
 
 :class:`Outcome` is one model measured on some rows (the held-out rows, or the selection rows) against
-the dense model on the same rows. :class:`MitigationResult` keeps one Outcome per seed for every method tried; :meth:`to_dict` is
-the only place the section is built: with several seeds each number is the mean over seeds and a
-``*_std`` key (sample standard deviation, ddof=1) sits beside it.
+the dense model on the same rows. :class:`MitigationResult` keeps one Outcome per seed for every method
+tried, on each set of rows; :meth:`to_dict` is the only place the section is built: with several seeds
+each number is the mean over seeds and a ``*_std`` key (sample standard deviation, ddof=1) sits beside it.
 """
 
 from __future__ import annotations
