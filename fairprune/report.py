@@ -766,9 +766,10 @@ _MIT_DEFINITIONS = [
 ]
 
 
-def _definitions(stats: _Stats, diag: bool, mitigation: bool) -> list[tuple[str, str, str]]:
-    return (_DEFINITIONS + stats.definitions() + _AFTER_STATS + (_DIAG_DEFINITIONS if diag else [])
-            + (_MIT_DEFINITIONS if mitigation else []))
+def _definitions(stats: _Stats | None, diag: bool, mitigation: bool) -> list[tuple[str, str, str]]:
+    """The definitions the page uses; the intervals' and tests' only with an audit (None: a mitigation alone)."""
+    return (_DEFINITIONS + (stats.definitions() if stats is not None else []) + _AFTER_STATS
+            + (_DIAG_DEFINITIONS if diag else []) + (_MIT_DEFINITIONS if mitigation else []))
 
 
 def _provenance(result: AuditResult | None, mitigation: Mapping | None, rendered: str, removed: list[str] | None) -> dict:
@@ -876,6 +877,6 @@ def render_html(result: AuditResult | None, *, redact_samples: bool = False, tit
                 if res is not None else f"mitigation report · rendered {rendered}")
     return _env().get_template("report.html.j2").render(
         **page, title=title, subtitle=subtitle, toc=toc, redacted=redact_samples, version=__version__,
-        schema=SCHEMA, chart_count=charts.count, definitions=_definitions(stats, bool(diag), bool(mit)),
+        schema=SCHEMA, chart_count=charts.count, definitions=_definitions(stats if res is not None else None, bool(diag), bool(mit)),
         provenance=_provenance(res, mit, rendered, removed),
         plotly_js=_trusted(get_plotlyjs()), result_json=_trusted(_json_text(d)))

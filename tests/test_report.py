@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from markupsafe import escape
 
 from fairprune.audit import AuditSpec, audit, run_spec
 from fairprune.cli import main
@@ -117,7 +118,7 @@ def mitigation_section(result: AuditResult) -> dict:
 
 def test_report_reads_first_and_fingerprints_the_inputs(result, page_html):
     text = page_html
-    assert html.escape(headline(result)) in text
+    assert escape(headline(result)) in text    # autoescaped as Jinja2 (markupsafe) writes it
     for g in result.group_names:
         assert f"<td class=l>{g}</td>" in text, f"group {g} has rows in the table"
     p = result.provenance
@@ -231,17 +232,18 @@ def test_user_controlled_text_is_escaped(result, page_html):
     <script>alert(1)</script> is shown as those characters, and the page gains no element."""
     from dataclasses import replace
 
-    from markupsafe import escape
-
     evil = renamed(result, result.group_names[0], EVIL)
     evil = replace(evil, model=replace(evil.model, name='m"><img src=x onerror=alert(2)>'),
                    warnings=[*evil.warnings, "<b>not bold</b> & co"])
+    evil = evil.with_section("check", {"passed": False, "method": "global_magnitude", "sparsity": 0.9,
+                                       "budget": {"max_violation": 0.05}, "violations": [f"group {EVIL} over budget"]})
     text = render_html(evil, title="<i>title</i>")
     page = without_plotly(text)
     assert EVIL not in page and "<img" not in page and "<b>not bold" not in page and "<i>title" not in page
     assert f"<td class=l>{escape(EVIL)}</td>" in page                   # the table shows the name as text
     assert "<li>&lt;b&gt;not bold&lt;/b&gt; &amp; co</li>" in page
     assert "<title>&lt;i&gt;title&lt;/i&gt;</title>" in page
+    assert f"<li>group {escape(EVIL)} over budget</li>" in page and "budget: max_violation 0.05" in page
     assert html.unescape(page).count(EVIL) >= 3                        # cards, tables, sentences: the name itself
     # the same elements as the page with plain names: nothing the names say became markup
     assert script_tags(text) == script_tags(page_html)
@@ -315,6 +317,8 @@ def test_mitigation_file_alone(result, tmp_path):
     text = out.read_text()
     assert "constrained_loss fine-tuning brings the accuracy violation" in text
     assert "not recorded in a mitigation file" in text
+    # no audit, so no per-group intervals or flags to define
+    assert "Significant" not in text and "as recorded with the result" not in text and "Held-out measurement" in text
     assert embedded(text) == {"mitigation": mitigation_section(result)}
 
 
@@ -332,7 +336,7 @@ def test_cli_report_by_path_and_by_run_id(result, tmp_path, capsys):
     result.save(src)
     out = tmp_path / "by_path.html"
     assert main(["report", str(src), "--out", str(out)]) == 0
-    assert html.escape(headline(result)) in out.read_text()
+    assert escape(headline(result)) in out.read_text()
     assert "wrote" in capsys.readouterr().out
 
     store = RunStore()   # FAIRPRUNE_HOME: a temporary folder per test (conftest)
