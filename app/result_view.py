@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from fairprune import plots
-from fairprune.reading import headline, worst_group
+from fairprune.reading import HEADLINE_NOTE, headline, worst_group
 from fairprune.report import render_html
 from fairprune.result import AuditResult, LevelResult
 
@@ -37,7 +37,7 @@ def show_headline(result: AuditResult, lv: LevelResult) -> None:
     with st.container(border=True):
         st.markdown(f"<div class='fp-headline' style='font-size:1.3rem;line-height:1.5;font-weight:500'>"
                     f"{html.escape(text)}</div>", unsafe_allow_html=True)
-        st.caption("Points are percentage points of accuracy. " + DEF["accuracy_drop_ci95"])
+        st.caption(HEADLINE_NOTE)
 
 
 def show_figures(result: AuditResult, lv: LevelResult) -> None:
@@ -53,13 +53,22 @@ def show_figures(result: AuditResult, lv: LevelResult) -> None:
                      f"{DEF['accuracy_drop']}")
     lo, hi = lv.fairness_violation_ci95.get("accuracy", (float("nan"), float("nan")))
     c[2].metric("Violation, accuracy", f"{_pts(lv.fairness_violation['accuracy'])} pts",
-                help=f"{DEF['fairness_violation_accuracy']} 95% CI {_pts(lo)} to {_pts(hi)} points (bootstrap "
-                     "within groups).", delta=None)
+                help=_violation_help(lv, lo, hi), delta=None)
     c[3].metric("Violation ξ, loss", f"{lv.fairness_violation['loss']:.3f}",
                 help=f"{DEF['fairness_violation_loss']} {DEF['excessive_loss']}")
     c[4].metric("Accuracy gap", f"{_pts(lv.accuracy_gap)} pts",
                 f"{100 * (lv.accuracy_gap - result.dense.accuracy_gap):+.1f} pts vs dense", delta_color="inverse",
                 help=DEF["accuracy_gap"])
+
+
+def _violation_help(lv: LevelResult, lo: float, hi: float) -> str:
+    """The violation card's help: its interval and p-value, worded for what the result records."""
+    p = (lv.fairness_violation_p_value or {}).get("accuracy")
+    if p is None:  # written before the interval was simultaneous: no claim about how it was computed
+        return f"{DEF['fairness_violation_accuracy']} 95% CI {_pts(lo)} to {_pts(hi)} points."
+    return (f"{DEF['fairness_violation_accuracy']} 95% CI {_pts(lo)} to {_pts(hi)} points. "
+            f"{DEF['fairness_violation_ci95']} Every group paying the same: p = {p:.2g}. "
+            f"{DEF['fairness_violation_p_value']}")
 
 
 def chart(fig, *, key: str, heading: str, help: str) -> None:
@@ -71,12 +80,12 @@ def chart(fig, *, key: str, heading: str, help: str) -> None:
 
 
 ACC_HELP = (DEF["accuracy"] + " Each line is one group; the dashed line is the whole test set. Bands: 95% interval "
-            "of the group's accuracy at each level, from the bootstrap interval of its drop (dense accuracy minus the "
-            "upper and lower bounds). Dotted grey lines: groups with fewer than 30 samples (no band: too noisy).")
+            "of the group's accuracy at each level, from its own interval of the drop (dense accuracy minus the "
+            "upper and lower bounds; not adjusted for the number of groups). Dotted grey lines: groups with fewer than 30 samples (no band: too noisy).")
 DROP_HELP = (DEF["accuracy_drop"] + " Whiskers: " + DEF["accuracy_drop_ci95"] + " Dashed line: the drop of the whole "
              "test set. Outlined bars with *: " + DEF["significant"] + " Grey hatched bars: " + DEF["unreliable"])
 VIOL_HELP = (DEF["fairness_violation"] + " " + DEF["accuracy_gap"]
-             + " Band: 95% bootstrap interval of the accuracy violation.")
+             + " Band: " + DEF["fairness_violation_ci95"])
 
 
 def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
@@ -155,10 +164,10 @@ LEVEL_COLUMNS = {
     "sparsity": GROUP_COLUMNS["sparsity"],
     "violation acc (pts)": st.column_config.NumberColumn("violation acc (pts)",
                                                          help=DEF["fairness_violation_accuracy"], format="%.2f"),
-    "CI low": st.column_config.NumberColumn("CI low", help="95% bootstrap interval of the accuracy violation, "
-                                            "resampling within groups.", format="%.2f"),
-    "CI high": st.column_config.NumberColumn("CI high", help="95% bootstrap interval of the accuracy violation, "
-                                             "resampling within groups.", format="%.2f"),
+    "CI low": st.column_config.NumberColumn("CI low", help=DEF["fairness_violation_ci95"], format="%.2f"),
+    "CI high": st.column_config.NumberColumn("CI high", help=DEF["fairness_violation_ci95"], format="%.2f"),
+    "p (equal drops)": st.column_config.NumberColumn("p (equal drops)", help=DEF["fairness_violation_p_value"],
+                                                     format="%.3g"),
     "violation loss ξ": st.column_config.NumberColumn("violation loss ξ", help=DEF["fairness_violation_loss"],
                                                       format="%.4f"),
     "accuracy gap (pts)": st.column_config.NumberColumn("accuracy gap (pts)", help=DEF["accuracy_gap"],
@@ -169,12 +178,14 @@ LEVEL_COLUMNS = {
 
 
 def level_table(result: AuditResult) -> pd.DataFrame:
-    rows = [{"sparsity": 0.0, "violation acc (pts)": None, "CI low": None, "CI high": None, "violation loss ξ": None,
+    rows = [{"sparsity": 0.0, "violation acc (pts)": None, "CI low": None, "CI high": None, "p (equal drops)": None,
+             "violation loss ξ": None,
              "accuracy gap (pts)": 100 * result.dense.accuracy_gap, "‖θ̄ − θ*‖": 0.0, "achieved sparsity": 0.0}]
     for lv in result.levels:
         lo, hi = lv.fairness_violation_ci95.get("accuracy", (None, None))
         rows.append({"sparsity": lv.sparsity, "violation acc (pts)": 100 * lv.fairness_violation["accuracy"],
                      "CI low": None if lo is None else 100 * lo, "CI high": None if hi is None else 100 * hi,
+                     "p (equal drops)": (lv.fairness_violation_p_value or {}).get("accuracy"),
                      "violation loss ξ": lv.fairness_violation["loss"], "accuracy gap (pts)": 100 * lv.accuracy_gap,
                      "‖θ̄ − θ*‖": lv.weight_distance, "achieved sparsity": lv.achieved_sparsity})
     return pd.DataFrame(rows).astype(float)

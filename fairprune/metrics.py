@@ -39,14 +39,16 @@ import numpy as np
 from .evaluate import Predictions
 from .result import Metrics
 
-__all__ = ["MIN_RELIABLE", "N_PERM", "SIGNIFICANCE_TEST", "INTERVAL_METHOD", "Comparison", "group_metrics",
-           "compare", "holm", "accuracy_gap", "paired_counts", "tango_interval", "group_vs_rest_p",
+__all__ = ["MIN_RELIABLE", "N_PERM", "P_FLOOR", "SIGNIFICANCE_TEST", "INTERVAL_METHOD", "Comparison", "group_metrics",
+           "compare", "holm", "accuracy_gap", "paired_counts", "tango_interval", "group_vs_rest_p", "group_p_values",
            "violation_interval", "violation_p_value"]
 
 #: Groups with fewer samples are reported but marked unreliable.
 MIN_RELIABLE = 30
 #: Permutations of the violation's p-value.
 N_PERM = 4999
+#: Smallest p-value the exact group test reports (the outcomes it leaves out weigh less than this).
+P_FLOOR = 1e-13
 SIGNIFICANCE_TEST = ("exact conditional (permutation) test of the group's paired drops against the other rows', "
                      "Holm-adjusted over groups")
 INTERVAL_METHOD = ("Tango score interval for a paired difference of proportions: per group and overall 95% each, "
@@ -158,7 +160,8 @@ def group_vs_rest_p(n_g: int, b_g: int, c_g: int, n: int, b: int, c: int, lf: np
     are right→wrong and c wrong→right: (b_g, c_g) is multivariate hypergeometric. p sums the
     probabilities of every outcome whose b_g − c_g is at least as far from its expectation
     n_g (b − c) / n as the observed one. ``lf``: log-factorials 0..n (computed when None). Outcomes
-    more than 12 standard deviations (+12 rows) from the mean are left out: their mass is below 1e-14."""
+    more than 12 standard deviations (+12 rows) from the mean are left out (their mass is below about
+    1e-14, by Bernstein's bound), so p is exact to :data:`P_FLOOR` and never reported below it."""
     if not (0 <= b_g <= b and 0 <= c_g <= c and b_g + c_g <= n_g <= n and b + c <= n):
         raise ValueError(f"expected a group's counts within the totals; found group (n={n_g}, b={b_g}, c={c_g}) "
                          f"of totals (n={n}, b={b}, c={c})")
@@ -194,16 +197,32 @@ def group_vs_rest_p(n_g: int, b_g: int, c_g: int, n: int, b: int, c: int, lf: np
         pr = np.exp(logp - ref)
         total += pr.sum()
         extreme += pr[np.abs(bb - cs[None, :] - expected) >= observed - tol].sum()
-    return float(min(1.0, extreme / total))
+    return float(min(1.0, max(P_FLOOR, extreme / total)))
 
 
-def violation_interval(n, b, c, *, level: float = 0.95) -> tuple[float, float]:
-    """Simultaneous interval for max_a drop_a − min_a drop_a from per-group Tango intervals at level^(1/G)."""
-    n = np.asarray(n)
-    if len(n) < 2:
-        return (0.0, 0.0)  # one group: the violation is 0 by definition
-    lo, hi = tango_interval(n, b, c, level=level ** (1.0 / len(n)))
-    return (float(max(0.0, lo.max() - hi.min())), float(hi.max() - lo.min()))
+def group_p_values(n, b, c) -> np.ndarray:
+    """Raw (unadjusted) :func:`group_vs_rest_p` of every group, counts per group in one order."""
+    n, b, c = (np.asarray(x, dtype=np.int64) for x in (n, b, c))
+    total = int(n.sum())
+    lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, total + 1)))])
+    return np.array([group_vs_rest_p(int(n[j]), int(b[j]), int(c[j]), total, int(b.sum()), int(c.sum()), lf)
+                     for j in range(len(n))])
+
+
+def violation_interval(n, b, c, *, level: float = 0.95):
+    """Simultaneous interval for max_a drop_a − min_a drop_a from per-group Tango intervals at level^(1/G).
+
+    n, b, c: counts per group, shape (G,), or (R, G) for R tables at once (then lo, hi are arrays)."""
+    n, b, c = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (n, b, c)))
+    groups = n.shape[-1]
+    if groups < 2:  # one group: the violation is 0 by definition
+        lo = hi = np.zeros(n.shape[:-1])
+    else:
+        g_lo, g_hi = tango_interval(n.ravel(), b.ravel(), c.ravel(), level=level ** (1.0 / groups))
+        g_lo, g_hi = g_lo.reshape(n.shape), g_hi.reshape(n.shape)
+        lo = np.maximum(0.0, g_lo.max(axis=-1) - g_hi.min(axis=-1))
+        hi = g_hi.max(axis=-1) - g_lo.min(axis=-1)
+    return (float(lo), float(hi)) if n.ndim == 1 else (lo, hi)
 
 
 def violation_p_value(n, b, c, *, n_perm: int = N_PERM, seed: int = 0) -> float:
@@ -283,13 +302,9 @@ def compare(dense: Predictions, pruned: Predictions, y: np.ndarray, groups: np.n
     _, dense_groups = group_metrics(dense, y, groups, names)
     p_overall, p_groups = group_metrics(pruned, y, groups, names)
     n, b, c = paired_counts(dense.correct, pruned.correct, groups, names)
-    (n_all,), (b_all,), (c_all,) = paired_counts(dense.correct, pruned.correct, np.zeros(len(y)), [0.0])
-    n_all, b_all, c_all = int(n_all), int(b_all), int(c_all)
-
-    lf = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n_all + 1)))])
-    p_raw = np.array([group_vs_rest_p(int(n[j]), int(b[j]), int(c[j]), n_all, b_all, c_all, lf)
-                      for j in range(len(names))])
-    p_adj = holm(p_raw)
+    if int(n.sum()) != len(y):
+        raise ValueError(f"expected the groups {names} to cover all {len(y)} rows; they cover {int(n.sum())}")
+    p_adj = holm(group_p_values(n, b, c))
     lo, hi = tango_interval(n, b, c)
 
     out_groups = {}
@@ -301,7 +316,7 @@ def compare(dense: Predictions, pruned: Predictions, y: np.ndarray, groups: np.n
             accuracy_drop_ci95=(float(lo[j]), float(hi[j])),
             significant=bool(p_adj[j] < alpha), p_value=float(p_adj[j]), unreliable=m.n < MIN_RELIABLE,
         )
-    (olo,), (ohi,) = tango_interval(n_all, b_all, c_all)
+    (olo,), (ohi,) = tango_interval(n.sum(), b.sum(), c.sum())
     overall = Metrics(
         n=p_overall.n, accuracy=p_overall.accuracy, loss=p_overall.loss, tpr=p_overall.tpr, fpr=p_overall.fpr,
         selection_rate=p_overall.selection_rate, accuracy_drop=float(dense.correct.mean()) - p_overall.accuracy,

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from .result import AuditResult, LevelResult
 
-__all__ = ["worst_group", "headline", "text_table"]
+__all__ = ["worst_group", "headline", "text_table", "HEADLINE_NOTE"]
+
+#: What the headline's figures are, for the caption under it (never contradicts the sentence).
+HEADLINE_NOTE = ("Points are percentage points of accuracy. The group's CI is its own 95% interval, not adjusted for "
+                 "the number of groups; \"beyond chance\" is a test of the group against the other groups' rows, "
+                 "Holm-adjusted for the number of groups; the violation's interval holds for all groups at once "
+                 "(simultaneous), and its p-value asks whether every group could pay the same.")
 
 
 def _pts(x: float) -> str:
@@ -26,7 +32,8 @@ def _variants(result: AuditResult) -> list[dict]:
 
 
 def headline(result: AuditResult, level: LevelResult | None = None) -> str:
-    """One sentence: at the chosen (default: highest) sparsity, who loses most, with its CI, vs overall.
+    """At the chosen (default: highest) sparsity, who loses most, with its CI, vs overall; then, when the
+    result records it, whether every group could pay the same (violation, its simultaneous CI, p-value).
 
     With no levels but compression variants, the same sentence for the variant with the largest
     fairness violation."""
@@ -48,13 +55,22 @@ def _sentence(where: str, lv: LevelResult) -> str:
     overall = lv.overall.accuracy_drop
     o_verb = "drops" if overall >= 0 else "rises"
     s = (f"{where} group {g} {verb} {_pts(abs(m.accuracy_drop))} points of accuracy "
-         f"(CI {_pts(lo)} to {_pts(hi)}) while overall accuracy {o_verb} {_pts(abs(overall))}")
+         f"(95% CI {_pts(lo)} to {_pts(hi)}) while overall accuracy {o_verb} {_pts(abs(overall))}")
     notes = []
     if m.unreliable:
         notes.append(f"only {m.n} samples in that group, so treat it as unreliable")
     elif m.significant:
-        notes.append("a gap beyond chance after correcting for the number of groups")
-    return s + (f" ({'; '.join(notes)})." if notes else ".")
+        notes.append(f"its drop differs from the other groups' beyond chance, Holm-adjusted for {len(lv.groups)} groups")
+    s += f" ({'; '.join(notes)})." if notes else "."
+    p = (lv.fairness_violation_p_value or {}).get("accuracy")
+    if p is None:  # a result written before the violation had a p-value: the first sentence only
+        return s
+    v_lo, v_hi = lv.fairness_violation_ci95["accuracy"]
+    answer = "unlikely" if p < 0.05 else "the data allow it"
+    p_text = "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+    return (s + f" Could every group pay the same? {answer[0].upper() + answer[1:]} ({p_text}); the violation is "
+            f"{_pts(lv.fairness_violation['accuracy'])} points (95% CI {_pts(v_lo)} to {_pts(v_hi)}, simultaneous "
+            f"over the groups).")
 
 
 def text_table(result: AuditResult) -> str:

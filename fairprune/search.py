@@ -3,10 +3,13 @@
 A :class:`Budget` bounds, at one sparsity level, the fairness violation in accuracy
 ξ_acc = max_a drop(a) − min_a drop(a) (the paper's Eq. 3 read on accuracy drops), the overall accuracy
 drop, and every group's accuracy drop. With ``confidence=0.95`` each bound is read on the upper end of
-the figure's 95% bootstrap interval (or on the estimate, when that is larger), so a level passes only
-when the data leave little room for it to be worse; without, on the point estimate.
+the figure's 95% interval (or on the estimate, when that is larger), so a level passes only when the data
+leave little room for it to be worse; without, on the point estimate. The intervals are those of
+:mod:`fairprune.metrics`: the violation's is simultaneous over the groups (it holds for all of them at
+once, so it is wide when groups are small); the overall drop's and each group's are their own 95% score
+intervals, not adjusted for the number of groups.
 
-:func:`search`: feasibility need not be monotone in sparsity (bootstrap noise; the majority can gain;
+:func:`search`: feasibility need not be monotone in sparsity (sampling noise; the majority can gain;
 and a model that collapses fails every group alike, so its violation shrinks again near 99%). So:
 
 1. measure a coarse grid (:data:`DEFAULT_GRID` inside [lo, hi], plus hi, and lo when lo > 0);
@@ -41,7 +44,7 @@ __all__ = ["SCHEMA", "DEFAULT_GRID", "CONFIDENCE_LEVELS", "Budget", "FrontierPoi
 
 SCHEMA = "fairprune.search/1"
 DEFAULT_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
-#: Results carry 95% bootstrap intervals only; other levels would need their own resampling.
+#: Results carry 95% intervals only; other levels would need their own intervals computed.
 CONFIDENCE_LEVELS = (0.95,)
 _DIGITS = 6          # bisection midpoints are rounded so a level's cache key and seed are stable
 
@@ -57,7 +60,8 @@ class Budget:
     max_violation bounds ``fairness_violation["accuracy"]``; max_overall_drop bounds
     ``overall.accuracy_drop``; max_group_drop bounds every ``groups[g].accuracy_drop`` (accuracy
     fractions, e.g. 0.02 = 2 points). confidence: None (read the estimates) or 0.95 (read the upper
-    end of each 95% bootstrap interval, or the estimate when larger).
+    end of each 95% interval, or the estimate when larger: simultaneous for the violation, per figure for
+    the overall and group drops).
     """
 
     max_violation: float | None = None
@@ -82,7 +86,7 @@ class Budget:
                 raise InputError(f"--{name} must be an accuracy fraction in [-1, 1], e.g. 0.02 for 2 points; found {v!r}")
         if self.confidence is not None and self.confidence not in CONFIDENCE_LEVELS:
             raise InputError(f"--confidence must be one of {', '.join(map(str, CONFIDENCE_LEVELS))} (results carry "
-                             f"95% bootstrap intervals); found {self.confidence!r}")
+                             f"95% intervals); found {self.confidence!r}")
 
     @property
     def reads(self) -> str:
@@ -448,7 +452,8 @@ def search(model, data, *, method: str = "global_magnitude", max_violation: floa
             'test' rows are measured, its 'train' rows fine-tune when ``finetune_epochs`` > 0).
         max_violation: bound on ξ_acc = max_a drop(a) − min_a drop(a); max_overall_drop,
             max_group_drop: bounds on the overall and every group's accuracy drop (fractions).
-        confidence: None or 0.95 (read bounds on the upper end of the 95% bootstrap interval).
+        confidence: None or 0.95 (read bounds on the upper end of the 95% interval: simultaneous over the
+            groups for the violation, each figure's own for the drops).
         lo, hi: the sparsity range searched; grid: coarse points (default :data:`DEFAULT_GRID`);
         tol: bisection stops when the bracket is this narrow; max_evals: most levels measured.
         finetune_epochs: plain fine-tuning of each level (masks fixed) before it is measured.
@@ -519,7 +524,11 @@ class CheckResult:
                 f"{_fmt(lv.fairness_violation['accuracy'])}")
         ci = lv.fairness_violation_ci95.get("accuracy")
         if ci is not None:
-            head += f" (CI {_fmt(ci[0])} to {_fmt(ci[1])})"
+            kind = "simultaneous 95% CI" if lv.interval_method else "95% CI"
+            head += f" ({kind} {_fmt(ci[0])} to {_fmt(ci[1])})"
+        p = (lv.fairness_violation_p_value or {}).get("accuracy")
+        if p is not None:
+            head += f", p = {p:.2g} for equal drops"
         if self.passed:
             return f"pass: {head}; within the budget."
         return "\n".join([f"fail: {head}; the budget is not met:"] + [f"  - {v}" for v in self.violations])

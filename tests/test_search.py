@@ -21,6 +21,7 @@ from fairprune.audit import Auditor
 from fairprune.cli import main
 from fairprune.data import GroupedDataset
 from fairprune.errors import InputError
+from fairprune.metrics import violation_interval
 from fairprune.result import LevelResult, Metrics
 from fairprune.search import SCHEMA, check, search
 
@@ -109,10 +110,13 @@ def test_confidence_is_stricter():
     model, data, _ = _ladder()
     plain = search(model, data, measure_footprint=False, max_violation=0.25, hi=0.6)
     strict = search(model, data, measure_footprint=False, max_violation=0.25, hi=0.6, confidence=0.95)
-    # with 90 group-b rows the upper end of 2/9's interval exceeds 0.25 and 1/9's does not:
-    # at most 1 feature gone <=> round(20 s) <= 3 <=> s < 0.175
+    # the violation's interval is simultaneous over groups a (90 rows, never a flip) and b (90 rows, 10 flips per
+    # feature gone): its upper end with no feature gone is within 0.25, with one feature gone it is not:
+    # no feature gone <=> round(20 s) <= 1 <=> s < 0.075
+    n = [N_A, 9 * PER_FEATURE]
+    assert violation_interval(n, [0, 0], [0, 0])[1] < 0.25 < violation_interval(n, [0, PER_FEATURE], [0, 0])[1]
     assert strict.recommended.sparsity <= plain.recommended.sparsity
-    assert 0.175 - 0.01 <= strict.recommended.sparsity < 0.175
+    assert 0.075 - 0.01 <= strict.recommended.sparsity < 0.075
     for p in strict.frontier:
         assert p.feasible == (max(p.violation, p.violation_ci95[1]) <= 0.25)
     assert strict.to_dict()["budget"]["reads"] == "ci95_upper"
