@@ -446,3 +446,97 @@ def test_cli_diagnose_pruned_with_boundary_and_errors(table_files, tmp_path, cap
     code = main([str(a) for a in base + ["--sparsity", "1.5"]])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().startswith("error: --sparsity must be a fraction") and len(err.strip().splitlines()) == 1
+
+
+# ---- exact or say so (issue 12, part 4) -------------------------------------------------------------------
+def test_power_iteration_that_stops_early_says_so_in_diag(table):
+    df, model, data = table
+    lm = LoadedModel.from_module(copy.deepcopy(model), name="mlp")
+    one = diagnose(lm, data, config=DiagnosticsConfig(hessian_rows=32, power_iterations=1, hutchinson_probes=2))
+    assert all(one.groups[g]["hessian_max_eig_converged"] is False for g in ("a", "b"))
+    assert any("did not converge within 1 products" in w and "a, b" in w for w in one.warnings)
+    many = diagnose(lm, data, config=DiagnosticsConfig(hessian_rows=32, power_iterations=200, power_tol=1e-2,
+                                                      hutchinson_probes=2))
+    assert all(many.groups[g]["hessian_max_eig_converged"] is True for g in ("a", "b"))
+    assert not any("did not converge" in w for w in many.warnings)
+    assert all(many.details[g]["converged"] for g in ("a", "b"))
+    none = diagnose(lm, data, hessian=False)
+    assert all(none.groups[g]["hessian_max_eig_converged"] is None for g in ("a", "b"))
+
+
+class _HardsigmoidMLP(nn.Module):
+    """torch has no double backward for hardsigmoid (MobileNetV3's SE gates): no Hessian-vector product works."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Hardsigmoid(), nn.Linear(16, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_hessian_failure_degrades_per_factor_and_is_recorded(table):
+    df, _, data = table
+    torch.manual_seed(0)
+    model = _HardsigmoidMLP().eval()
+    with pytest.raises(RuntimeError, match="hardsigmoid"):     # the premise: torch cannot do it
+        max_eigenvalue(HessianOperator(model, data.x[:8], data.y[:8]), iterations=2)
+    r = audit(copy.deepcopy(model), data, sparsities=[0.5], diagnostics=FAST)
+    for diag in (r.diagnostics["dense"], r.diagnostics["levels"][0]):
+        for g in ("a", "b"):
+            assert diag[g]["hessian_max_eig"] is None and diag[g]["hessian_trace"] is None
+            assert diag[g]["hessian_max_eig_converged"] is None
+            assert diag[g]["grad_norm_mean"] > 0 and diag[g]["group_grad_norm"] > 0     # everything else kept
+            assert diag[g]["margin_mean"] is not None
+    said = [w for w in r.warnings if "Hessian not computed" in w]
+    assert said and "a, b" in said[0] and "hardsigmoid" in said[0]
+    assert any(w.startswith("diagnostics (sparsity 0.5): Hessian not computed") for w in said)
+    assert r.levels[0].groups["a"].accuracy is not None
+    json.dumps(r.to_dict(), allow_nan=False)
+
+
+def _weight_norm_mlp():
+    """A first linear layer with weight_norm: its parameters reach the layer through other ops."""
+    torch.manual_seed(0)
+    first = nn.Linear(4, 16)
+    torch.nn.utils.parametrizations.weight_norm(first)
+    return nn.Sequential(first, nn.Tanh(), nn.Linear(16, 3)).eval()
+
+
+def test_audit_records_gradient_norm_fallback_in_warnings(table):
+    df, _, data = table
+    model = _weight_norm_mlp()
+    r = audit(copy.deepcopy(model), data, sparsities=[0.5, 0.8], diagnostics=FAST)
+    said = [w for w in r.warnings if "per-sample gradient norms" in w]
+    assert len(said) == 1, r.warnings                            # dense and both levels: said once
+    assert said[0].startswith("diagnostics: per-sample gradient norms: 2 parameter(s)")
+    assert "0.parametrizations.weight.original0" in said[0] and "exact" in said[0]
+    assert r.to_dict()["warnings"] == r.warnings
+    # and the norms are the exact ones
+    lm = LoadedModel.from_module(copy.deepcopy(model), name="wn")
+    from fairprune.diagnose import per_sample_grad_norms_reference
+
+    d = diagnose(lm, data, hessian=False)
+    want = per_sample_grad_norms_reference(lm.module, data.x, data.y).numpy()
+    np.testing.assert_allclose(d.samples["grad_norm"].to_numpy(), want, rtol=1e-4)
+    assert len(d.warnings) == 1 and d.warnings[0].startswith("per-sample gradient norms")
+
+
+def test_cli_prints_gradient_norm_fallback(table_files, tmp_path, capsys):
+    from fairprune.zoo import save_pt2
+
+    csv_path, _, df, _ = table_files
+    model = _weight_norm_mlp()
+    pt2 = tmp_path / "wn.pt2"
+    save_pt2(model, torch.zeros(4, 4), pt2)
+    base = ["--model", str(pt2), "--data", str(csv_path), "--ignore", "sex"]
+    capsys.readouterr()
+    assert main(["diagnose", *base, "--out", str(tmp_path / "s.csv"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("warning: per-sample gradient norms: 2 parameter(s)")]
+    assert len(lines) == 1 and "original0" in lines[0], err
+    out = tmp_path / "r.json"
+    assert main(["audit", *base, "--sparsity", "0.5", "--diagnostics", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: diagnostics: per-sample gradient norms: 2 parameter(s)" in err
+    assert any("per-sample gradient norms" in w for w in json.loads(out.read_text())["warnings"])

@@ -25,10 +25,12 @@ def run_diagnose(args, spec) -> int:
         raise InputError(f"--boundary N must be a number of rows per group >= 1; found {args.boundary}")
     model, data, _ = load_inputs(spec)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")   # warnings that matter come back in table.attrs and are printed below
         table = sample_diagnostics(model, data, sparsity=args.level, method=spec.method,
                                    boundary=args.boundary or False, seed=spec.seed, device=spec.device,
                                    batch_size=spec.batch_size)
+    for w in table.attrs.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     try:
         table.to_csv(args.out, index=False)
     except OSError as err:

@@ -31,7 +31,10 @@ Estimators [fairprune]:
   mean over rows, estimated from ``se_parts`` disjoint row-parts of the group's rows (sd / √parts), and
   (ii) the change over the last iteration (the convergence error). Power iteration finds the
   eigenvalue of largest magnitude; when that is negative, a second power iteration on H − λ I finds
-  the largest (algebraic) eigenvalue, which is what Theorem 1 bounds with.
+  the largest (algebraic) eigenvalue, which is what Theorem 1 bounds with. ``converged`` says whether the
+  tolerance was met within ``iterations`` (the diagnostics report it as ``hessian_max_eig_converged``).
+  On a row subsample, λ_max is biased upward: the largest eigenvalue of H_a + noise exceeds λ_max(H_a) on
+  average (Weyl / Jensen: λ_max is convex), the more so the fewer rows; the standard error does not include it.
 - :func:`trace`: Hutchinson's estimator Tr(H) = E[zᵀH z] with Rademacher probes z (seeded); the
   standard error is the sample standard deviation over probes / √probes.
 """

@@ -17,13 +17,14 @@ eigenvector of the same group, so it usually stops after a few products.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ._boundary import BOUNDARY_ATTACKS, boundary_distances
 from ._factors import FACTORS, factor_correlations, factor_values, theory_terms
 from ._gradients import group_pass
@@ -33,9 +34,13 @@ from ._hessian import HVP_METHODS, HessianOperator, max_eigenvalue, trace
 __all__ = ["AuditDiagnostics", "DiagnosticsConfig", "ModelDiagnostics", "DIAG_KEYS", "SAMPLE_COLUMNS", "diagnose",
            "sample_diagnostics", "sample_rows", "input_positions", "diagnostics_section", "diagnose_steps"]
 
-#: the per-group figures, exactly DESIGN.md's DIAG
-DIAG_KEYS = ("grad_norm_mean", "group_grad_norm", "hessian_max_eig", "hessian_max_eig_se", "hessian_trace",
-             "hessian_trace_se", "margin_mean", "uncertainty_mean", "boundary_distance_mean")
+#: the per-group figures: DESIGN.md's DIAG, plus ``hessian_max_eig_converged`` (issue 12): whether the
+#: power iteration met its tolerance within ``power_iterations`` (None where λ_max was not computed)
+DIAG_KEYS = ("grad_norm_mean", "group_grad_norm", "hessian_max_eig", "hessian_max_eig_se",
+             "hessian_max_eig_converged", "hessian_trace", "hessian_trace_se", "margin_mean", "uncertainty_mean",
+             "boundary_distance_mean")
+#: the start of the per-sample gradient norms' fallback warning (kept in ModelDiagnostics.warnings)
+GRADNORM_WARNING = "per-sample gradient norms"
 #: the per-sample CSV's columns (``boundary_distance`` appended where computed)
 SAMPLE_COLUMNS = ("index", "group", "label", "pred", "loss", "grad_norm", "margin")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -49,6 +54,8 @@ class DiagnosticsConfig:
     """How much work the diagnostics do. The defaults keep the MNIST demo's 4-level audit fast on 2 CPU cores.
 
     hessian_rows: rows per group the Hessian is estimated on (a seeded sample when the group is larger).
+        λ_max of a subsample's Hessian is biased upward (the top eigenvalue of a noisy estimate of a matrix
+        exceeds the matrix's on average), the more so the fewer rows: compare groups on equal row counts.
     power_iterations / power_tol: cap and relative stopping tolerance of the power iteration.
     hutchinson_probes: Rademacher probes for the trace. se_parts: row-parts for λ_max's sampling SE.
     hvp: "auto" (forward-over-reverse, falling back to double backward), or either one.
@@ -118,6 +125,8 @@ class ModelDiagnostics:
     details: group -> how the Hessian figures were obtained (rows, iterations, converged, probes).
     hvp_method: the Hessian-vector product(s) used ("+"-joined); hvp_fallback: why "auto" could not use
         torch.func, if it could not.
+    warnings: what an auditor must know about these figures: parameters whose gradient norms came from
+        the exact per-sample loop (no rule covers them), Hessian figures not computed and why.
     """
 
     samples: object
@@ -126,6 +135,7 @@ class ModelDiagnostics:
     hvp_method: str | None = None
     hvp_fallback: str | None = None
     vectors: dict = field(default_factory=dict, repr=False)   # group -> top eigenvector (warm starts; not serialised)
+    warnings: tuple[str, ...] = ()
 
 
 def sample_rows(data, n_per_group: int, seed: int) -> dict[str, np.ndarray]:
@@ -163,9 +173,24 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def _per_sample_grad_norms(model, data, *, batch_size, device, masks, cancel) -> np.ndarray:
-    return np.asarray(per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
-                                            cancel=cancel), dtype=np.float64)
+def _per_sample_grad_norms(model, data, *, batch_size, device, masks, cancel) -> tuple[np.ndarray, list[str]]:
+    """The norms and the fallback warnings they gave (recorded, not only shown: the CLI silences Python
+    warnings); any other warning is passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        norms = per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+    said = []
+    for w in caught:
+        if str(w.message).startswith(GRADNORM_WARNING):
+            said.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return np.asarray(norms, dtype=np.float64), said
+
+
+def _hessian_failed(groups: Sequence[str], reason: str) -> str:
+    return (f"Hessian not computed for group(s) {', '.join(groups)} (hessian_max_eig and hessian_trace are null; "
+            f"every other figure is kept): {reason}")
 
 
 def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, config: DiagnosticsConfig | None = None,
@@ -202,7 +227,8 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     names = data.group_names
 
     group_norms, out = group_pass(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
-    grad_norm = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+    grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
+                                              cancel=cancel)
     step("gradient norms")
 
     import pandas as pd
@@ -219,7 +245,8 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     for g in names:
         rows = groups == g
         diags[g] = {"grad_norm_mean": _mean(grad_norm[rows]), "group_grad_norm": group_norms[g],
-                    "hessian_max_eig": None, "hessian_max_eig_se": None, "hessian_trace": None,
+                    "hessian_max_eig": None, "hessian_max_eig_se": None, "hessian_max_eig_converged": None,
+                    "hessian_trace": None,
                     "hessian_trace_se": None, "margin_mean": _mean(out["margin"][rows]),
                     "uncertainty_mean": _mean(out["uncertainty"][rows]), "boundary_distance_mean": None}
 
@@ -227,19 +254,32 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     vectors: dict = {}
     methods: set[str] = set()
     fallback = None
+    failed: dict[str, list[str]] = {}       # reason -> groups whose Hessian could not be computed
     if hessian:
         hrows = hessian_rows if hessian_rows is not None else sample_rows(data, cfg.hessian_rows, seed)
         module = model.module
         hvp = hvp or cfg.hvp
         for gi, g in enumerate(names):
             x, yy = _rows(data, hrows[g], device)
-            op = HessianOperator(module, x, yy, masks=masks, method=hvp, chunk_size=batch_size,
-                                 fixed_batch_size=model.fixed_batch_size)
-            eig = max_eigenvalue(op, iterations=cfg.power_iterations, tol=cfg.power_tol, seed=seed + 7919 * gi,
-                                 init=(init or {}).get(g), se_parts=cfg.se_parts, cancel=cancel)
-            tr = trace(op, probes=cfg.hutchinson_probes, seed=seed + 104729 * (gi + 1), cancel=cancel)
-            op.release()
-            diags[g].update(hessian_max_eig=eig.value, hessian_max_eig_se=eig.se, hessian_trace=tr.value,
+            op = None
+            try:
+                op = HessianOperator(module, x, yy, masks=masks, method=hvp, chunk_size=batch_size,
+                                     fixed_batch_size=model.fixed_batch_size)
+                eig = max_eigenvalue(op, iterations=cfg.power_iterations, tol=cfg.power_tol, seed=seed + 7919 * gi,
+                                     init=(init or {}).get(g), se_parts=cfg.se_parts, cancel=cancel)
+                tr = trace(op, probes=cfg.hutchinson_probes, seed=seed + 104729 * (gi + 1), cancel=cancel)
+            except Cancelled:
+                raise
+            except Exception as err:  # noqa: BLE001 - degrade per factor: the Hessian's figures stay null
+                first = (str(err).strip().splitlines() or [""])[0][:200]
+                failed.setdefault(f"{type(err).__name__}: {first}", []).append(g)
+                step(f"Hessian of group {g} (not computed)")
+                continue
+            finally:
+                if op is not None:
+                    op.release()
+            diags[g].update(hessian_max_eig=eig.value, hessian_max_eig_se=eig.se,
+                            hessian_max_eig_converged=bool(eig.converged), hessian_trace=tr.value,
                             hessian_trace_se=None if math.isnan(tr.se) else tr.se)
             details[g] = {"rows": int(len(hrows[g])), "iterations": eig.iterations, "converged": eig.converged,
                           "probes": tr.probes, "products": op.products, "dimension": op.dimension,
@@ -264,8 +304,15 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
             details.setdefault(g, {}).update(boundary_rows=int(len(d)), boundary_censored=int(censored.sum()))
         samples["boundary_distance"] = dist
         step("boundary distances")
+    notes += [_hessian_failed(gs, reason) for reason, gs in failed.items()]
+    unconverged = [g for g in names if diags[g]["hessian_max_eig_converged"] is False]
+    if unconverged:
+        notes.append(f"the power iteration for λ_max did not converge within {cfg.power_iterations} products "
+                     f"(relative tolerance {cfg.power_tol:g}) for group(s) {', '.join(unconverged)}: their "
+                     f"hessian_max_eig is the last iterate, hessian_max_eig_converged is false")
     return ModelDiagnostics(samples=samples, groups=diags, details=details,
-                            hvp_method="+".join(sorted(methods)) or None, hvp_fallback=fallback, vectors=vectors)
+                            hvp_method="+".join(sorted(methods)) or None, hvp_fallback=fallback, vectors=vectors,
+                            warnings=tuple(notes))
 
 
 # ---- the result section ------------------------------------------------------------------------------
@@ -440,11 +487,23 @@ class AuditDiagnostics:
 
     def _diagnose(self, masks, label: str, init=None) -> ModelDiagnostics:
         a = self.auditor
-        return diagnose(a.model, a.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
-                        boundary_rows=self.boundary_rows, init=init, index=self.index, seed=self.seed,
-                        batch_size=a.batch_size, device=a.device, cancel=a.cancel,
-                        step=lambda msg: self._step(f"diagnostics ({label}): {msg}"),
-                        keep_vectors=masks is None and self.keep_vectors, hvp=self.hvp)
+        d = diagnose(a.model, a.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
+                     boundary_rows=self.boundary_rows, init=init, index=self.index, seed=self.seed,
+                     batch_size=a.batch_size, device=a.device, cancel=a.cancel,
+                     step=lambda msg: self._step(f"diagnostics ({label}): {msg}"),
+                     keep_vectors=masks is None and self.keep_vectors, hvp=self.hvp)
+        self.record(d, label)
+        return d
+
+    def record(self, d: ModelDiagnostics, label: str) -> None:
+        """Put ``d``'s warnings in the audit's ``warnings`` (the result and the CLI's ``warning:`` lines),
+        each once: the same fallback on the dense model and every level is one warning."""
+        for w in d.warnings:
+            text = f"diagnostics: {w}"
+            if label != "dense" and not w.startswith(GRADNORM_WARNING):
+                text = f"diagnostics ({label}): {w}"
+            if text not in self.auditor.warnings:
+                self.auditor.warnings.append(text)
 
     def inspect(self, sparsity: float, _predictions=None) -> None:
         """Called by ``Auditor.measure`` while the level's pruned weights are in place."""
@@ -469,6 +528,8 @@ def sample_diagnostics(model, data, *, sparsity: float | None = None, method: st
     ``boundary`` (True: ``config.boundary_rows`` rows per group; an int: that many), NaN on rows not
     sampled. On the dense model, or with ``sparsity`` on the model pruned exactly as
     :func:`fairprune.audit.audit` prunes it at that level (same method, seed and masks).
+    ``table.attrs["warnings"]``: what a reader must know (e.g. parameters whose gradient norms came from
+    the exact per-sample loop).
     """
     import dataclasses
 
@@ -492,4 +553,7 @@ def sample_diagnostics(model, data, *, sparsity: float | None = None, method: st
         auditor.measure([sparsity], inspect=lambda s, _p: held.setdefault("d", run(dict(auditor.masked.masks))))
         diag = held["d"]
     cols = list(SAMPLE_COLUMNS) + (["boundary_distance"] if cfg.boundary else [])
-    return diag.samples[cols].reset_index(drop=True)
+    table = diag.samples[cols].reset_index(drop=True)
+    # what the CLI prints as ``warning:`` lines: the loaded model's and the gradient norms' warnings
+    table.attrs["warnings"] = list(dict.fromkeys([*auditor.warnings, *diag.warnings]))
+    return table
