@@ -637,6 +637,16 @@ def _flips(flips: Any, redacted: bool) -> dict | None:
             "notes": notes, "redacted": redacted}
 
 
+def _chosen_on(m: Mapping) -> str:
+    """Where the recommended method was chosen: on selection rows that the reported figures took no part in,
+    or (results written before the selection split) on the very rows reported, which flatters the winner."""
+    sel = m.get("selection") or {}
+    if sel.get("n_select"):
+        return (f"chosen on {_num(sel['n_select'], ',')} selection rows; the figures shown are on "
+                f"{_num(m.get('n_eval'), ',') if m.get('n_eval') is not None else 'the'} held-out rows that took no part in the choice")
+    return "chosen on the same held-out rows it is reported on, which flatters the winner"
+
+
 def _mitigation_sentence(m: Mapping) -> str:
     rec = m.get("recommended")
     method = m.get("method", "the mitigation")
@@ -651,7 +661,7 @@ def _mitigation_sentence(m: Mapping) -> str:
         s += (f" {method} beat plain fine-tuning on held-out rows here." if after < plain else
               f" {method} did not beat plain fine-tuning on held-out rows here.")
     if rec:
-        s += f" Recommended: {rec} (the lowest violation among the methods within 1 point of the best overall accuracy)."
+        s += f" Recommended: {rec} (the lowest violation among the methods within 1 point of the best overall accuracy, {_chosen_on(m)})."
     if m.get("single_seed") or len(m.get("seeds") or []) == 1:
         s += " One seed only: there is no spread to judge small differences by."
     return s
@@ -680,7 +690,7 @@ def _mitigation_summary(m: Mapping, *, alone: bool) -> dict:
     if plain is not None:
         cards.append(_card("Plain fine-tuning", f"{_pts(plain)} pts", "violation with the same budget"))
     if m.get("recommended"):
-        cards.append(_card("Recommended", str(m["recommended"]), "measured on held-out rows"))
+        cards.append(_card("Recommended", str(m["recommended"]), _chosen_on(m)))
     return {"alone": True, "sentence": s, "cards": cards}
 
 

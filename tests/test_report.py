@@ -484,3 +484,15 @@ def test_compression_variants_have_their_own_section(tmp_path):
         assert f"<td class=l>{html.escape(v.method)}</td>" in section
         assert f"{100 * v.level.fairness_violation['accuracy']:.1f}" in section
     assert headline(r) in html.unescape(text) and headline(r).startswith("Under ")
+
+
+def test_recommendation_says_where_it_was_chosen(result):
+    """A recommendation chosen on selection rows says so; an older one, chosen on the rows it is reported on, says
+    that this flatters the winner (issue 12, part 5)."""
+    old = mitigation_section(result)
+    text = render_html(result, mitigation=old)
+    assert "chosen on the same held-out rows it is reported on, which flatters the winner" in text
+    new = {**old, "selection": {"n_select": 1234, "chosen": old["recommended"]}, "n_eval": 5678}
+    text = render_html(result, mitigation=new)
+    assert "chosen on 1,234 selection rows; the figures shown are on 5,678 held-out rows" in text
+    assert "flatters the winner" not in text
