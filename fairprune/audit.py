@@ -24,7 +24,7 @@ import torch
 from . import __version__
 from .data import GroupedDataset
 from .errors import InputError
-from .evaluate import BatchSize, check_amp, check_model_fits, evaluate, resolve_device
+from .evaluate import BatchSize, check_amp, check_model_fits, evaluate, level_precision, resolve_device
 from .metrics import accuracy_gap, compare, group_metrics
 from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
 from .result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
@@ -186,6 +186,7 @@ class Auditor:
         if amp not in AMP_MODES:
             raise InputError(f"--amp must be one of {', '.join(AMP_MODES)}; found {amp!r}")
         self.amp_mode, self.amp, self.amp_check = amp, None, None
+        self.level_amp_checks: dict[float, object] = {}     # sparsity -> AmpCheck, where mixed precision was used
         self.eval_data = data.part("test") if data.split is not None else data
         if finetune_epochs and train_data is None:
             if data.split is None:
@@ -207,6 +208,7 @@ class Auditor:
         self.y = self.eval_data.y.numpy()
         self.groups = self.eval_data.group.astype(str)
         self.dense_pred = self._evaluate()
+        self.dense_pred_full = self.dense_pred        # full precision, whatever _choose_precision decides
         self._choose_precision()
         d_overall, d_groups = group_metrics(self.dense_pred, self.y, self.groups, self.names)
         # What pruning buys (size_bytes, latency_ms): measured on one batch of up to 64 evaluation rows.
@@ -253,6 +255,25 @@ class Auditor:
                 f"model's predictions or a group's accuracy by {self.amp_check.max_group_accuracy_change:.2%} "
                 f"(tolerance {self.amp_check.tolerance:.2%}): every model is evaluated in full precision")
 
+    def _evaluate_level(self, sparsity: float):
+        """(level predictions, dense predictions to pair them with). Mixed precision checked on the dense
+        model is checked again on each level, where it is used: a pruned model can lose to rounding what the
+        dense one did not. The level keeps mixed precision only if it passes the same check (one more,
+        full-precision pass per level); otherwise the level and its dense reference are full precision."""
+        if not self.amp:
+            return self._evaluate(), self.dense_pred
+        mixed = self._evaluate()
+        full = evaluate(self.model, self.eval_data, batch_size=self.batch, device=self.device, cancel=self.cancel)
+        check, pred, dense = level_precision(full, mixed, self.dense_pred_full, self.dense_pred, self.groups, self.amp)
+        self.level_amp_checks[sparsity] = check
+        if not check.used:
+            self.warnings.append(
+                f"mixed precision ({self.amp}) passed on the dense model but changed "
+                f"{1 - check.prediction_agreement:.2%} of the predictions at sparsity {sparsity:g} or a group's "
+                f"accuracy by {check.max_group_accuracy_change:.2%} (tolerance {check.tolerance:.2%}): that level "
+                f"and its dense reference are evaluated in full precision")
+        return pred, dense
+
     def _measure_footprint(self, sparsity: float, masks) -> tuple[int | None, float | None]:
         """(size_bytes, latency_ms) of the level whose masks are in place (None, None when switched off)."""
         if self.footprint is None:
@@ -282,9 +303,9 @@ class Auditor:
 
                     finetune(self.model, self.masked, self.train_data, epochs=self.finetune_epochs,
                              seed=_level_seed(self.seed, s), device=self.device, cancel=self.cancel)
-                pred = self._evaluate()
+                pred, dense_pred = self._evaluate_level(s)
                 size_bytes, latency_ms = self._measure_footprint(s, masks)
-                comparison = compare(self.dense_pred, pred, self.y, self.groups, self.names,
+                comparison = compare(dense_pred, pred, self.y, self.groups, self.names,
                                      seed=_level_seed(self.seed, s))
                 self._levels[s] = LevelResult(
                     sparsity=s, achieved_sparsity=self.masked.achieved_sparsity(self.prunable),
@@ -350,6 +371,11 @@ class Auditor:
             sections["compression"] = [v.to_dict() for v in variants]
         if self.amp_check is not None:       # only where mixed precision was tried (CUDA, or asked for)
             sections["precision"] = self.amp_check.to_dict()
+            checked = [lv.sparsity for lv in levels if lv.sparsity in self.level_amp_checks]
+            if checked:
+                sections["precision"]["levels"] = [
+                    {"sparsity": s, **self.level_amp_checks[s].to_dict(),
+                     "checked_on": "this level, every evaluated row, against full precision"} for s in checked]
         if self.batch.backoffs:
             sections["batching"] = {"batch_size": self.batch.value, "out_of_memory_at": list(self.batch.backoffs)}
         return sections

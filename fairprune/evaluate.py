@@ -20,7 +20,7 @@ from .data import GroupedDataset
 from .errors import Cancelled, InputError, is_out_of_memory
 
 __all__ = ["Predictions", "evaluate", "model_outputs", "check_model_fits", "resolve_device", "BatchSize",
-           "check_amp", "AmpCheck", "AMP_TOLERANCE"]
+           "check_amp", "level_precision", "AmpCheck", "AMP_TOLERANCE"]
 
 OUTPUTS_ARE_PROBABILITIES = (
     "the model's outputs sum to 1 on every row: it looks like it outputs probabilities (softmax) rather than "
@@ -244,3 +244,13 @@ def check_amp(full: Predictions, mixed: Predictions, groups: np.ndarray, dtype: 
     loss_change = float(np.max(np.abs(full.loss - mixed.loss))) if len(full.loss) else 0.0
     ok = (1.0 - agree) <= tolerance and change <= tolerance
     return AmpCheck(dtype, agree, change, loss_change, tolerance, ok)
+
+
+def level_precision(full: Predictions, mixed: Predictions, dense_full: Predictions, dense_mixed: Predictions,
+                    groups: np.ndarray, dtype: str, tolerance: float = AMP_TOLERANCE
+                    ) -> tuple[AmpCheck, Predictions, Predictions]:
+    """(check, level predictions, dense predictions to pair them with) for one pruned level evaluated both
+    ways: mixed precision only where it passes :func:`check_amp` on this level too, paired with the dense
+    model's mixed-precision predictions; otherwise both full precision, so the comparison stays like for like."""
+    check = check_amp(full, mixed, groups, dtype, tolerance)
+    return (check, mixed, dense_mixed) if check.used else (check, full, dense_full)
