@@ -18,6 +18,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.widgets import store
+from fairprune._modelio import TORCHSCRIPT_ENV
 from fairprune.errors import InputError
 
 log = logging.getLogger("fairprune.app")
@@ -31,6 +32,10 @@ STAGING_MAX_AGE_S = 24 * 3600
 MAX_UPLOAD_ENV = "FAIRPRUNE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 2048
 MODEL_TYPES = ["pt2", "pt", "pth", "safetensors", "ts", "jit"]
+# TorchScript is code: the dashboard loads it (uploaded or from a server folder) only when the server's
+# environment sets TORCHSCRIPT_ENV (FAIRPRUNE_ALLOW_TORCHSCRIPT) to 1/true/yes/on; otherwise the page refuses
+# it and says how to opt in (fairprune._modelio.TORCHSCRIPT_REFUSED).
+BAD_TORCHSCRIPT_SETTING = "{env}: expected 1 (accept TorchScript models) or 0 (refuse them); found {found!r}"
 DATA_TYPES = ["csv", "gz", "npz", "zip"]
 
 
@@ -100,6 +105,19 @@ def upload_limit_mb() -> int:
         log.warning("%s=%d MiB, but Streamlit's server.maxUploadSize is %d MiB and refuses larger files first: "
                     "set both to the same value", MAX_UPLOAD_ENV, ours, streamlit_mb)
     return min(ours, streamlit_mb)
+
+
+def torchscript_allowed() -> bool:
+    """Whether this dashboard loads TorchScript models: ``$FAIRPRUNE_ALLOW_TORCHSCRIPT`` is 1/true/yes/on.
+
+    Unset, empty or 0/false/no/off: refused (the default). Anything else raises InputError.
+    """
+    raw = os.environ.get(TORCHSCRIPT_ENV, "").strip()
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise InputError(BAD_TORCHSCRIPT_SETTING.format(env=TORCHSCRIPT_ENV, found=raw))
 
 
 def check_upload_size(name: str, size: int) -> None:

@@ -47,6 +47,16 @@ TRAINING_PROGRAM = (
     "expected a program exported after model.eval(): "
     "torch.export.save(torch.export.export(model.eval(), (x,)), \"model.pt2\")"
 )
+#: The dashboard loads TorchScript only when its server's environment sets this to 1 (see app/files.py).
+TORCHSCRIPT_ENV = "FAIRPRUNE_ALLOW_TORCHSCRIPT"
+TORCHSCRIPT_REFUSED = (
+    "{path}: refused: expected bare weights (.safetensors, state_dict .pt) or a torch.export program (.pt2); "
+    "found a TorchScript archive, which is code: torch.jit.load runs the TorchScript program it holds, and "
+    "TorchScript is not accepted here. Re-export the model where you trust it: "
+    "torch.export.save(torch.export.export(model.eval(), (x,)), \"model.pt2\"). The fairprune command line "
+    "accepts TorchScript; the dashboard accepts it only when its administrator sets "
+    + TORCHSCRIPT_ENV + "=1 in the server's environment and restarts it"
+)
 _PROGRAM_KINDS = {"pt2": "torch.export program", "torchscript": "TorchScript archive"}
 _PICKLE_HEADERS = frozenset(bytes([0x80, protocol]) for protocol in range(2, 6))
 
@@ -108,7 +118,7 @@ class ExportedModule(nn.Module):
 
 
 def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | None = None,
-               arch_args: dict[str, object] | None = None) -> LoadedModel:
+               arch_args: dict[str, object] | None = None, allow_torchscript: bool = True) -> LoadedModel:
     """Load a model file for inference without running code from it.
 
     What the file holds is read from its bytes, not its extension:
@@ -118,7 +128,9 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     - a ``torch.export`` archive (``.pt2``): inspected first (:mod:`fairprune._pt2_guard`), then
       loaded, moved to eval form if it was exported in training mode;
     - TorchScript: loaded with ``torch.jit.load``. It is code rather than data (TorchScript code,
-      not arbitrary Python) and deprecated upstream; accepted, but ``.pt2`` is recommended;
+      not arbitrary Python) and deprecated upstream; accepted, but ``.pt2`` is recommended. With
+      ``allow_torchscript=False`` (the dashboard, unless its server opts in) it is refused, before
+      torch opens it, with ``TORCHSCRIPT_REFUSED``;
     - a whole pickled model (``torch.save(model)``, or any plain pickle) is refused: unpickling runs
       arbitrary code. The refusal says how to re-save it.
 
@@ -135,6 +147,8 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     if arch is not None or num_classes is not None or arch_args:
         raise InputError(f"{path}: --arch, --num-classes and --arch-arg apply to bare weights; expected none of "
                          f"them, found a {_PROGRAM_KINDS[kind]}, which carries its own architecture")
+    if kind == "torchscript" and not allow_torchscript:
+        raise InputError(TORCHSCRIPT_REFUSED.format(path=path))
     return _load_pt2(path) if kind == "pt2" else _load_torchscript(path)
 
 

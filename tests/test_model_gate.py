@@ -180,3 +180,99 @@ def test_a_decomposed_export_still_loads(tmp_path):
     torch.export.save(program.run_decompositions(), str(path))
     with torch.no_grad():
         assert torch.allclose(load_model(path).module(x), module(x), atol=1e-5)
+
+
+# --- TorchScript: code, so the dashboard takes it only where the server opts in --------------------------
+
+@pytest.fixture
+def torchscript(tmp_path) -> Path:
+    path = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(_bn_net().eval()), str(path))
+    return path
+
+
+def test_the_library_refuses_torchscript_before_opening_it_when_asked(torchscript, monkeypatch):
+    from fairprune._modelio import TORCHSCRIPT_ENV
+
+    x = torch.randn(3, 4)
+    assert torch.allclose(load_model(torchscript).module(x), _bn_net()(x), atol=1e-6)   # the default: accepted
+    opened = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: opened.append(a))
+    with pytest.raises(InputError) as err:
+        load_model(torchscript, allow_torchscript=False)
+    msg = str(err.value)
+    assert not opened, "torch.jit.load must not run on a refused file"
+    assert msg.startswith(f"{torchscript}: refused: expected bare weights")
+    for part in ("found a TorchScript archive, which is code", "model.pt2", "command line accepts TorchScript",
+                 f"{TORCHSCRIPT_ENV}=1"):
+        assert part in msg, (part, msg)
+    # other formats are untouched by the switch
+    pt2 = torchscript.parent / "net.pt2"
+    save_pt2(_bn_net(), torch.randn(4, 4), pt2)
+    assert load_model(pt2, allow_torchscript=False).kind == "pt2"
+
+
+@pytest.mark.parametrize("value, allowed", [("", False), ("0", False), ("false", False), ("off", False),
+                                            ("1", True), ("true", True), ("Yes", True), (" on ", True)])
+def test_the_dashboard_switch(monkeypatch, value, allowed):
+    from app import files
+
+    monkeypatch.setenv(files.TORCHSCRIPT_ENV, value)
+    assert files.torchscript_allowed() is allowed
+
+
+def test_a_bad_dashboard_switch_is_refused(monkeypatch):
+    from app import files
+
+    monkeypatch.setenv("FAIRPRUNE_ALLOW_TORCHSCRIPT", "perhaps")
+    with pytest.raises(InputError, match=r"FAIRPRUNE_ALLOW_TORCHSCRIPT: expected 1 .* or 0 .*; found 'perhaps'"):
+        files.torchscript_allowed()
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_the_data_page_takes_torchscript_only_when_the_server_opts_in(torchscript, monkeypatch, opt_in):
+    from fairprune import jobs
+    from test_app import assert_clean, choose_own_files, new_app
+
+    monkeypatch.setattr(jobs, "ensure_worker", lambda store=None, **kw: None)
+    if opt_in:
+        monkeypatch.setenv("FAIRPRUNE_ALLOW_TORCHSCRIPT", "1")
+    else:
+        monkeypatch.delenv("FAIRPRUNE_ALLOW_TORCHSCRIPT", raising=False)
+    at = choose_own_files(new_app().run())
+    at.file_uploader(key="model-upload").set_value(("net.pt", torchscript.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert_clean(at)
+    errors = [e.value for e in at.error]
+    captions = [c.value for c in at.caption]
+    if opt_in:
+        assert not errors, errors
+        assert "net.pt: torchscript" in captions, captions
+    else:
+        [error] = errors
+        assert error.startswith("net.pt: refused: expected bare weights")
+        assert "TorchScript archive, which is code" in error and "FAIRPRUNE_ALLOW_TORCHSCRIPT=1" in error
+        assert ".pt2" in error
+        assert not any(c.startswith("net.pt:") for c in captions)
+        assert not at.session_state["inputs"]["model"]["valid"]
+
+
+def test_the_cli_still_audits_torchscript(tmp_path, capsys):
+    import json
+
+    from conftest import make_table, train_mlp
+    from fairprune.cli import main
+
+    df = make_table(n=120)
+    model = train_mlp(df, epochs=20).eval()
+    path = tmp_path / "mlp.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    data = tmp_path / "t.csv"
+    df.to_csv(data, index=False)
+    out = tmp_path / "r.json"
+    code = main([str(a) for a in ["audit", "--model", path, "--data", data, "--ignore", "sex", "--sparsity", "0.5",
+                                  "--out", out, "--quiet", "--no-footprint"]])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out.read_text())
+    assert r["data"]["n"] == 120 and r["dense"]["overall"]["accuracy"] > 0.8

@@ -28,10 +28,12 @@ def _load_data(path: str, mtime: float, label: str, group: tuple, ignore: tuple 
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _load_model(path: str, mtime: float, arch: str | None, num_classes: int | None, arch_args: tuple):
+def _load_model(path: str, mtime: float, arch: str | None, num_classes: int | None, arch_args: tuple,
+                allow_torchscript: bool):
     from fairprune.zoo import load_model
 
-    return load_model(path, arch=arch, num_classes=num_classes, arch_args=dict(arch_args))
+    return load_model(path, arch=arch, num_classes=num_classes, arch_args=dict(arch_args),
+                      allow_torchscript=allow_torchscript)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -163,9 +165,17 @@ def _origin(kind: str) -> str:
 def model_section(prev: dict) -> dict | None:
     from fairprune.zoo import list_models, model_info, parse_arch_args
 
+    try:
+        torchscript = files.torchscript_allowed()
+    except InputError as err:
+        st.error(str(err), icon=":material/error:")
+        return None
+    kinds = "TorchScript, " if torchscript else ""
     path = _pick_file("model", files.MODEL_TYPES,
-                      "A torch.export program (.pt2, recommended), TorchScript, or bare weights "
-                      "(.safetensors or a state_dict .pt) together with an architecture below.", prev)
+                      f"A torch.export program (.pt2, recommended), {kinds}or bare weights "
+                      "(.safetensors or a state_dict .pt) together with an architecture below."
+                      + ("" if torchscript else f" TorchScript is code and is accepted only where the server "
+                                                 f"sets {files.TORCHSCRIPT_ENV}=1."), prev)
     archs = [""] + list_models()
     arch = st.selectbox("Architecture (bare weights only)", archs, key="model-arch",
                         index=archs.index(prev.get("arch") or ""),
@@ -189,7 +199,7 @@ def model_section(prev: dict) -> dict | None:
            "arch_args_text": text, "valid": False}
     try:
         loaded = _load_model(str(path), path.stat().st_mtime, out["arch"], out["num_classes"],
-                             tuple(sorted(arch_args.items())))
+                             tuple(sorted(arch_args.items())), torchscript)
     except InputError as err:
         show_input_error(err, path)
         return out
