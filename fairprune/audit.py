@@ -356,8 +356,18 @@ class Auditor:
                                str(self.device.type)),
             provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
                                   list(data.group_columns), eval_data.n_features),
-            dense=self.dense, levels=levels, warnings=list(self.warnings), sections=self._sections(levels, variants),
+            dense=self.dense, levels=levels, warnings=list(self.warnings) + self._sanity(levels, variants),
+            sections=self._sections(levels, variants),
         )
+
+    def _sanity(self, levels: list[LevelResult], variants: Sequence | None) -> list[str]:
+        """Single-class labels, models at or below chance, groups without positives/negatives
+        (:mod:`fairprune.sanity`)."""
+        from .sanity import sanity_warnings
+
+        models = [(f"{100 * lv.sparsity:g}% sparsity", lv.overall) for lv in levels]
+        models += [(v.method, v.level.overall) for v in variants or ()]
+        return sanity_warnings(self.y, self.groups, self.names, self.num_outputs, self.dense.overall, models)
 
     def _sections(self, levels: list[LevelResult], variants: Sequence | None = None) -> dict:
         sections = {}
