@@ -266,7 +266,7 @@ def _called_operators(graph_module: object) -> Iterator[tuple[str, str, object]]
         if isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, dict):
-            if "target" in item and "inputs" in item:         # a Node
+            if "target" in item:                               # a Node: the only object with a target
                 name = item.get("name") or "?"
                 yield str(name)[:80], "target", item["target"]
                 for key, value in _walk(item.get("inputs")):

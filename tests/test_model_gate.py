@@ -21,8 +21,6 @@ from fairprune.errors import InputError
 from fairprune.zoo import load_model, save_pt2
 from test_zoo import _bn_net, _edit_json, _rewrite
 
-torch.manual_seed(0)
-
 
 @pytest.fixture
 def pt2(tmp_path) -> Path:
@@ -63,6 +61,14 @@ def test_a_node_calling_anything_else_is_refused(pt2, tmp_path, target):
     assert msg.startswith(f"{path}: refused to load: 'models/model.json': graph node 'evil' calls {target!r}")
     assert "expected only torch.ops.aten / torch.ops.prims overloads" in msg
     assert not marker.exists()
+
+
+def test_a_node_without_inputs_is_still_checked(pt2, tmp_path):
+    node = _evil_node(tmp_path / "pwned", target="torch.serialization.os.makedirs")
+    del node["inputs"]
+    path = _with_node(pt2, tmp_path / "evil.pt2", node)
+    with pytest.raises(InputError, match="graph node 'evil' calls 'torch.serialization.os.makedirs'"):
+        load_model(path)
 
 
 @pytest.mark.parametrize("host", ["torch.ops.higher_order.out_dtype", "_operator.getitem", "torch.ops.aten.add.Tensor"])
