@@ -18,7 +18,6 @@ from pathlib import Path
 import streamlit as st
 
 from app.widgets import store
-from fairprune._modelio import TORCHSCRIPT_ENV
 from fairprune.errors import InputError
 
 log = logging.getLogger("fairprune.app")
@@ -32,9 +31,10 @@ STAGING_MAX_AGE_S = 24 * 3600
 MAX_UPLOAD_ENV = "FAIRPRUNE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 2048
 MODEL_TYPES = ["pt2", "pt", "pth", "safetensors", "ts", "jit"]
-# TorchScript is code: the dashboard loads it (uploaded or from a server folder) only when the server's
-# environment sets TORCHSCRIPT_ENV (FAIRPRUNE_ALLOW_TORCHSCRIPT) to 1/true/yes/on; otherwise the page refuses
-# it and says how to opt in (fairprune._modelio.TORCHSCRIPT_REFUSED).
+#: TorchScript is code: the dashboard loads it (uploaded or from a server folder) only when the server's
+#: environment sets this to 1/true/yes/on; otherwise the page refuses it and says how to opt in
+#: (fairprune._modelio.TORCHSCRIPT_REFUSED names the same variable; tests/test_model_gate.py checks they agree).
+TORCHSCRIPT_ENV = "FAIRPRUNE_ALLOW_TORCHSCRIPT"
 BAD_TORCHSCRIPT_SETTING = "{env}: expected 1 (accept TorchScript models) or 0 (refuse them); found {found!r}"
 DATA_TYPES = ["csv", "gz", "npz", "zip"]
 

@@ -26,7 +26,6 @@ from torch import nn
 from ._hash import sha256_file
 from ._pt2_guard import check_pt2_archive
 from .errors import InputError
-from .zoo import create_model
 
 ACCEPTED_FORMATS = (
     "bare weights (.safetensors, or a state_dict .pt/.pth from torch.save(model.state_dict())) with --arch NAME; "
@@ -300,6 +299,8 @@ def _from_weights(path: Path, state: dict[str, torch.Tensor], *, arch: str | Non
             raise InputError(f"--num-classes {num_classes} and --arch-arg num_classes={kwargs['num_classes']} "
                              f"disagree; expected one of them")
         kwargs["num_classes"] = num_classes
+    from .zoo import create_model   # here, not at the top: fairprune.zoo imports this module
+
     try:
         model = create_model(arch, **kwargs)
     except InputError:

@@ -227,6 +227,19 @@ def test_the_dashboard_switch(monkeypatch, value, allowed):
     assert files.torchscript_allowed() is allowed
 
 
+def test_the_dashboard_and_the_library_name_the_same_switch():
+    import subprocess
+    import sys
+
+    from app import files
+    from fairprune._modelio import TORCHSCRIPT_ENV, TORCHSCRIPT_REFUSED
+
+    assert files.TORCHSCRIPT_ENV == TORCHSCRIPT_ENV == "FAIRPRUNE_ALLOW_TORCHSCRIPT"
+    assert f"{TORCHSCRIPT_ENV}=1" in TORCHSCRIPT_REFUSED
+    # the library module imports on its own (it and fairprune.zoo import each other)
+    subprocess.run([sys.executable, "-c", "import fairprune._modelio"], check=True, timeout=120)
+
+
 def test_a_bad_dashboard_switch_is_refused(monkeypatch):
     from app import files
 
