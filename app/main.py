@@ -34,8 +34,13 @@ pages = {
 }
 page = st.navigation(pages, position="sidebar")
 try:
-    files.session_id()   # this browser session's private upload folder (and a sweep of stale ones)
-    page.run()
+    widgets.restore_session()   # a reload: the chosen model and data of the session named in the address
+    sid = files.session_id()    # this browser session's private upload folder (and a sweep of stale ones)
+    widgets.name_session(sid)
+    try:
+        page.run()
+    finally:                    # also when the page reruns or switches: the choice it just made is kept
+        widgets.save_inputs(sid)
 except Exception as err:  # a last guard: a page that breaks shows a message, never a traceback
     widgets.log.exception("page %s failed", page.title)
     widgets.show_unexpected(f"the {page.title} page", err)

@@ -6,6 +6,7 @@ audit: a run is written to the store and a background worker (fairprune.jobs) ex
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -53,7 +54,7 @@ def friendly_errors(what: str = "This step") -> Iterator[None]:
     try:
         yield
     except InputError as err:
-        st.error(str(err), icon=":material/error:")
+        st.error(plain(str(err)), icon=":material/error:")
     except Exception as err:  # an internal error: say so plainly, keep the traceback in the server log
         log.exception("%s failed", what)
         show_unexpected(what, err)
@@ -62,6 +63,50 @@ def friendly_errors(what: str = "This step") -> Iterator[None]:
 def show_unexpected(what: str, err: BaseException) -> None:
     st.error(f"{UNEXPECTED}: {what} failed with {type(err).__name__}: {err}. "
              "This is a fairprune bug, not your input; the server log has the details.", icon=":material/warning:")
+
+
+#: The library's command-line names, and the place on these pages where the same choice is made. A message
+#: shown on a page names the widget, never a flag or a command (the CLI prints the library's words as they are).
+WIDGET_FOR = {
+    "--arch": "the 'Architecture' list on the Data & model page",
+    "--num-classes": "'Number of classes' under the architecture on the Data & model page",
+    "--arch-arg": "the 'Further arguments' box under the architecture on the Data & model page",
+    "--ignore": "'Columns that are not model inputs' under 'More options' on the Data & model page",
+    "--group": "the 'Group column(s)' choice on the Data & model page",
+    "--label": "the 'Label column' choice on the Data & model page",
+    "--missing-group": "'Rows without a group' under 'More options' on the Data & model page",
+    "--sparsity": "the sparsity levels on the Audit page",
+    "--compress": "the compressed variants on the Audit page",
+    "--method": "the pruning method",
+    "--max-evals": "'Most levels measured per method' on the Operating point page",
+    "--max-violation": "'Max violation (points)' on the Operating point page",
+    "--max-overall-drop": "'Max overall drop (points)' on the Operating point page",
+    "--confidence": "'Read the 95% upper bound' on the Operating point page",
+    "--epochs": "'Epochs' on the Mitigate page",
+    "--seeds": "'Seeds' on the Mitigate page",
+    "--finetune-epochs": "'Fine-tuning epochs after pruning' on the Audit page",
+    "--device": "the device",
+}
+#: Commands a library message may name, and what a person does here instead.
+COMMAND_FOR = {
+    "fairprune models": "the 'Architecture' list on the Data & model page",
+    "fairprune mitigate": "the Mitigate page",
+    "fairprune search": "the Operating point page",
+    "fairprune worker": "a background worker (the dashboard starts one; if none starts, ask whoever runs the server)",
+}
+_FLAG = re.compile(r"(\b(?:pass|use|add|with) )?`?(--[a-z][a-z0-9-]*)(?:[ =](?:[A-Z][A-Z_=]*|K|N))?`?")
+_COMMAND = re.compile(r"`?(" + "|".join(map(re.escape, COMMAND_FOR)) + r")\b[^`()]*`?")
+
+
+def plain(message: str) -> str:
+    """A library message in the dashboard's words: each command-line flag becomes the widget that sets the same
+    choice, each command the page or list that does the same; flags with no widget are named as settings."""
+    def flag(m: re.Match) -> str:
+        name = m.group(2)
+        return ("set " if m.group(1) else "") + WIDGET_FOR.get(name, f"the setting '{name[2:].replace('-', ' ')}'")
+
+    out = _COMMAND.sub(lambda m: COMMAND_FOR[m.group(1)], str(message))
+    return _FLAG.sub(flag, out)
 
 
 # ---- store and worker -------------------------------------------------------------------------------
@@ -77,7 +122,7 @@ def start_worker(s: RunStore) -> None:
     except Exception as err:  # the run stays queued; say why nothing moves
         log.exception("could not start a worker")
         st.warning(f"Could not start the background worker ({type(err).__name__}: {err}); the run stays "
-                   "queued until one runs (`fairprune worker`).")
+                   "queued until one runs: whoever runs this server can start one.")
 
 
 def get_run(s: RunStore, run_id: str | None) -> Run | None:
@@ -93,8 +138,22 @@ def enqueue(spec: AuditSpec, *, title: str, files: dict[str, Path] | None = None
     """Queue an audit run (each run gets its own copies of ``files``) and make sure a worker takes it."""
     s = store()
     run_id = s.create_run(spec.to_dict(), kind="audit", title=title, files=files or {})
+    remember_run(run_id)
     start_worker(s)
     return run_id
+
+
+def remember_run(run_id: str) -> None:
+    """This browser session queued ``run_id``: the Results page opens it by default, also while it runs."""
+    mine = st.session_state.setdefault("my-runs", [])
+    if run_id not in mine:
+        mine.append(run_id)
+
+
+def my_latest_run(runs: list[Run]) -> Run | None:
+    """The run this session queued last, among ``runs`` (None: it queued none of them)."""
+    by = {r.id: r for r in runs}
+    return next((by[i] for i in reversed(st.session_state.get("my-runs", [])) if i in by), None)
 
 
 def open_results(run_id: str) -> None:
@@ -138,6 +197,51 @@ def inputs() -> dict:
     return st.session_state["inputs"]
 
 
+def inputs_problem(inp: dict) -> str | None:
+    """Why the chosen model and data cannot be queued yet (None: they can). Every page that queues work on them
+    asks this first, so a run never fails in the worker on what the Data & model page already refused."""
+    if inp.get("source") == "demo":
+        return None
+    m, d = inp.get("model") or {}, inp.get("data") or {}
+    if not m and not d:
+        return "Choose a model file and a data file on the Data & model page first (or the built-in demo there)."
+    if not m:
+        return "Choose a model file on the Data & model page first: only the data file is chosen."
+    if not d:
+        return "Choose a data file on the Data & model page first: only the model file is chosen."
+    for part, what in ((m, "model"), (d, "data")):
+        if not Path(str(part.get("path", ""))).is_file():
+            return (f"The {what} file {part.get('name', '')} is no longer on the server (uploads are kept for a day): "
+                    "choose it again on the Data & model page.")
+    if not m.get("valid"):
+        return f"The Data & model page could not load the model {m.get('name', '')}: fix it there first."
+    if not d.get("valid"):
+        return f"The Data & model page could not read the data {d.get('name', '')}: fix it there first."
+    if not inp.get("fits"):
+        return (f"The model {m.get('name', '')} does not run on {d.get('name', '')} yet: the Data & model page says "
+                "why; fix it there first.")
+    return None
+
+
+def spec_files_problem(spec: dict) -> str | None:
+    """Why a finished run's spec cannot be queued again as it is (its files are gone), None when it can."""
+    for key in ("model", "data", "train_data"):
+        path = spec.get(key)
+        if path and not Path(str(path)).is_file():
+            return (f"The {key.replace('_', ' ')} file {Path(str(path)).name} of this audit is no longer on the "
+                    "server (its run was deleted): run the audit again on the Audit page first.")
+    return None
+
+
+def require_inputs(inp: dict) -> bool:
+    """Show why the chosen inputs cannot be queued, with a link to fix them; True when they can."""
+    problem = inputs_problem(inp)
+    if problem:
+        st.warning(problem, icon=":material/folder_open:")
+        st.page_link(PAGES["data"], label="Open Data & model", icon=":material/folder_open:")
+    return problem is None
+
+
 def describe_inputs(inp: dict) -> str:
     if inp.get("source") == "demo":
         return f"the built-in **{inp['demo']}** demo, groups by {' & '.join(inp['group'])}"
@@ -145,6 +249,74 @@ def describe_inputs(inp: dict) -> str:
     arch = f" ({m['arch']})" if m.get("arch") else ""
     return (f"model **{m.get('name', '?')}**{arch} on **{d.get('name', '?')}**, label `{d.get('label', '?')}`, "
             f"groups by {' & '.join(d.get('group') or ['?'])}")
+
+
+# ---- the session's choices, kept across a reload --------------------------------------------------------
+#: The query parameter that names this browser session's upload folder, so that a reload finds its files again.
+SESSION_PARAM = "s"
+INPUTS_FILE = "inputs.json"
+_SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _uploads_root() -> Path:
+    return store().home / "uploads"
+
+
+def restore_session() -> None:
+    """After a reload (a new Streamlit session), take back the chosen model and data of the session named by
+    ``?s=``: its upload folder and the choices saved there. Files outside that folder or the server folders are
+    never taken back. Called by the router before ``files.session_id()``."""
+    if "session_uuid" in st.session_state:
+        return
+    sid = st.query_params.get(SESSION_PARAM, "")
+    folder = _uploads_root() / sid
+    if not _SESSION_ID.match(sid) or not folder.is_dir():
+        return
+    st.session_state["session_uuid"] = sid
+    try:
+        saved = json.loads((folder / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict) or saved.get("source") not in ("demo", "files"):
+        return
+    if saved["source"] == "files":
+        from app.files import inside_data_dirs
+
+        for kind in ("model", "data"):
+            part = saved.get(kind)
+            if not part:
+                continue
+            path = Path(str(part.get("path", ""))).resolve()
+            if not (path.is_file() and (path.is_relative_to(folder.resolve()) or inside_data_dirs(path))):
+                return                                   # not this session's file: choose again
+            if part.get("origin", "upload") == "upload":
+                st.session_state[f"staged-{kind}"] = ("restored", str(path))
+    st.session_state["inputs"] = saved
+    st.session_state["inputs-saved"] = json.dumps(saved, sort_keys=True)
+
+
+def name_session(session_id: str) -> None:
+    """Name this session in the address (``?s=``), so that a reload finds its chosen inputs again
+    (:func:`restore_session`). Anyone given the address sees the same chosen files."""
+    if st.query_params.get(SESSION_PARAM) != session_id:
+        st.query_params[SESSION_PARAM] = session_id
+
+
+def save_inputs(session_id: str) -> None:
+    """Save the session's chosen inputs in its upload folder, for :func:`restore_session` after a reload."""
+    inp = st.session_state.get("inputs")
+    if not isinstance(inp, dict):
+        return
+    try:
+        text = json.dumps(inp, sort_keys=True)
+    except (TypeError, ValueError):                     # a loaded object left in it: nothing to keep
+        return
+    if st.session_state.get("inputs-saved") == text:
+        return
+    folder = _uploads_root() / session_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INPUTS_FILE).write_text(text)
+    st.session_state["inputs-saved"] = text
 
 
 # ---- runs -------------------------------------------------------------------------------------------
@@ -200,21 +372,55 @@ def _cancel(run_id: str) -> None:
         pass
 
 
-def pick_run(runs: list[Run], *, label: str, key: str, show: str | None) -> Run | None:
-    """A picker over ``runs`` (default: the run ``show``, else the newest); its progress while it runs, its
-    error if it stopped; the run itself once it is done (None otherwise)."""
+def show_run(key: str, run_id: str) -> None:
+    """Make the run picker ``key`` show ``run_id`` (just queued, or opened from the Runs page) on its next render."""
+    st.session_state[key] = run_id
+
+
+def pick_run(runs: list[Run], *, label: str, key: str) -> Run | None:
+    """A picker over ``runs``: the run the user last queued or opened here (``show_run``, or ``?run=`` from the
+    Runs page), else the one picked before, else the newest. Its progress while it runs, its error if it stopped;
+    the run itself once it is done (None otherwise). Labels follow their runs' status while any is active."""
     by = {r.id: r for r in runs}
     ids = list(by)
-    rid = st.selectbox(label, ids, index=ids.index(show) if show in ids else 0, key=key,
-                       format_func=lambda i: f"{run_label(by[i])} · {by[i].status}")
+    opened = st.query_params.get("run")
+    if opened in by and st.session_state.get(f"{key}-opened") != opened:   # opened from the Runs page
+        st.session_state[f"{key}-opened"] = opened
+        st.session_state[key] = opened
+    if st.session_state.get(key) not in by:      # deleted meanwhile: fall back to the newest
+        st.session_state.pop(key, None)
+    rid = st.selectbox(label, ids, key=key, format_func=lambda i: f"{run_label(by[i])} · {by[i].status}")
     run = by[rid]
     if run.active:
         progress_panel(run.id)
     elif run.status != "done":
-        st.error(run.error or f"The run was {run.status}.", icon=":material/error:")
-    else:
-        return run
-    return None
+        st.error(plain(run.error or f"The run was {run.status}."), icon=":material/error:")
+    others = {r.id: r.status for r in runs if r.active and r.id != run.id}
+    if others:
+        watch_runs(others)
+    return run if run.status == "done" else None
+
+
+@st.fragment(run_every=POLL_S)
+def watch_runs(statuses: dict[str, str]) -> None:
+    """Rerun the page when any of these runs changes status (so a picker's '· queued' becomes '· done')."""
+    s = store()
+    for rid, status in statuses.items():
+        run = get_run(s, rid)
+        if run is None or run.status != status:
+            st.rerun()
+
+
+def progress_text(run: Run) -> str:
+    """What the run is doing, in the library's words: its last step ('level 2 of 4 (sparsity 0.8) done', 'seed 1
+    of 2: method 3 of 4 (reweighted) fine-tuned for 2 epochs', a diagnostics step) and the step count of the
+    whole run. The library reports the unit and the total; this only prints them."""
+    total, done, msg = run.progress_total, run.progress_done, (run.progress_message or "").strip()
+    if run.status == "queued":
+        return "Waiting for the background worker to pick this run up…"
+    if done == 0 or not total:
+        return "Loading the model and data…"
+    return f"Step {done} of {total}: {msg}" if msg else f"Step {done} of {total}"
 
 
 @st.fragment(run_every=POLL_S)
@@ -233,19 +439,13 @@ def progress_panel(run_id: str) -> None:
         st.rerun()
     total, done = run.progress_total, run.progress_done
     frac = done / total if total else 0.0
-    if run.status == "queued":
-        if not s.live_workers():
-            start_worker(s)
-        text = "Waiting for the background worker to pick this run up…"
-    elif done == 0:
-        text = "Loading the model and data, measuring the dense model…"
-    else:
-        # step 1 is the dense model, then one step per sparsity level
-        text = f"Measured the dense model and {done - 1} of {max(total - 1, 0)} sparsity levels"
+    if run.status == "queued" and not s.live_workers():
+        start_worker(s)
+    text = progress_text(run)
     elapsed = time.time() - (run.started or run.created)
     st.progress(min(max(frac, 0.0), 1.0), text=f"{text} · {elapsed:.0f} s")
     if run.cancel_requested:
         st.caption("Cancelling… the run stops at its next check (within a second or two).")
     else:
         st.button("Cancel this run", key=f"cancel-{run_id}", on_click=_cancel, args=(run_id,),
-                  icon=":material/stop_circle:", help="Stop the run; the levels measured so far are discarded.")
+                  icon=":material/stop_circle:", help="Stop the run; what it measured so far is discarded.")

@@ -375,7 +375,8 @@ def _search(auditor: Auditor, budget: Budget, points: list[float], *, lo: float,
         [level] = auditor.measure([s])
         seen[s] = FrontierPoint.of(level, budget, phase=phase, order=len(seen) + 1)
         if progress is not None:
-            progress(len(seen) + 1, total, f"{auditor.method}: sparsity {s:g} {'passes' if seen[s].feasible else 'fails'}")
+            progress(len(seen) + 1, total, f"{auditor.method}: level {len(seen)} of at most {max_evals} (sparsity "
+                                           f"{s:g}) {'within' if seen[s].feasible else 'over'} the budget")
         return seen[s]
 
     # 1. the coarse grid, low to high
@@ -496,7 +497,8 @@ def search_methods(model, data, *, methods: Sequence[str], progress: Progress | 
     for i, m in enumerate(methods):
         def step(done, total, message, i=i):
             if progress is not None:
-                progress(i * total + done, len(methods) * total, message)
+                progress(i * total + done, len(methods) * total,
+                         f"method {i + 1} of {len(methods)}, {message}" if len(methods) > 1 else message)
 
         # compression variants do not depend on the pruning method: measured once, beside the first
         results.append(search(model, data, method=m, progress=step, compress=compress if i == 0 else (), **kw))

@@ -7,6 +7,7 @@ or in a thread where a run must be caught mid-way), so no background process out
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -184,7 +185,9 @@ def test_cancel_stops_a_running_audit(worker_calls):
         at = new_app().run()
         open_page(at, "pages_/results.py", run=run_id)
         assert_clean(at)
-        assert any("sparsity levels" in (p.proto.text or "") for p in at.get("progress"))
+        # the library's unit and total: steps of the whole run (dense model + 49 levels), its last step in words
+        assert any(re.match(r"Step \d+ of 50: (dense model evaluated|level \d+ of 49 \(sparsity [0-9.]+\) done)",
+                            p.proto.text or "") for p in at.get("progress")), [p.proto.text for p in at.get("progress")]
         clicked = time.monotonic()
         at.button(key=f"cancel-{run_id}").click().run()
         while s.get(run_id).status == "running":
@@ -479,3 +482,59 @@ def test_audit_page_says_where_runs_go_when_a_ray_cluster_is_configured(worker_c
     monkeypatch.setenv("FAIRPRUNE_RAY_ADDRESS", "ray://head:10001")
     at = open_page(new_app().run(), "pages_/audit.py")
     assert any("Runs go to the Ray cluster at ray://head:10001" in c.value for c in at.caption)
+
+
+# ---- issue 14, bug 7: a reload keeps the chosen files; Results follows the session's running run ------------
+def _choose_mlp_and_table(at: AppTest, table_files) -> AppTest:
+    csv, weights, _, _ = table_files
+    at = choose_own_files(at)
+    at.file_uploader(key="model-upload").set_value(("mlp.safetensors", weights.read_bytes(), "application/octet-stream"))
+    at.file_uploader(key="data-upload").set_value(("test.csv", csv.read_bytes(), "text/csv")).run()
+    at.selectbox(key="model-arch").set_value("mlp").run()
+    at.number_input(key="model-classes").set_value(3)
+    at.text_area(key="model-args").set_value("in_features=4\nhidden=32,16")
+    at.multiselect(key="data-ignore").set_value(["sex"]).run()
+    assert any("The model runs on this data" in s.value for s in at.success)
+    return at
+
+
+def test_a_reload_keeps_the_chosen_files(table_files, worker_calls):
+    at = _choose_mlp_and_table(new_app().run(), table_files)
+    sid = at.session_state["session_uuid"]
+    assert at.query_params["s"] == sid                   # the address names the session
+    # a reload: a new Streamlit session on the same address
+    again = new_app()
+    again.query_params["s"] = sid
+    again = open_page(again.run(), "pages_/audit.py", s=sid)
+    assert_clean(again)
+    assert any("mlp.safetensors" in m.value and "test.csv" in m.value for m in again.markdown)
+    assert not any("demo" in m.value for m in again.markdown)
+    again.radio(key="audit-preset").set_value("moderate").run()
+    again.button(key="audit-run").click().run()
+    [run] = RunStore().list()
+    assert Path(run.spec["model"]).name == "mlp.safetensors" and run.spec["arch"] == "mlp"
+    # the Data & model page shows the same choice, the files as uploaded earlier
+    again = open_page(again, "pages_/data.py", s=sid)
+    assert any("The model runs on this data" in s.value for s in again.success)
+    # a made-up or foreign session id is not taken: the demo, as for a new visitor
+    other = new_app()
+    other.query_params["s"] = "0" * 32
+    other = open_page(other.run(), "pages_/audit.py", s="0" * 32)
+    assert any("demo" in m.value for m in other.markdown)
+
+
+def test_results_from_the_sidebar_show_this_sessions_running_run(worker_calls):
+    older = finished_demo_run("older")
+    at = open_page(new_app().run(), "pages_/start.py")
+    at.button(key="try-demo").click().run()
+    mine = next(r.id for r in RunStore().list() if r.id != older)
+    at = open_page(at, "pages_/results.py")              # the sidebar: no ?run= in the address
+    assert_clean(at)
+    assert at.selectbox(key="results-run").value == mine
+    assert at.get("progress")
+    # another session sees the finished run, and a banner that links to the running one
+    other = open_page(new_app().run(), "pages_/results.py")
+    assert other.selectbox(key="results-run").value == older
+    assert "still running" in texts(other)
+    links = [e for e in other.get("page_link") if mine in str(e.proto.query_string)]
+    assert links

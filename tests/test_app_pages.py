@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -171,11 +172,11 @@ def test_why_reads_a_compression_variant_beside_the_levels(worker_calls):
     result = run_spec(spec)
     [variant] = result.compression
     vdiag = variant.details["diagnostics"]
-    finished(spec.to_dict(), result.to_dict(), "adult, pruned and fp16, diagnosed")
+    run_id = finished(spec.to_dict(), result.to_dict(), "adult, pruned and fp16, diagnosed")
     at = open_page(new_app().run(), "pages_/why.py")
     assert_clean(at)
-    assert at.radio(key="why-level").options == ["90%", "fp16"]
-    at.radio(key="why-level").set_value(1).run()
+    assert at.radio(key=f"why-level-{run_id}").options == ["90%", "fp16"]
+    at.radio(key=f"why-level-{run_id}").set_value(1).run()
     assert_clean(at)
     assert "Mean per-sample gradient norm, dense vs fp16" in texts(at)
     # the chart on the page: the variant's bars are its own per-group gradient norms
@@ -195,3 +196,184 @@ def _array(v):
         import numpy as np
         return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"])).tolist()
     return list(v)
+
+
+# ---- issue 14: the page shows the run just started, checks inputs first, speaks plainly ------------------
+def _point(sp, v, ok):
+    return {"sparsity": sp, "violation": v, "overall_accuracy": 0.9, "overall_drop": 0.01, "worst_group": "a",
+            "feasible": ok}
+
+
+def _search_result(best_sparsity: float) -> dict:
+    best = _point(best_sparsity, 0.01, True)
+    return {"budget": {"max_violation": 0.02}, "best": {"method": "global_magnitude", **best},
+            "methods": {"global_magnitude": {"frontier": [_point(0.5, 0.0, True), best, _point(0.98, 0.1, False)],
+                                             "recommended": best, "note": "ok"}}}
+
+
+def _finish(run_id: str, result: dict) -> None:
+    s = RunStore()
+    assert s.claim_next(worker_pid=0).id == run_id
+    s.finish(run_id, result)
+
+
+def test_search_shows_the_search_just_started_then_its_result(worker_calls):
+    at = open_page(new_app().run(), "pages_/search.py")
+    at.button(key="search-run").click().run()
+    [first] = RunStore().list(kind="search")
+    _finish(first.id, _search_result(0.8))
+    at.run()
+    assert any("at **80%** sparsity" in x.value for x in at.success)
+    # a second search with another budget: the page follows it, not the first one
+    at.number_input(key="search-maxviol").set_value(5.0)
+    at.button(key="search-run").click().run()
+    assert_clean(at)
+    second = next(r for r in RunStore().list(kind="search") if r.id != first.id)
+    assert second.spec["max_violation"] == pytest.approx(0.05)
+    assert at.selectbox(key="search-pick").value == second.id
+    assert at.get("progress") and not at.success           # its progress, not the first run's result
+    _finish(second.id, _search_result(0.9))
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="search-pick").value == second.id
+    assert any("at **90%** sparsity" in x.value for x in at.success)
+    assert not any("80%" in x.value for x in at.success)
+    # every label says the run's present status
+    assert all(o.endswith("· done") for o in at.selectbox(key="search-pick").options)
+
+
+def test_mitigate_shows_the_mitigation_just_started(diag_result, worker_calls):
+    finished(DIAG_SPEC.to_dict(), diag_result, "audit")
+    groups = {"a": {"accuracy_drop": 0.05, "n": 50}, "b": {"accuracy_drop": 0.01, "n": 50}}
+    out = lambda acc, v: {"overall": {"accuracy": acc}, "fairness_violation": {"accuracy": v}, "groups": groups}  # noqa: E731
+    sec = lambda rec: {"method": rec, "sparsity": 0.9, "recommended": rec, "n_eval": 600,  # noqa: E731
+                       "before": out(0.8, 0.04), "methods": {rec: out(0.85, 0.01), "plain": out(0.86, 0.03)},
+                       "selection": {"n_select": 1200, "n_eval": 600, "chosen": rec}}
+    at = open_page(new_app().run(), "pages_/mitigate.py")
+    at.button(key="mit-run").click().run()
+    [first] = RunStore().list(kind="mitigate")
+    _finish(first.id, {"mitigation": sec("constrained_loss")})
+    at.run()
+    assert any("Recommended: **constrained_loss**" in x.value for x in at.success)
+    at.selectbox(key="mit-method").set_value("reweighted")
+    at.button(key="mit-run").click().run()
+    assert_clean(at)
+    second = next(r for r in RunStore().list(kind="mitigate") if r.id != first.id)
+    assert second.spec["method"] == "reweighted"
+    assert at.selectbox(key="mit-pick").value == second.id and at.get("progress")
+    _finish(second.id, {"mitigation": sec("reweighted")})
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="mit-pick").value == second.id
+    assert any("Recommended: **reweighted**" in x.value for x in at.success)
+
+
+def test_why_shows_the_diagnostics_run_once_it_is_done(diag_result, worker_calls):
+    spec = AuditSpec(sparsities=(0.9,), demo="mnist", group=("population",)).to_dict()
+    plain = {k: v for k, v in diag_result.items() if k != "diagnostics"}
+    finished(spec, plain, "plain")
+    at = open_page(new_app().run(), "pages_/why.py")
+    at.button(key="why-rerun").click().run()
+    [queued] = [r for r in RunStore().list() if r.status == "queued"]
+    assert at.get("progress")                              # the page follows the run it queued
+    _finish(queued.id, diag_result)
+    at.run()
+    assert_clean(at)
+    assert at.selectbox(key="why-run").value == queued.id
+    assert "run without diagnostics" not in texts(at)
+    assert diag_result["diagnostics"]["factors"]["levels"][0]["sentence"] in texts(at)
+
+
+@pytest.mark.parametrize("data", [None, {"name": "bad.csv", "valid": False}])
+def test_search_checks_the_inputs_before_queuing(data, table_files, worker_calls):
+    """A model and no data (was: TypeError … a fairprune bug), or data the Data & model page refused (was: a
+    search that failed in the worker): the page says what to fix and queues nothing."""
+    _, weights, _, _ = table_files
+    model = {"path": str(weights), "name": weights.name, "arch": "mlp", "valid": True}
+    if data is not None:
+        data = dict(data, path=str(weights))
+    at = new_app()
+    at.session_state["inputs"] = {"source": "files", "model": model, "data": data, "fits": False}
+    at = open_page(at.run(), "pages_/search.py")
+    assert_clean(at)
+    want = "only the model file is chosen" if data is None else "could not read the data bad.csv"
+    assert any(want in w.value for w in at.warning), [w.value for w in at.warning]
+    assert at.button(key="search-run").disabled
+    assert RunStore().list() == []
+    # the Audit page asks the same question, in the same words
+    at = open_page(at, "pages_/audit.py")
+    assert any(want in w.value for w in at.warning)
+
+
+def test_progress_names_the_library_unit_and_total(worker_calls):
+    from fairprune.mitigate import MitigationSpec, run_spec as run_mitigation
+
+    steps = []
+    spec = {"sparsity": 0.5, "demo": "adult", "group": ["race"], "method": "reweighted", "epochs": 1, "seeds": 1,
+            "baselines": []}
+    run_mitigation(MitigationSpec.from_dict(spec), progress=lambda d, t, m: steps.append((d, t, m)))
+    assert steps[-1] == (3, 3, "seed 0: method 1 of 1 (reweighted) fine-tuned for 1 epoch and measured")
+    s = RunStore()
+    rid = s.create_run(spec, kind="mitigate", title="one level")
+    s.heartbeat(os.getpid())                              # a live worker (this process) holds the run
+    s.claim_next(worker_pid=os.getpid())
+    s.set_progress(rid, *steps[1])
+    at = open_page(new_app().run(), "pages_/mitigate.py")
+    assert_clean(at)
+    [bar] = at.get("progress")
+    assert bar.proto.text.startswith("Step 2 of 3: seed 0: pruned model measured"), bar.proto.text
+    assert "sparsity levels" not in bar.proto.text
+
+
+def test_run_errors_name_the_widget_not_the_flag(worker_calls):
+    at = open_page(new_app().run(), "pages_/search.py")
+    assert at.number_input(key="search-evals").min == 6      # the coarse grid: fewer fails in the library
+    at.button(key="search-run").click().run()
+    [run] = RunStore().list(kind="search")
+    s = RunStore()
+    s.claim_next(worker_pid=0)
+    s.fail(run.id, "--max-evals must be an integer >= the 6 coarse grid points [0.5, 0.7, 0.8, 0.9, 0.95, 0.98]; "
+                   "found 3; bare weights: pass --arch NAME (`fairprune models` lists the names)")
+    at.run()
+    [err] = at.error
+    assert "'Most levels measured per method' on the Operating point page must be an integer" in err.value
+    assert "--" not in err.value and "fairprune models" not in err.value
+    assert "the 'Architecture' list on the Data & model page" in err.value
+
+
+def test_runs_lists_every_kind_and_opens_each_on_its_page(diag_result, worker_calls):
+    audit = finished(DIAG_SPEC.to_dict(), diag_result, "diagnosed audit")
+    s = RunStore()
+    search = s.create_run({"demo": "mnist", "group": ["population"], "methods": ["global_magnitude"],
+                           "max_violation": 0.02}, kind="search", title="a search")
+    _finish(search, _search_result(0.8))
+    mit = s.create_run({"sparsity": 0.9, "demo": "mnist", "method": "reweighted"}, kind="mitigate", title="a repair")
+    s.claim_next(worker_pid=0)
+    s.fail(mit, "expected --when after")
+    at = open_page(new_app().run(), "pages_/runs.py")
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert dict(zip(table["title"], table["kind"])) == {"diagnosed audit": "audit + diagnostics",
+                                                        "a search": "operating point", "a repair": "mitigation"}
+    assert dict(zip(table["title"], table["found"]))["a search"] == "recommended: global_magnitude at 80%"
+    # a failed mitigation: its error in plain words, and it can be requeued
+    at.selectbox(key="runs-pick").set_value(mit).run()
+    assert "the setting 'when'" in texts(at) and "--when" not in texts(at)
+    at.button(key="runs-requeue").click().run()
+    assert s.get(mit).status == "queued"
+    # open: each kind on its own page, showing that run
+    at.selectbox(key="runs-pick").set_value(search).run()
+    at.button(key="runs-open").click().run()
+    assert_clean(at)
+    assert at.selectbox(key="search-pick").value == search
+    at = open_page(new_app().run(), "pages_/runs.py")
+    at.selectbox(key="runs-pick").set_value(audit).run()
+    at.button(key="runs-open").click().run()
+    assert_clean(at)
+    assert at.selectbox(key="why-run").value == audit
+    # delete the search
+    at = open_page(new_app().run(), "pages_/runs.py")
+    at.selectbox(key="runs-pick").set_value(search).run()
+    at.button(key="runs-delete").click().run()
+    at.button(key="runs-delete-yes").click().run()
+    assert search not in [r.id for r in s.list()]

@@ -28,21 +28,14 @@ def configured_executor_label() -> str | None:
 st.title("Audit")
 inp = widgets.inputs()
 
-ready = True
 if inp["source"] == "demo":
     from fairprune.data.demos import get_demo
 
     demo_info = get_demo(inp["demo"])
+ready = widgets.require_inputs(inp)    # the check every page that queues work makes first
+if ready:
     st.markdown(f"Auditing {widgets.describe_inputs(inp)}.")
-else:
-    m, d = inp.get("model") or {}, inp.get("data") or {}
-    ready = bool(m.get("valid") and d.get("valid") and inp.get("fits"))
-    if ready:
-        st.markdown(f"Auditing {widgets.describe_inputs(inp)}.")
-    else:
-        st.warning("Choose a model and a dataset that work together on the Data & model page first "
-                   "(or switch back to the built-in demo there).", icon=":material/folder_open:")
-st.page_link(widgets.PAGES["data"], label="Change data & model", icon=":material/folder_open:")
+    st.page_link(widgets.PAGES["data"], label="Change data & model", icon=":material/folder_open:")
 
 PRESETS: dict[str, tuple[str, tuple[float, ...] | None]] = {}
 if inp["source"] == "demo":
@@ -115,7 +108,7 @@ run_clicked = st.button("Run the audit", type="primary", icon=":material/play_ar
                         disabled=not ready or levels is None or compress is None or not (levels or compress))
 if ready and levels == () and not compress:
     st.info("Pick at least one compressed variant, or some sparsity levels.", icon=":material/info:")
-if run_clicked and ready and levels is not None and compress is not None and (levels or compress):
+if run_clicked and ready and widgets.inputs_problem(inp) is None and levels is not None and compress is not None and (levels or compress):
     with widgets.friendly_errors("Queuing the audit"):
         common = dict(sparsities=tuple(levels), method=method, seed=int(seed), device=device, latency=True,
                       finetune_epochs=int(epochs), compress=compress)

@@ -40,7 +40,11 @@ else:
                               help="Repeat with this many seeds; figures are then means ± std.")
     save = st.checkbox("Save the mitigated model (.pt2) for download", value=False, key="mit-save",
                        help="Exports the first seed's model of the chosen method with torch.export.")
-    if st.button("Run mitigation", key="mit-run", type="primary", icon=":material/healing:"):
+    problem = widgets.spec_files_problem(audit.spec)
+    if problem:
+        st.warning(problem, icon=":material/folder_open:")
+    if st.button("Run mitigation", key="mit-run", type="primary", icon=":material/healing:",
+                 disabled=problem is not None) and problem is None:
         with widgets.friendly_errors("Queuing the mitigation"):
             spec = {k: audit.spec[k] for k in LOAD_KEYS if audit.spec.get(k) is not None}
             spec.update(sparsity=sparsity, method=method, epochs=int(epochs), seeds=int(seeds))
@@ -51,12 +55,12 @@ else:
             rid = s.create_run(spec, kind="mitigate", title=f"{method} at {plots.sparsity_label(sparsity)} · "
                                f"{audit.title or audit.id}", files=files)
             widgets.start_worker(s)
-            st.session_state["mit-show"] = rid
+            widgets.show_run("mit-pick", rid)
             mitigations = s.list(kind="mitigate")
 
 if mitigations:
     st.divider()
-    run = widgets.pick_run(mitigations, label="Mitigation run", key="mit-pick", show=st.session_state.get("mit-show"))
+    run = widgets.pick_run(mitigations, label="Mitigation run", key="mit-pick")
     if run is not None:
         with widgets.friendly_errors("Reading the mitigation"):
             sec = (run.result or {}).get("mitigation") or {}
@@ -79,7 +83,7 @@ if mitigations:
                            f"on (a run from before selection rows were kept apart), so those figures flatter it. "
                            f"Run the mitigation again to choose on separate rows.", icon=":material/warning:")
             for w in sec.get("warnings") or []:
-                st.warning(w)
+                st.warning(widgets.plain(w))
             cols = st.columns(2, gap="large")
             with cols[0]:
                 result_view.chart(plots.mitigation_by_group(sec), key="mit-groups",

@@ -18,14 +18,27 @@ if not runs:
 
 by_id = {r.id: r for r in runs}
 wanted = st.query_params.get("run")
-if wanted not in by_id:   # default: the latest finished run, else the latest
-    wanted = next((r.id for r in runs if r.status == "done"), runs[0].id)
-run_id = st.selectbox("Run", list(by_id), index=list(by_id).index(wanted), key="results-run",
-                      format_func=lambda i: widgets.run_label(by_id[i]))
+if wanted not in by_id:   # default: the run this session queued last (also while it runs), else the latest finished
+    mine = widgets.my_latest_run(runs)
+    wanted = mine.id if mine is not None else next((r.id for r in runs if r.status == "done"), runs[0].id)
+if st.session_state.get("results-run") not in by_id or st.session_state.get("results-wanted") != wanted:
+    st.session_state["results-run"] = wanted       # the address (or this session's new run) decides
+    st.session_state["results-wanted"] = wanted
+run_id = st.selectbox("Run", list(by_id), key="results-run",
+                      format_func=lambda i: f"{widgets.run_label(by_id[i])} · {by_id[i].status}")
 if st.query_params.get("run") != run_id:
     st.query_params["run"] = run_id
+    st.session_state["results-wanted"] = run_id
 run = by_id[run_id]
 st.caption(widgets.run_inputs(run))
+running = [r for r in runs if r.active and r.id != run.id]
+if running:
+    with st.container(border=True):
+        st.markdown(f"{'An audit is' if len(running) == 1 else f'{len(running)} audits are'} still running:")
+        for r in running[:5]:
+            st.page_link(widgets.PAGES["results"], label=f"{widgets.run_label(r)} · {r.status} — open it",
+                         icon=":material/hourglass_top:", query_params={"run": r.id})
+    widgets.watch_runs({r.id: r.status for r in running})
 
 
 def _requeue(rid: str) -> None:
@@ -41,7 +54,7 @@ elif run.status == "done":
     with widgets.friendly_errors("Reading the result"):
         result_view.render_result(AuditResult.from_dict(run.result), key="res", run_id=run.id)
 else:
-    msg = run.error or f"The run was {run.status}."
+    msg = widgets.plain(run.error or f"The run was {run.status}.")
     if run.status == "failed":
         st.error(msg, icon=":material/error:")
     else:

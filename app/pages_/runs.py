@@ -1,35 +1,82 @@
-"""Runs: every audit in the store (shared by all browser sessions), open, compare, requeue, delete."""
+"""Runs: every run in the store, of every kind (shared by all browser sessions): open, compare, requeue, delete."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from app import result_view, widgets
+from fairprune import plots
 from fairprune.plots import DEFINITIONS
 from fairprune.reading import worst_group
 from fairprune.result import AuditResult
+from fairprune.store import REQUEUEABLE
 
 st.title("Runs")
+st.caption("Every run in the store, of every kind (shared by every browser session): audits, audits with "
+           "diagnostics, mitigations and operating-point searches. Open one on its page, compare two audits, "
+           "run one again, or delete it.")
 s = widgets.store()
 with widgets.friendly_errors("Checking for runs whose worker stopped"):
     s.reap()
-runs = s.list(kind="audit")
+runs = s.list()
 if not runs:
-    st.info("No audits yet.", icon=":material/info:")
+    st.info("No runs yet.", icon=":material/info:")
     st.page_link(widgets.PAGES["start"], label="Try the demo", icon=":material/play_arrow:")
     st.stop()
 
+#: Where each kind of run is opened, and its name in the table.
+OPENS = {"audit": "results", "diagnostics": "why", "mitigate": "mitigate", "search": "search"}
+PAGE_NAMES = {"results": "Results", "why": "Why", "mitigate": "Mitigate", "search": "Operating point"}
+KINDS = {"audit": "audit", "diagnostics": "audit + diagnostics", "mitigate": "mitigation",
+         "search": "operating point"}
+
+
+def kind_of(run) -> str:
+    """audit, diagnostics (an audit with diagnostics), mitigate, search (or the store's kind, unknown here)."""
+    return "diagnostics" if run.kind == "audit" and run.spec.get("diagnostics") else run.kind
+
 
 def _result(run) -> AuditResult | None:
-    if run.status != "done" or not run.result:
+    if run.kind != "audit" or run.status != "done" or not run.result:
         return None
     try:
         return AuditResult.from_dict(run.result)
     except Exception:
         return None
+
+
+def summary(run) -> str:
+    """One line on what a finished search or mitigation found (audits have their own columns)."""
+    res = run.result or {}
+    if run.status != "done":
+        return ""
+    if run.kind == "search":
+        best = res.get("best")
+        return (f"recommended: {best['method']} at {plots.sparsity_label(best['sparsity'])}" if best
+                else "no measured level met the budget")
+    if run.kind == "mitigate":
+        sec = res.get("mitigation") or {}
+        rec = sec.get("recommended")
+        return f"recommended: {rec}" if rec else ""
+    return ""
+
+
+def inputs_of(run) -> str:
+    sp = run.spec
+    if run.kind == "audit":
+        return widgets.run_inputs(run)
+    what = f"demo {sp['demo']}" if sp.get("demo") else \
+        f"{Path(str(sp.get('model'))).name} on {Path(str(sp.get('data'))).name}"
+    if run.kind == "search":
+        return (f"{what}; methods: {', '.join(sp.get('methods') or [sp.get('method') or 'global_magnitude'])}; "
+                f"budget {100 * float(sp.get('max_violation') or 0):g} pts")
+    if run.kind == "mitigate":
+        return f"{what}; {sp.get('method', '?')} at {plots.sparsity_label(float(sp.get('sparsity', 0)))}"
+    return what
 
 
 results = {r.id: _result(r) for r in runs}
@@ -43,27 +90,33 @@ for r in runs:
         worst = worst_group(lv)
         drop = 100 * lv.groups[worst].accuracy_drop
         violation = 100 * max(x.fairness_violation["accuracy"] for x in measured)
-    progress = f"{r.progress_done}/{r.progress_total}" if r.active and r.progress_total else ""
-    rows.append({"status": f"{r.status} {progress}".strip(),
+    progress = f"{r.progress_done}/{r.progress_total} steps" if r.active and r.progress_total else ""
+    rows.append({"kind": KINDS.get(kind_of(r), r.kind), "status": f"{r.status} {progress}".strip(),
                  "title": r.title or r.id,
                  "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
-                 "worst group (top level)": worst, "its drop (pts)": drop, "max violation (pts)": violation,
-                 "inputs": widgets.run_inputs(r), "id": r.id})
+                 "worst group (top level)": worst or "", "its drop (pts)": drop, "max violation (pts)": violation,
+                 "found": summary(r), "inputs": inputs_of(r), "id": r.id})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="runs-table", column_config={
     "max violation (pts)": st.column_config.NumberColumn(
-        help="Largest accuracy fairness violation over the levels and compression variants of the run. "
+        help="Audits: the largest accuracy fairness violation over the levels and compression variants of the run. "
              + DEFINITIONS["fairness_violation_accuracy"], format="%.1f"),
-    "worst group (top level)": st.column_config.TextColumn(help="The group with the largest accuracy drop at the "
-                                                           "run's highest sparsity."),
+    "worst group (top level)": st.column_config.TextColumn(help="Audits: the group with the largest accuracy drop "
+                                                           "at the run's highest sparsity."),
     "its drop (pts)": st.column_config.NumberColumn(help=DEFINITIONS["accuracy_drop"], format="%+.1f"),
+    "found": st.column_config.TextColumn(help="Searches and mitigations: what the run recommends."),
 })
+if any(r.active for r in runs):
+    widgets.watch_runs({r.id: r.status for r in runs if r.active})
 
 by_id = {r.id: r for r in runs}
 st.subheader("One run")
-chosen = st.selectbox("Run", list(by_id), key="runs-pick", format_func=lambda i: widgets.run_label(by_id[i]))
+chosen = st.selectbox("Run", list(by_id), key="runs-pick",
+                      format_func=lambda i: f"{KINDS.get(kind_of(by_id[i]), by_id[i].kind)} · "
+                                            f"{widgets.run_label(by_id[i])} · {by_id[i].status}")
 run = by_id[chosen]
+st.caption(inputs_of(run))
 if run.error:
-    (st.error if run.status == "failed" else st.warning)(run.error)
+    (st.error if run.status == "failed" else st.warning)(widgets.plain(run.error))
 
 
 def _requeue(rid: str) -> None:
@@ -85,10 +138,14 @@ def _delete(rid: str) -> None:
 
 c = st.columns(4)
 with c[0]:
-    if st.button("Open", key="runs-open", icon=":material/insights:", width="stretch"):
-        widgets.open_results(run.id)
+    target = OPENS.get(kind_of(run))
+    if target == "why" and run.status != "done":
+        target = "results"                       # the Why page reads finished audits; Results follows this one
+    if target and st.button("Open", key="runs-open", icon=":material/open_in_new:", width="stretch",
+                            help=f"Open the run on the {PAGE_NAMES[target]} page."):
+        st.switch_page(widgets.PAGES[target], query_params={"run": run.id})
 with c[1]:
-    if run.status in ("interrupted", "failed", "cancelled"):
+    if run.status in REQUEUEABLE:
         st.button("Requeue", key="runs-requeue", icon=":material/replay:", width="stretch", on_click=_requeue,
                   args=(run.id,),
                   help="Put the run back in the queue; the worker runs it again from the start.")
@@ -98,16 +155,22 @@ with c[1]:
 with c[2]:
     if st.button("Delete…", key="runs-delete", icon=":material/delete:", width="stretch"):
         st.session_state["confirm-delete"] = run.id
+with c[3]:
+    if kind_of(run) == "diagnostics" and run.status == "done" and st.button(
+            "Its results", key="runs-open-results", icon=":material/insights:", width="stretch",
+            help="Open the audit's figures on the Results page (Open shows its diagnostics on the Why page)."):
+        widgets.open_results(run.id)
 if st.session_state.get("confirm-delete") == run.id:
     st.warning(f"Delete **{run.title or run.id}** and its stored files and result? This cannot be undone.")
     y, n, _ = st.columns([1, 1, 4])
     y.button("Yes, delete it", key="runs-delete-yes", type="primary", on_click=_delete, args=(run.id,))
     n.button("Keep it", key="runs-delete-no", on_click=lambda: st.session_state.pop("confirm-delete", None))
 
-st.subheader("Compare two runs")
+st.subheader("Compare two audits")
 done = [r.id for r in runs if results[r.id] is not None]
 if len(done) < 2:
-    st.caption("Two finished runs are needed for a comparison.")
+    st.caption("Two finished audits are needed for a comparison (searches and mitigations are compared on their "
+               "own pages).")
 else:
     pair = st.multiselect("Runs to compare", done, default=done[:2], max_selections=2, key="runs-compare",
                           format_func=lambda i: widgets.run_label(by_id[i]))

@@ -9,13 +9,16 @@ from app import result_view, widgets
 from fairprune import plots
 from fairprune.compress import list_compressions
 from fairprune.prune import list_methods
+from fairprune.search import DEFAULT_GRID
 
 st.title("Operating point")
 st.caption("Find the highest sparsity at which the pruned model stays within your budget: a coarse grid, then "
            "bisection. The budget is read on the estimates, or on the upper end of their 95% interval.")
 s = widgets.store()
 inp = widgets.inputs()
-st.markdown(f"Searching {widgets.describe_inputs(inp)}.")
+ready = widgets.require_inputs(inp)
+if ready:
+    st.markdown(f"Searching {widgets.describe_inputs(inp)}.")
 
 names = [m.name for m in list_methods() if m.fixed_sparsity is None]     # a fixed-sparsity method has nothing to search
 c = st.columns(3)
@@ -27,14 +30,18 @@ max_drop = c[1].number_input("Max overall drop (points)", min_value=0.0, max_val
 confident = c[2].checkbox("Read the 95% upper bound", value=False, key="search-conf",
                           help="Pass only levels whose 95% bootstrap interval stays within the budget.")
 chosen = st.multiselect("Pruning methods", names, default=names[:1], key="search-methods")
-evals = st.number_input("Most levels measured per method", min_value=2, max_value=30, value=8, key="search-evals")
+evals = st.number_input("Most levels measured per method", min_value=len(DEFAULT_GRID), max_value=30, value=8,
+                        key="search-evals", help=f"The search measures the {len(DEFAULT_GRID)} levels "
+                        f"{widgets.sparsity_text(DEFAULT_GRID)} first, then halves the step between the last level "
+                        "within the budget and the first one over it.")
 variants = st.multiselect("Also judge compressed variants against the budget", [c.name for c in list_compressions()],
                           default=[], key="search-compress",
                           help="Each variant (quantization, 2:4 sparsity) is measured on the same rows and judged by the "
                                "same budget; the result names the smallest model within the budget among each "
                                "method's recommended level and the variants.")
 
-if st.button("Search", key="search-run", type="primary", disabled=not chosen, icon=":material/travel_explore:"):
+if st.button("Search", key="search-run", type="primary", disabled=not chosen or not ready,
+             icon=":material/travel_explore:") and ready and widgets.inputs_problem(inp) is None:
     with widgets.friendly_errors("Queuing the search"):
         if inp.get("source") == "demo":
             spec = {"demo": inp["demo"], "group": list(inp["group"])}
@@ -48,14 +55,15 @@ if st.button("Search", key="search-run", type="primary", disabled=not chosen, ic
             spec["compress"] = list(variants)
         if use_drop:
             spec["max_overall_drop"] = max_drop / 100
-        st.session_state["search-show"] = s.create_run(spec, kind="search", title=f"search {', '.join(chosen)}",
-                                                       files=files)
+        rid = s.create_run(spec, kind="search", title=f"search {', '.join(chosen)} · budget {max_violation:g} pts",
+                           files=files)
+        widgets.show_run("search-pick", rid)
         widgets.start_worker(s)
 
 runs = s.list(kind="search")
 if runs:
     st.divider()
-    run = widgets.pick_run(runs, label="Search run", key="search-pick", show=st.session_state.get("search-show"))
+    run = widgets.pick_run(runs, label="Search run", key="search-pick")
     if run is not None:
         with widgets.friendly_errors("Reading the search"):
             res = run.result or {}

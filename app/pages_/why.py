@@ -40,27 +40,47 @@ def _enqueue_with_diagnostics(spec: dict, title: str) -> None:
     st.session_state["why-queued"] = rid
 
 
+def _follow_queued() -> None:
+    """The diagnostics run this session queued: its progress while it runs, its error if it stopped, and once
+    it is done the page shows it (the picker moves to it)."""
+    queued = st.session_state.get("why-queued")
+    q = widgets.get_run(s, queued)
+    if q is None:
+        return
+    if q.active:
+        st.markdown(f"**{q.title or q.id}** is running:")
+        widgets.progress_panel(q.id)
+    elif q.status == "done":
+        st.session_state["why-run"] = q.id
+        st.session_state.pop("why-queued", None)
+    else:
+        st.error(widgets.plain(q.error or f"The diagnostics run was {q.status}."), icon=":material/error:")
+        st.session_state.pop("why-queued", None)
+
+
 if not runs:
     st.info("No finished audits yet. Run the demo with diagnostics to see why groups pay.", icon=":material/info:")
     if st.button("Run the demo with diagnostics", key="why-demo", icon=":material/play_arrow:"):
         st.session_state["why-queued"] = widgets.enqueue(widgets.demo_spec(diagnostics=True),
                                                          title="MNIST demo with diagnostics")
-    queued = st.session_state.get("why-queued")
-    if queued and widgets.get_run(s, queued) is not None:
-        widgets.progress_panel(queued)
+    _follow_queued()
     st.stop()
 
 by_id = {r.id: r for r in runs}
 with_diag = [r.id for r in runs if (r.result or {}).get("diagnostics")]
 default = with_diag[0] if with_diag else runs[0].id
+_follow_queued()
+opened = st.query_params.get("run")
+if opened in by_id and st.session_state.get("why-opened") != opened:   # opened from the Runs page
+    st.session_state["why-opened"] = opened
+    st.session_state["why-run"] = opened
+if st.session_state.get("why-run") not in by_id:
+    st.session_state.pop("why-run", None)
 run_id = st.selectbox("Finished audit", list(by_id), index=list(by_id).index(default), key="why-run",
                       format_func=lambda i: widgets.run_label(by_id[i])
                       + ("" if (by_id[i].result or {}).get("diagnostics") else " (no diagnostics)"))
 run = by_id[run_id]
 st.caption(widgets.run_inputs(run))
-queued = st.session_state.get("why-queued")
-if queued and (q := widgets.get_run(s, queued)) is not None and q.active:
-    widgets.progress_panel(queued)
 
 diag = (run.result or {}).get("diagnostics")
 if not diag:
@@ -79,8 +99,10 @@ with widgets.friendly_errors("Reading the diagnostics"):
     if not labels:
         st.info("This audit measured no pruned or compressed model with diagnostics.", icon=":material/info:")
         st.stop()
+    # keyed by run: the picker and the content always come from the same run (a shared key kept the last run's
+    # choice in the server while the browser drew the new run's default)
     choice = st.radio("Model", list(range(len(labels))), index=max(len(result.levels) - 1, 0), horizontal=True,
-                      key="why-level", format_func=lambda i: labels[i],
+                      key=f"why-level-{run.id}", format_func=lambda i: labels[i],
                       help="A sparsity level of the audit, or a compression variant (quantization, 2:4 sparsity).")
     dense = diag.get("dense") or {}
     name = labels[choice]

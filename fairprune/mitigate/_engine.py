@@ -196,8 +196,9 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
             before.append(measure(dense_pred, evaluate(model, held, batch_size=eval_batch_size, device=dev,
                                                        cancel=cancel), y, groups, names))
             root.restore()
-            step(f"seed {sd}: pruned model measured")
-            for name in names_tried:
+            seed_text = f"seed {i + 1} of {len(seed_list)}" if len(seed_list) > 1 else f"seed {sd}"
+            step(f"{seed_text}: pruned model measured")
+            for j, name in enumerate(names_tried):
                 m, cfg = mitigations[name], configs[name]
                 rows, objective = train, None
                 if m.retrains:
@@ -237,7 +238,8 @@ def mitigate(model, data: GroupedDataset, *, sparsity: float, method: str = "con
                     root.restore()
                 if objective is not None and hasattr(objective, "finish"):
                     trajectories.setdefault(name, []).append(objective.finish())
-                step(f"seed {sd}: {name} done")
+                how = (f"fine-tuned for {epochs} epoch{'s' if epochs != 1 else ''}" if m.retrains else "re-masked")
+                step(f"{seed_text}: method {j + 1} of {len(names_tried)} ({name}) {how} and measured")
     finally:
         root.restore()
 
