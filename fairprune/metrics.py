@@ -30,7 +30,6 @@ below needs only those counts, which keeps it exact and cheap.
 
 from __future__ import annotations
 
-import warnings
 from statistics import NormalDist
 from typing import NamedTuple
 

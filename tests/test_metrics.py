@@ -1,6 +1,7 @@
 """Metrics against hand-computed values, a plain pandas groupby and slow brute-force references."""
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -229,3 +230,32 @@ def test_level_result_carries_the_new_fields_and_reads_old_json():
     back = LevelResult.from_dict(old)
     assert back.fairness_violation_p_value is None and back.significance_test is None and back.interval_method is None
     assert back.to_dict() == old
+
+
+def test_binary_rates_match_fairlearn_and_take_one_row():
+    """The binary rates are counted directly (fairlearn's MetricFrame failed on a one-row input); fairlearn stays
+    the reference they are checked against, on random inputs of every size from 1 row."""
+    from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+
+    from fairprune.metrics import _binary_rates
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = 1 + trial % 7 if trial < 20 else int(rng.integers(8, 300))
+        y, pred = rng.integers(0, 2, n), rng.integers(0, 2, n)
+        groups = rng.choice(np.array(["a", "b", "c"]), n)
+        ours = _binary_rates(y, pred, groups)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mf = MetricFrame(metrics={"tpr": true_positive_rate, "fpr": false_positive_rate, "sr": selection_rate},
+                             y_true=y, y_pred=pred, sensitive_features=pd.Series(groups, name="group"))
+        rows = [("__overall__", mf.overall, y)] + [(g, mf.by_group.loc[g], y[groups == g]) for g in mf.by_group.index]
+        assert set(ours) == {key for key, _, _ in rows}
+        for key, row, yy in rows:
+            tpr, fpr, sr = ours[key]
+            assert sr == pytest.approx(float(row["sr"]))
+            assert (tpr is None) == (not (yy == 1).any()) and (fpr is None) == (not (yy == 0).any())
+            if tpr is not None:
+                assert tpr == pytest.approx(float(row["tpr"]))
+            if fpr is not None:
+                assert fpr == pytest.approx(float(row["fpr"]))
