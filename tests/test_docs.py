@@ -185,6 +185,21 @@ def test_cli_reference_documents_every_option_of_every_command():
     assert not missing, f"options docs/cli.md does not document (in the command's section or audit's): {missing}"
 
 
+def test_cli_reference_documents_every_worker_option():
+    """`fairprune worker` has its own parser (the CLI hands it the arguments whole): read its options off --help."""
+    from fairprune.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+        main(["worker", "--help"])
+    assert exit_.value.code == 0
+    options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", out.getvalue())) - {"--help"}
+    assert {"--home", "--once", "--poll"} <= options, f"expected the worker's options in its --help, found {options}"
+    spans = re.findall(r"`([^`\n]+)`", _section((ROOT / "docs" / "cli.md").read_text(), "`fairprune worker`"))
+    missing = [o for o in sorted(options) if not any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", s) for s in spans)]
+    assert not missing, f"worker options docs/cli.md does not document: {missing}"
+
+
 def test_relative_links_point_to_existing_files_and_anchors():
     broken, checked = [], 0
     for path in PAGES:
@@ -201,6 +216,12 @@ def test_relative_links_point_to_existing_files_and_anchors():
                     broken.append(f"{_rel(path)}:{n}: {target} (no heading with anchor #{anchor} in {_rel(dest)})")
     assert checked >= 40, f"expected at least 40 relative links, found {checked}"
     assert not broken, "\n".join(broken)
+
+
+def test_readme_links_every_docs_page():
+    linked = {target.partition("#")[0] for target in _LINK.findall(README.read_text())}
+    unlinked = [_rel(p) for p in DOCS if _rel(p) not in linked]
+    assert len(DOCS) >= 10 and not unlinked, f"docs pages the README does not link: {unlinked} (of {len(DOCS)})"
 
 
 def test_github_slug_matches_githubs_anchors():
