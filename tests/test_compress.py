@@ -232,8 +232,26 @@ def test_fixed_batch_program_calibrates_and_evaluates_in_its_own_batches(tmp_pat
     got = audit(fixed, data, sparsities=[], compress=variants, measure_footprint=False)
     want = audit(any_batch, data, sparsities=[], compress=variants, measure_footprint=False)
     for g, w in zip(got.compression, want.compression):
-        assert g.level.to_dict() == w.level.to_dict()
+        # the same predictions; losses equal up to float summation order (kernels differ by batch size at 1e-8)
+        gl, wl = _flat(g.level.to_dict()), _flat(w.level.to_dict())
+        assert gl.keys() == wl.keys()
+        for k in gl:
+            if isinstance(gl[k], float) and "loss" in k:
+                assert gl[k] == pytest.approx(wl[k], rel=1e-5, abs=1e-6), k
+            else:
+                assert gl[k] == wl[k], k
         assert g.details.get("calibration") == w.details.get("calibration")
+
+
+def _flat(d, prefix=""):
+    """A nested dict as {'a.b.c': leaf} (lists kept whole)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def test_dynamic_activation_scale_is_per_sample():
