@@ -436,10 +436,10 @@ def test_activations_are_freed_after_each_batch(monkeypatch):
     outputs = []
     record = _gn_capture.Tape.record
 
-    def spy(self, call):
+    def spy(self, call, key=None):
         if call is not None and isinstance(call.out, torch.Tensor):
             outputs.append(weakref.ref(call.out))
-        return record(self, call)
+        return record(self, call, key)
     monkeypatch.setattr(_gn_capture.Tape, "record", spy)
     model = _randomise(ResidualCNN())
     x, y = _xy((3, 9, 9), 4, 4)

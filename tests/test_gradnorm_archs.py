@@ -229,13 +229,37 @@ def test_sequence_first_encoder_layer_module(batch):
     assert said and "layer.linear1.weight" in said[0]
 
 
-def test_batch_equal_to_channels_is_split_not_guessed():
-    """A batch of 3 RGB images: dim 1 also has size 3, so the batch is split into halves of other sizes
-    (the first convolution stays covered: no fallback)."""
+@pytest.mark.parametrize("batch", [3, 5, 8])
+def test_batch_equal_to_another_dimension_is_traced_not_guessed(batch):
+    """3 rows of RGB images, 5 rows into 5 channels, 8 rows of 8x8 images: dim 0 and another dimension
+    have the same size, yet the probes (2 and 3 rows) showed which one follows the batch: no fallback."""
     torch.manual_seed(6)
     model = _randomise_bn(Stem(nn.Conv2d(3, 5, 3, padding=1)))
-    x, y = _xy((3, 8, 8), 4, 3)
+    x, y = _xy((3, 8, 8), 4, batch)
     assert_exact(model, x, y, fallback=())
+
+
+def test_sample_layouts_from_probe_shapes():
+    from fairprune.diagnose._gn_capture import sample_layouts
+
+    shapes = {2: {"conv": ((2, 3, 8, 8), (2, 5, 8, 8)), "seq_first": ((5, 2, 8), (5, 2, 8)),
+                  "flat": ((10, 8), (10, 8)), "coincide": ((2, 2, 8), (2, 2, 8)), "branch": ((2, 4), (2, 4))},
+              3: {"conv": ((3, 3, 8, 8), (3, 5, 8, 8)), "seq_first": ((5, 3, 8), (5, 3, 8)),
+                  "flat": ((15, 8), (15, 8)), "coincide": ((3, 2, 8), (3, 2, 8))}}
+    assert sample_layouts(shapes) == {"conv": True, "seq_first": False, "flat": False, "coincide": True}
+
+
+def test_fixed_batch_program_with_ambiguous_sizes_falls_back(tmp_path):
+    """A program with a fixed batch cannot be probed at other sizes: where the batch size equals another
+    dimension (4 rows of 4 tokens inside attention), the stricter check refuses and the loop is used."""
+    torch.manual_seed(8)
+    model = TokenModel(tokens=4, batch_first=False).eval()
+    x, y = _xy((16,), 3, 4)
+    torch.export.save(torch.export.export(model, (x,)), str(tmp_path / "fixed.pt2"))
+    loaded = load_model(tmp_path / "fixed.pt2")
+    assert loaded.fixed_batch_size == 4
+    said = assert_exact(loaded, x, y, reference=model)
+    assert said and "program.attn.in_proj_weight" in said[0]
 
 
 # --- torchvision classification families ------------------------------------------------------------------------

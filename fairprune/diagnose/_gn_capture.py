@@ -29,37 +29,51 @@ from torch import nn
 from . import _gn_rules  # noqa: F401  (registers every rule)
 from ._gn_registry import ATEN_RULES, AtenCall, Call, module_extractor
 
-__all__ = ["Tape", "hooked", "exported_graph", "GraphInterpreter", "inspect_graph", "GraphReport"]
+__all__ = ["Tape", "hooked", "exported_graph", "GraphInterpreter", "inspect_graph", "GraphReport", "sample_layouts"]
 
 
 class Tape:
     """The calls of one forward pass, in order, and the leaves the backward differentiates for.
 
     ``trainable`` maps id(parameter) -> name for the parameters whose gradients count; ``root`` is the
-    model's input tensor.
+    model's input tensor. Each call is known by a key: (its module or graph node, its occurrence).
+
+    Which dimension holds the samples is proven, not assumed: ``layouts`` (key -> bool, from
+    :func:`sample_layouts`: two probe passes with 2 and 3 rows) says where exactly dim 0 follows the batch
+    size, every other dimension staying put; without it (a program with a fixed batch) dim 0 must have the
+    batch's size and no other dimension may have it. ``probe``: a dict to fill with key -> (input shape,
+    output shape) instead of capturing anything.
     """
 
-    def __init__(self, trainable: dict[int, str], root: torch.Tensor):
+    def __init__(self, trainable: dict[int, str], root: torch.Tensor, *, layouts: dict | None = None,
+                 probe: dict | None = None):
         self.trainable = trainable
         self.root = root
         self.calls: list[Call] = []
         self.leaves: list[tuple[torch.Tensor, Call]] = []
         self._handles: list = []
         self.batch = int(root.shape[0])
+        self.layouts, self.probe = layouts, probe
+        self._seen: Counter = Counter()
         # ids of trainable parameters that reach a leaf call's output through ops no rule covers
         self.uncovered: set[int] = set()
-        # a call was left out only because the batch size equals another of its dimensions
-        self.ambiguous = False
 
-    def record(self, call: Call | None) -> torch.Tensor | None:
+    def record(self, call: Call | None, key: object = None) -> torch.Tensor | None:
         """Keep ``call`` if it uses a trainable parameter and its rows are provably the samples; return the
         tensor to use downstream instead of its output (None: keep the output)."""
         if call is None or not any(id(p) in self.trainable for p in call.params.values() if p is not None):
             return None
         out = call.out
-        if not isinstance(out, torch.Tensor) or not out.requires_grad or not isinstance(call.inp, torch.Tensor):
+        if not isinstance(out, torch.Tensor) or not isinstance(call.inp, torch.Tensor):
             return None
-        if not self._per_sample(call.inp, out):
+        self._seen[key] += 1
+        key = (key, self._seen[key])
+        if self.probe is not None:
+            self.probe[key] = (tuple(call.inp.shape), tuple(out.shape))
+            return None
+        if not out.requires_grad:
+            return None
+        if not self._per_sample(key, call.inp, out):
             return None       # not captured: its parameters show up in the graph as uncovered, and fall back
         call.version = call.inp._version
         self.calls.append(call)
@@ -73,18 +87,17 @@ class Tape:
         self._handles.append(out.register_hook(partial(_keep_grad, call)))
         return None
 
-    def _per_sample(self, inp: torch.Tensor, out: torch.Tensor) -> bool:
-        """Whether dim 0 of the call's input and output is provably the sample: both have the batch's
-        size there, and (with more than one row) no other dimension has it, so no transpose or reshape
-        can have moved the sample elsewhere (a sequence-first (T, B, E) or flattened (T·B, E) activation
-        inside attention is refused). When only the second condition fails, the batch can be split."""
+    def _per_sample(self, key, inp: torch.Tensor, out: torch.Tensor) -> bool:
+        """Whether dim 0 of the call's input and output is provably the sample (a sequence-first (T, B, E)
+        or flattened (T·B, E) activation inside attention is not): both have the batch's size there, and
+        the probes showed that only dim 0 follows the batch size (``layouts``), or, without probes, no
+        other dimension has the batch's size (so no transpose or reshape can have moved the sample there)."""
         b = self.batch
         if inp.dim() == 0 or out.dim() == 0 or inp.shape[0] != b or out.shape[0] != b:
             return False
-        if b > 1 and (b in inp.shape[1:] or b in out.shape[1:]):
-            self.ambiguous = True
-            return False
-        return True
+        if self.layouts is not None:
+            return bool(self.layouts.get(key, False))
+        return b == 1 or (b not in inp.shape[1:] and b not in out.shape[1:])
 
     def release(self) -> None:
         """Drop the outputs, graph nodes and hooks once the backward is done. A hook lives on its
@@ -129,7 +142,21 @@ def _keep_grad(call: Call, grad: torch.Tensor) -> None:
 def _on_forward(extract, tape: Tape, module: nn.Module, args: tuple, out):
     if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
         return None
-    return tape.record(extract(module, args, out))
+    return tape.record(extract(module, args, out), module)
+
+
+def sample_layouts(shapes: dict[int, dict]) -> dict:
+    """key -> whether the call's dim 0 is the sample, from probe passes at batch sizes b (``shapes``:
+    b -> {key: (input shape, output shape)}): dim 0 equals b in every probe and no other dimension
+    changes with b. A call missing from a probe (control flow that depends on the batch) is not proven."""
+    sizes = sorted(shapes)
+    out = {}
+    for key in set.intersection(*(set(shapes[b]) for b in sizes)):
+        first_in, first_out = shapes[sizes[0]][key]
+        out[key] = all(len(inp) > 0 and len(outp) > 0 and inp[0] == b and outp[0] == b
+                       and inp[1:] == first_in[1:] and outp[1:] == first_out[1:]
+                       for b in sizes for inp, outp in [shapes[b][key]])
+    return out
 
 
 @contextmanager
@@ -179,7 +206,7 @@ class GraphInterpreter(torch.fx.Interpreter):
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
             out = n.target(*args, **kwargs)
-            new = self.tape.record(extract(AtenCall(n, args, kwargs, out, self._attr)))
+            new = self.tape.record(extract(AtenCall(n, args, kwargs, out, self._attr)), n)
         if new is None:
             return out
         if isinstance(out, (tuple, list)):

@@ -32,7 +32,7 @@ from torch import nn
 from ..errors import Cancelled
 from ..evaluate import _forward
 from ..finetune import loss_fn
-from ._gn_capture import GraphInterpreter, Tape, exported_graph, hooked, inspect_graph
+from ._gn_capture import GraphInterpreter, Tape, exported_graph, hooked, inspect_graph, sample_layouts
 from ._gn_registry import KINDS, Call
 
 __all__ = ["per_sample_grad_norms", "per_sample_grad_norms_batch", "per_sample_grad_norms_reference"]
@@ -104,20 +104,41 @@ class _Engine:
         # (only when a covered layer sits behind an op that mixes in a parameter before it); learned.
         self.root_grad = False
         self._warned: set[str] = set()
+        # call key -> whether its dim 0 is the sample, traced by probe passes (None: not probed yet, or
+        # a program with a fixed batch, which cannot run other sizes)
+        self.layouts: dict | None = None
+        self._probed = bool(fixed)
+
+    #: batch sizes of the probe passes that trace the sample dimension through every covered call
+    PROBE_SIZES = (2, 3)
+
+    def _probe(self, x: torch.Tensor) -> None:
+        """Run the model on the first row repeated 2 and 3 times, recording each covered call's input and
+        output shapes: the calls whose dim 0 follows the batch size, and nothing else does, are per-sample
+        (:func:`._gn_capture.sample_layouts`). Cheap (two tiny forwards, no backward), once per model."""
+        self._probed = True
+        shapes = {}
+        try:
+            with torch.no_grad():
+                for b in self.PROBE_SIZES:
+                    root = x[:1].expand(b, *x.shape[1:]).contiguous()
+                    tape = Tape(self.trainable, root, probe={})
+                    with hooked(self.module, tape):
+                        run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
+                        _forward(run, root, None)
+                    shapes[b] = tape.probe
+        except Exception:  # noqa: BLE001 - a model that refuses these sizes: the stricter size check applies
+            return
+        self.layouts = sample_layouts(shapes)
 
     def norms_sq(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.fixed and x.shape[0] > self.fixed:
             return torch.cat([self.norms_sq(x[i:i + self.fixed], y[i:i + self.fixed])
                               for i in range(0, x.shape[0], self.fixed)])
         n = x.shape[0]
+        if not self._probed:
+            self._probe(x)
         tape, loss, report = self._pass(x, y, self.root_grad)
-        if tape.ambiguous and not self.fixed and n > 1:
-            # The batch size equals another dimension of some layer's tensors, so which dimension holds
-            # the samples is not proven there: halves of other sizes prove it (samples are independent).
-            tape.release()
-            del loss
-            half = n // 2
-            return torch.cat([self.norms_sq(x[:half], y[:half]), self.norms_sq(x[half:], y[half:])])
         if report.unreached and not self.root_grad and x.is_floating_point():
             self.root_grad = True
             tape.release()
@@ -174,7 +195,7 @@ class _Engine:
         root = _padded(x, self.fixed).detach()
         if root_grad and root.is_floating_point():
             root.requires_grad_()
-        tape = Tape(self.trainable, root)
+        tape = Tape(self.trainable, root, layouts=self.layouts)
         try:
             with torch.enable_grad(), hooked(self.module, tape):
                 run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
