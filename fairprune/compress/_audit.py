@@ -124,6 +124,7 @@ def variant_diagnostics(auditor, diag, variant: Variant, *, step: Callable[[str]
                      hessian_rows=diag.hessian_rows, boundary_rows=diag.boundary_rows, init=diag.dense.vectors,
                      index=diag.index, seed=diag.seed, batch_size=a.batch_size, device=a.device, cancel=a.cancel,
                      step=lambda msg: step(f"{label}: {msg}"), hvp=diag.hvp)
+        diag.record(d, variant.name)              # its fallbacks and failures reach the result's warnings
         out = {g: {k: d.groups[g][k] for k in DIAG_KEYS} for g in a.names}
         note = _diag_note(variant, diag.config.boundary)
     else:
@@ -171,7 +172,8 @@ def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[st
         if fp.latency:
             latency_ms = measure_latency(lambda x: model_outputs(variant.model, x), fp.batch, repeats=fp.repeats,
                                          warmup=fp.warmup, budget_s=fp.budget_s)
-    comparison = compare(a.dense_pred, pred, a.y, a.groups, a.names, seed=variant_seed(a.seed, spec.name))
+    # variants are evaluated in full precision: compare them with the dense model's full-precision predictions
+    comparison = compare(a.dense_pred_full, pred, a.y, a.groups, a.names, seed=variant_seed(a.seed, spec.name))
     achieved, distance = _weights_figures(a, variant)
     level = LevelResult(sparsity=0.5 if spec.has_nm else 0.0, achieved_sparsity=achieved, weight_distance=distance,
                         size_bytes=size_bytes, latency_ms=latency_ms, **comparison.level_fields())
