@@ -18,7 +18,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.widgets import store
-from fairprune.errors import InputError
+from fairprune.core.errors import InputError
 
 log = logging.getLogger("fairprune.app")
 
@@ -33,7 +33,7 @@ DEFAULT_MAX_UPLOAD_MB = 2048
 MODEL_TYPES = ["pt2", "pt", "pth", "safetensors", "ts", "jit"]
 #: TorchScript is code: the dashboard loads it (uploaded or from a server folder) only when the server's
 #: environment sets this to 1/true/yes/on; otherwise the page refuses it and says how to opt in
-#: (fairprune._modelio.TORCHSCRIPT_REFUSED names the same variable; tests/test_model_gate.py checks they agree).
+#: (fairprune.zoo._load.TORCHSCRIPT_REFUSED names the same variable; tests/test_model_gate.py checks they agree).
 TORCHSCRIPT_ENV = "FAIRPRUNE_ALLOW_TORCHSCRIPT"
 BAD_TORCHSCRIPT_SETTING = "{env}: expected 1 (accept TorchScript models) or 0 (refuse them); found {found!r}"
 DATA_TYPES = ["csv", "gz", "npz", "zip"]
@@ -199,8 +199,8 @@ def file_columns(path: str | Path) -> list[str]:
 
 
 def model_summary(loaded) -> dict[str, int]:
-    """Parameters, prunable parameters (fairprune.prune.prunable_parameters) and prunable layers of a LoadedModel."""
-    from fairprune.prune import prunable_parameters
+    """Parameters, prunable parameters (fairprune.engine.prune.prunable_parameters) and prunable layers of a LoadedModel."""
+    from fairprune.engine.prune import prunable_parameters
 
     prunable = prunable_parameters(loaded.module)
     return {"parameters": loaded.parameters, "prunable": sum(p.numel() for p in prunable.values()),

@@ -1,7 +1,7 @@
 """fairprune dashboard: the router. Each page lives in app/pages_/; shared widgets in app/widgets.py.
 
 Run with `make run` (or `streamlit run app/main.py`). Pages only lay out widgets, call the library and
-draw its charts; audits run in a background worker (fairprune.jobs), never in this script.
+draw its charts; audits run in a background worker (fairprune.run.jobs), never in this script.
 """
 
 from __future__ import annotations

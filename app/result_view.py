@@ -1,7 +1,7 @@
 """How an audit result is shown: the reading, the headline figures, the charts, every number in a table.
 
 Used by the Results page (one run) and the Runs page (two runs side by side). Charts come from
-fairprune.plots, sentences from fairprune.reading; this module only arranges them and formats tables.
+fairprune.present.plots, sentences from fairprune.present.reading; this module only arranges them and formats tables.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import html
 import pandas as pd
 import streamlit as st
 
-from fairprune import plots
-from fairprune.reading import HEADLINE_NOTE, headline, worst_group
-from fairprune.report import render_html
-from fairprune.result import AuditResult, LevelResult
+from fairprune.present import plots
+from fairprune.present.reading import HEADLINE_NOTE, headline, worst_group
+from fairprune.present.report import render_html
+from fairprune.core.result import AuditResult, LevelResult
 
 DEF = plots.DEFINITIONS
 CHART_CONFIG = {"displaylogo": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
@@ -72,7 +72,7 @@ def _violation_help(lv: LevelResult, lo: float, hi: float) -> str:
 
 
 def chart(fig, *, key: str, heading: str, help: str) -> None:
-    """A figure from fairprune.plots under a heading that carries its definition (the figure's own title is
+    """A figure from fairprune.present.plots under a heading that carries its definition (the figure's own title is
     dropped: the heading replaces it and long titles do not fit narrow columns)."""
     st.markdown(f"**{heading}**", help=help)
     fig.update_layout(title_text="", margin_t=30)

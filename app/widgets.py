@@ -1,7 +1,7 @@
 """Shared pieces of the dashboard: the run store, the worker, errors, what to audit, run progress.
 
 Pages import this module and stay thin: widgets in, library calls, charts out. Nothing here runs an
-audit: a run is written to the store and a background worker (fairprune.jobs) executes it.
+audit: a run is written to the store and a background worker (fairprune.run.jobs) executes it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from fairprune import jobs
-from fairprune.audit import AuditSpec
-from fairprune.errors import InputError
-from fairprune.store import Run, RunStore
+from fairprune.run import jobs
+from fairprune.engine.audit import AuditSpec
+from fairprune.core.errors import InputError
+from fairprune.run.store import Run, RunStore
 
 log = logging.getLogger("fairprune.app")
 

@@ -6,7 +6,7 @@ null every group has the same kind probabilities (groups assigned at random): a 
 the true violation is 0. In the power settings one 100-row group loses 30% (or 10%) of its rows
 right→wrong against a 3% base rate.
 
-    python bench/calibration.py                      # the current fairprune.metrics
+    python bench/calibration.py                      # the current fairprune.engine.metrics
     git show 45b76a1:fairprune/metrics.py > /tmp/old_metrics.py
     python bench/calibration.py --metrics /tmp/old_metrics.py     # the bootstrap/normal test before issue 12
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fairprune.evaluate import Predictions
+from fairprune.engine.evaluate import Predictions
 
 SIZES = (2000, 300, 100, 40, 30)
 MANY = (1000, 500, 200, 100, 60, 40, 30, 30)
@@ -64,7 +64,7 @@ def measure(compare, sizes, probs, reps, target=None):
 
 def load(path: str | None):
     if path is None:
-        from fairprune import metrics
+        from fairprune.engine import metrics
         return metrics
     text = Path(path).read_text().replace("from .", "from fairprune.")
     spec = importlib.util.spec_from_loader("metrics_under_test", loader=None)

@@ -4,9 +4,9 @@
 
 Models: the MNIST demo's SmallCNN (its shipped weights, MNIST test rows) and torchvision's ResNet-18
 (random weights, random images of ``--size`` pixels). Devices: the CPU always, the GPU whenever torch
-finds one (named by its card). For each variant (fairprune.compress): ``size`` = safetensors bytes of
-the compressed model as it would ship (fairprune.compress.variant_size) against the dense state_dict's
-(fairprune.footprint.dense_size); ``latency`` = median ms of one forward pass of one batch. Dense and
+finds one (named by its card). For each variant (fairprune.engine.compress): ``size`` = safetensors bytes of
+the compressed model as it would ship (fairprune.engine.compress.variant_size) against the dense state_dict's
+(fairprune.engine.footprint.dense_size); ``latency`` = median ms of one forward pass of one batch. Dense and
 variant are timed alternately, ``--rounds`` times (each a median over repeats), and the ratio printed is
 the median of the per-round ratios, so a busy machine slows both alike. A variant the device cannot run
 (int4 on the CPU) is printed with the reason, not skipped silently.
@@ -49,16 +49,16 @@ def _models(size: int, batch: int, quick: bool):
 
 
 def _latency(forward, x, repeats):
-    from fairprune.footprint import measure_latency
+    from fairprune.engine.footprint import measure_latency
 
     return measure_latency(forward, x, repeats=repeats, warmup=2, budget_s=5.0)
 
 
 def bench(name, module, x, calib, dev, rounds, repeats):
-    from fairprune.compress import Calibration, apply_variant, variant_size
-    from fairprune.errors import InputError
-    from fairprune.evaluate import model_outputs
-    from fairprune.footprint import dense_size
+    from fairprune.engine.compress import Calibration, apply_variant, variant_size
+    from fairprune.core.errors import InputError
+    from fairprune.engine.evaluate import model_outputs
+    from fairprune.engine.footprint import dense_size
     from fairprune.zoo import LoadedModel
 
     dense = LoadedModel.from_module(module.to(dev), name=name)

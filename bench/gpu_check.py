@@ -59,7 +59,7 @@ def check(name):
 
 @check("mixed precision")
 def amp_check():
-    from fairprune.audit import AuditSpec, run_spec
+    from fairprune.engine.audit import AuditSpec, run_spec
 
     r = run_spec(AuditSpec(demo="mnist", sparsities=(0.5, 0.9), device=DEVICE,
                            amp="auto" if DEVICE == "cuda" else "bfloat16"))
@@ -86,7 +86,7 @@ class _Hungry(nn.Module):
 @check("out-of-memory back-off")
 def oom_check():
     from fairprune.data import GroupedDataset
-    from fairprune.evaluate import BatchSize, evaluate
+    from fairprune.engine.evaluate import BatchSize, evaluate
     from fairprune.zoo import LoadedModel
 
     if DEVICE != "cuda":
@@ -109,8 +109,8 @@ def oom_check():
 
 @check("compression")
 def compression_check(quick: bool):
-    from fairprune.compress import apply_variant
-    from fairprune.evaluate import model_outputs
+    from fairprune.engine.compress import apply_variant
+    from fairprune.engine.evaluate import model_outputs
     from fairprune.zoo import LoadedModel
 
     torch.manual_seed(0)
@@ -150,7 +150,7 @@ def compression_check(quick: bool):
 def audit_goal(quick: bool):
     import torchvision
 
-    from fairprune.audit import audit
+    from fairprune.engine.audit import audit
     from fairprune.data import GroupedDataset
     from fairprune.zoo import LoadedModel
 
@@ -175,8 +175,8 @@ def audit_goal(quick: bool):
 def ray_check():
     import ray
 
-    from fairprune.audit import AuditSpec
-    from fairprune.executors import get_executor
+    from fairprune.engine.audit import AuditSpec
+    from fairprune.run.executors import get_executor
 
     spec = AuditSpec(demo="mnist", sparsities=(0.5, 0.9), device=DEVICE, amp="off")
     local = get_executor("local").run(spec)

@@ -11,7 +11,7 @@ its weights), on the same ``--rows`` inputs:
                   a power iteration or Hutchinson pays after its first product when the rows fit one chunk);
 - fwd-over-rev    torch.func.jvp of torch.func.grad (functional_call), per product;
 - rev-over-fwd    torch.func.grad of torch.func.jvp (the directional derivative), per product;
-- Hutchinson      cost per probe of ``fairprune.diagnose.trace`` with the default method ("auto": double
+- Hutchinson      cost per probe of ``fairprune.engine.diagnose.trace`` with the default method ("auto": double
                   backward with the kept graph when the rows fit one chunk, as here; the method is printed),
                   Rademacher probes and dot products included.
 
@@ -43,9 +43,9 @@ def _measure(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
 
 
 def bench_model(name: str, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, probes: int):
-    from fairprune.diagnose import HessianOperator, trace
-    from fairprune.diagnose._hessian import _norm, _axpy
-    from fairprune.finetune import loss_fn
+    from fairprune.engine.diagnose import HessianOperator, trace
+    from fairprune.engine.diagnose._hessian import _norm, _axpy
+    from fairprune.engine.finetune import loss_fn
 
     module.eval()
     op_db = HessianOperator(module, x, y, method="double_backward", cache=False)

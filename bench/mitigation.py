@@ -3,7 +3,7 @@
     make mitigate-results      # or: .venv/bin/python bench/mitigation.py [--quick]
 
 For each demo (MNIST with an inverted-colour minority; Adult grouped by race) and each sparsity, one
-:func:`fairprune.mitigate.mitigate` call runs every method from the same dense weights, masks, seeds
+:func:`fairprune.engine.mitigate.mitigate` call runs every method from the same dense weights, masks, seeds
 and budget (epochs, learning rate, batch size), fine-tuned on the demo's training rows less the
 selection rows (20% of each group's, stratified), measured on the demo's test rows (never trained on,
 never used to choose). The "recommended" column is chosen on the selection rows, not on the figures shown.
@@ -45,7 +45,7 @@ def _cell(values: list[float]) -> str:
 
 def run(demos, sparsities, seeds, quick=False, log=print):
     from fairprune.data.demos import demo_dataset, demo_model
-    from fairprune.mitigate import mitigate, recommend
+    from fairprune.engine.mitigate import mitigate, recommend
 
     rows, raw = [], {}
     for demo in demos:

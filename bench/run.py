@@ -34,8 +34,8 @@ def _device_name(dev: torch.device) -> str:
 
 
 def bench_sweep(name, model, data, levels, dev, repeats):
-    from fairprune.audit import audit
-    from fairprune.evaluate import evaluate
+    from fairprune.engine.audit import audit
+    from fairprune.engine.evaluate import evaluate
     from fairprune.zoo import LoadedModel
 
     lm = LoadedModel.from_module(model, name=name)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from fairprune.data import GroupedDataset
     from fairprune.data.demos import demo_dataset, demo_model
-    from fairprune.evaluate import resolve_device
+    from fairprune.engine.evaluate import resolve_device
 
     dev = resolve_device(args.device)
     repeats = 3 if args.quick else 5

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
             verdict = "goal met" if ratio <= goal else "goal NOT met"
             print(f"{name:<9} fairprune {min(ours):6.2f} s   reference {min(base):6.2f} s   ratio {ratio:4.2f}x "
                   f"(goal <= {goal}x: {verdict})   {what}")
-            module = "fairprune.cli"
+            module = "fairprune.run.cli"
             slow = import_cost(["-c", f"import sys; from {module} import main; sys.argv=['fairprune', *sys.argv[1:]]; "
                                       "sys.exit(main())", *cmd[1:]])
             print("          slowest imports: " + ", ".join(f"{n} {s:.2f} s" for s, n in slow))

@@ -3,7 +3,7 @@
     .venv/bin/python bench/throughput.py [--quick] [--n 512] [--size 32]
 
 For each model and device (the CPU always; the GPU whenever torch finds one, named by its card):
-``eval`` is one per-group evaluation pass (fairprune.evaluate, full precision), ``eval amp`` the
+``eval`` is one per-group evaluation pass (fairprune.engine.evaluate, full precision), ``eval amp`` the
 same with float16 autocast on CUDA (bfloat16 on the CPU), ``gradnorm`` is per_sample_grad_norms.
 Baseline in the same run: a bare ``model(x)`` loop over the same batches (``forward``), so each
 figure is also printed as a ratio to it. Medians over repeats. Random weights, CIFAR-shaped uint8
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     import torchvision
 
     from fairprune.data import GroupedDataset
-    from fairprune.diagnose import per_sample_grad_norms
-    from fairprune.evaluate import evaluate
+    from fairprune.engine.diagnose import per_sample_grad_norms
+    from fairprune.engine.evaluate import evaluate
     from fairprune.zoo import LoadedModel
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             print(f"throughput {arch:<9} {args.size}px n={n:<6} {parts}   [{_name(dev)}]", flush=True)
         # the end-to-end goal: a 5-level ResNet-18 audit with diagnostics (default settings) over these
         # images, against one evaluation pass measured in the same run (goal on one H100: 10k images in < 60 s)
-        from fairprune.audit import audit
+        from fairprune.engine.audit import audit
 
         torch.manual_seed(0)
         module = torchvision.models.resnet18(num_classes=10).eval().to(dev)

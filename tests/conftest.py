@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fairprune.archs import MLP
-from fairprune.finetune import loss_fn
+from fairprune.zoo.archs import MLP
+from fairprune.engine.finetune import loss_fn
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +70,7 @@ def spawned():
     import os
     import signal
 
-    from fairprune import jobs
+    from fairprune.run import jobs
 
     pids: list[int] = []
     yield pids

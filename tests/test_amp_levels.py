@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-import fairprune.audit as audit_mod
-from fairprune.audit import audit
+import fairprune.engine.audit as audit_mod
+from fairprune.engine.audit import audit
 from fairprune.data import GroupedDataset
-from fairprune.evaluate import AMP_TOLERANCE, Predictions, level_precision
+from fairprune.engine.evaluate import AMP_TOLERANCE, Predictions, level_precision
 
 from conftest import make_table, train_mlp
 

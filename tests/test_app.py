@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from fairprune import jobs
-from fairprune.audit import AuditSpec
+from fairprune.run import jobs
+from fairprune.engine.audit import AuditSpec
 from fairprune.data import load_dataset
-from fairprune.errors import InputError
-from fairprune.result import AuditResult
-from fairprune.store import RunStore
+from fairprune.core.errors import InputError
+from fairprune.core.result import AuditResult
+from fairprune.run.store import RunStore
 
 APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
 PAGES = ["pages_/start.py", "pages_/data.py", "pages_/audit.py", "pages_/results.py", "pages_/runs.py"]

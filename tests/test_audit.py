@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from fairprune.audit import AuditSpec, audit, run_spec
+from fairprune.engine.audit import AuditSpec, audit, run_spec
 from fairprune.data import GroupedDataset
-from fairprune.errors import Cancelled, InputError
-from fairprune.finetune import finetune
-from fairprune.prune import MaskedModel, compute_masks, prunable_parameters
-from fairprune.result import SCHEMA, AuditResult
+from fairprune.core.errors import Cancelled, InputError
+from fairprune.engine.finetune import finetune
+from fairprune.engine.prune import MaskedModel, compute_masks, prunable_parameters
+from fairprune.core.result import SCHEMA, AuditResult
 from fairprune.zoo import LoadedModel
 
 from conftest import make_table, train_mlp

@@ -52,7 +52,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 def _stop_workers(home: Path) -> None:
     """Stop the background workers the app started for this home (by pid: only ours)."""
-    from fairprune.store import RunStore
+    from fairprune.run.store import RunStore
 
     pids = set(RunStore(home).live_workers(max_age=3600))
     lock = home / "worker.lock"
@@ -172,9 +172,9 @@ def test_bad_csv_shows_its_message_on_the_data_page(server, page, tmp_path):
 
 
 def test_runs_page_lists_runs(server, page):
-    from fairprune import jobs
-    from fairprune.audit import AuditSpec
-    from fairprune.store import RunStore
+    from fairprune.run import jobs
+    from fairprune.engine.audit import AuditSpec
+    from fairprune.run.store import RunStore
 
     url, home = server
     store = RunStore(home)
@@ -195,9 +195,9 @@ def test_runs_page_lists_runs(server, page):
 
 
 def test_compression_variants_on_the_results_page(server, page):
-    from fairprune import jobs
-    from fairprune.audit import AuditSpec
-    from fairprune.store import RunStore
+    from fairprune.run import jobs
+    from fairprune.engine.audit import AuditSpec
+    from fairprune.run.store import RunStore
 
     url, home = server
     store = RunStore(home)

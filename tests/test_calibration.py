@@ -10,8 +10,8 @@ Monte Carlo standard errors of a proportion at 5% over the replicates.
 import numpy as np
 import pytest
 
-from fairprune.evaluate import Predictions
-from fairprune.metrics import compare, group_p_values, holm, tango_interval, violation_interval, violation_p_value
+from fairprune.engine.evaluate import Predictions
+from fairprune.engine.metrics import compare, group_p_values, holm, tango_interval, violation_interval, violation_p_value
 
 ISSUE_SIZES = (2000, 300, 100, 40, 30)           # the layout issue 12 measured through the CLI
 MANY_SIZES = (1000, 500, 200, 100, 60, 40, 30, 30)

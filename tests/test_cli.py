@@ -13,7 +13,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from fairprune.cli import main
+from fairprune.run.cli import main
 
 from conftest import make_table, train_mlp
 
@@ -209,12 +209,12 @@ def test_models_and_demo_listings(capsys):
 
 
 def test_internal_error_is_exit_3_one_line(monkeypatch, tmp_path, capsys):
-    import fairprune.audit
+    import fairprune.engine.audit
 
     def boom(*a, **k):
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(fairprune.audit, "audit", boom)
+    monkeypatch.setattr(fairprune.engine.audit, "audit", boom)
     code, _, err = run(["audit", "--demo", "mnist", "--sparsity", "0.5", "--out", tmp_path / "r.json"], capsys)
     assert code == 3
     assert len(err.strip().splitlines()) == 1 and "internal error" in err and "kaboom" in err and "Traceback" not in err

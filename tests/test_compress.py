@@ -14,17 +14,17 @@ import pytest
 import torch
 from torch import nn
 
-from fairprune.audit import audit, run_spec, AuditSpec
-from fairprune.cli import main
-from fairprune.compress import (INT4_CPU, VariantResult, apply_variant, list_compressions, parse_variant,
+from fairprune.engine.audit import audit, run_spec, AuditSpec
+from fairprune.run.cli import main
+from fairprune.engine.compress import (INT4_CPU, VariantResult, apply_variant, list_compressions, parse_variant,
                                 parse_variants)
 from fairprune.data import GroupedDataset
-from fairprune.errors import InputError
-from fairprune.evaluate import evaluate
-from fairprune.footprint import without_timings
-from fairprune.prune import compute_masks, follows_2_4, nm_mask, pack_2_4, unpack_2_4
-from fairprune.reading import headline, text_table
-from fairprune.result import AuditResult
+from fairprune.core.errors import InputError
+from fairprune.engine.evaluate import evaluate
+from fairprune.engine.footprint import without_timings
+from fairprune.engine.prune import compute_masks, follows_2_4, nm_mask, pack_2_4, unpack_2_4
+from fairprune.present.reading import headline, text_table
+from fairprune.core.result import AuditResult
 from fairprune.zoo import LoadedModel
 
 from conftest import make_table, train_mlp
@@ -160,7 +160,7 @@ def test_int8_dynamic_matches_reference():
 
 
 def test_int8_static_matches_reference_with_calibration_scales():
-    from fairprune.compress import Calibration
+    from fairprune.engine.compress import Calibration
 
     model = small_mlp(2)
     calib = torch.randn(100, 8)
@@ -177,7 +177,7 @@ def test_int8_static_matches_reference_with_calibration_scales():
 
 @pytest.mark.parametrize("spec,acts", [("int8_weight", None), ("int8_dynamic", "dynamic"), ("int8_static", "static")])
 def test_conv_model_goes_through_pt2e_and_matches_reference(spec, acts):
-    from fairprune.compress import Calibration
+    from fairprune.engine.compress import Calibration
 
     torch.manual_seed(0)
     model = ConvNet().eval()
@@ -216,7 +216,7 @@ def test_pt2_program_is_quantized_through_pt2e(tmp_path):
 def test_fixed_batch_program_calibrates_and_evaluates_in_its_own_batches(tmp_path):
     """A program exported for 8 rows: calibration (256 rows asked) and evaluation run in batches of 8, and
     give what the same variant of a program that takes any batch size gives."""
-    from fairprune.audit import audit
+    from fairprune.engine.audit import audit
     from fairprune.zoo import load_model, save_pt2
 
     torch.manual_seed(0)
@@ -280,7 +280,7 @@ def test_fp16_and_bf16_match_half_models():
 def test_bn_folded_weights_map_back_to_a_float_copy():
     """PT2E folds BatchNorm into the conv before quantizing; the float copy used for gradients unfolds it and
     computes the same function as the int8 weight-only variant."""
-    from fairprune.archs import SmallCNN
+    from fairprune.zoo.archs import SmallCNN
 
     torch.manual_seed(0)
     model = SmallCNN(channels=(8, 8), hidden=16).eval()
@@ -296,7 +296,7 @@ def test_bn_folded_weights_map_back_to_a_float_copy():
     assert set(v.quantized) == {"features.0.weight", "features.4.weight", "classifier.1.weight",
                                 "classifier.3.weight"}
     # the variant holds int8 weights, not the float ones it replaced, and no BatchNorm tensors
-    from fairprune.compress import variant_tensors
+    from fairprune.engine.compress import variant_tensors
 
     tensors = variant_tensors(v.module)
     assert sum(t.numel() for t in tensors.values() if t.dtype == torch.int8) == sum(v.quantized.values())
@@ -338,7 +338,7 @@ def test_nm_2_4_sparsity_other_than_half_is_refused(tmp_path):
     code = main(["audit", "--demo", "adult", "--method", "nm_2_4", "--sparsity", "0.9", "--out",
                  str(tmp_path / "r.json")])
     assert code == 2
-    from fairprune.search import search
+    from fairprune.engine.search import search
 
     df = make_table(n=120)
     with pytest.raises(InputError, match="no sparsity to search"):
@@ -461,7 +461,7 @@ def test_compression_section_keys_sizes_and_round_trip():
     assert [e["method"] for e in d["footprint"]["compression"]] == [e["method"] for e in d["compression"]]
     table = text_table(res)
     assert "int8_static:balanced,rows=40" in table and table.index("50%") < table.index("int8_weight")
-    from fairprune.plots import model_variants, size_axis
+    from fairprune.present.plots import model_variants, size_axis
 
     rows = model_variants(res)                        # the dashboard's one size axis reads the real section
     assert [r["kind"] for r in rows] == ["dense", "pruning"] + ["compression"] * 3
@@ -504,7 +504,7 @@ def test_headline_reads_a_variant_when_there_are_no_levels():
 
 # ---- diagnostics ------------------------------------------------------------------------------------------------
 def test_diagnostics_on_variants_float_copy_and_margins_only(monkeypatch):
-    import fairprune.compress._audit as caudit
+    import fairprune.engine.compress._audit as caudit
 
     df = make_table(n=160)
     model = train_mlp(df, epochs=20)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from fairprune.data import FORMATS, GroupedDataset, load_dataset, validate_labels
-from fairprune.errors import InputError
+from fairprune.core.errors import InputError
 
 ADULT = """age,race,sex,hours,label,group
 30,White,Male,40,1,a

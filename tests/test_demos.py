@@ -12,7 +12,7 @@ from fairprune.data import GroupedDataset
 from fairprune.data.demos import (
     DemoInfo, demo_dataset, demo_model, get_demo, list_demos, models_dir,
 )
-from fairprune.errors import InputError
+from fairprune.core.errors import InputError
 from fairprune.zoo import list_models
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,18 +14,18 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fairprune.archs import MLP, SmallCNN
-from fairprune.audit import AuditSpec, audit, run_spec
-from fairprune.cli import main
+from fairprune.zoo.archs import MLP, SmallCNN
+from fairprune.engine.audit import AuditSpec, audit, run_spec
+from fairprune.run.cli import main
 from fairprune.data import GroupedDataset
-from fairprune.diagnose import (DIAG_KEYS, MIN_GROUPS, SAMPLE_COLUMNS, DiagnosticsConfig, HessianOperator,
+from fairprune.engine.diagnose import (DIAG_KEYS, MIN_GROUPS, SAMPLE_COLUMNS, DiagnosticsConfig, HessianOperator,
                                 boundary_distances, diagnose, factor_correlations, factor_values,
                                 group_grad_norms, hvp_double_backward, hvp_forward_over_reverse,
                                 hvp_reverse_over_forward, max_eigenvalue,
                                 theory_terms, trace, uncertainty)
-from fairprune.diagnose._hessian import flatten
-from fairprune.errors import Cancelled, InputError
-from fairprune.finetune import loss_fn
+from fairprune.engine.diagnose._hessian import flatten
+from fairprune.core.errors import Cancelled, InputError
+from fairprune.engine.finetune import loss_fn
 from fairprune.zoo import LoadedModel
 
 from conftest import make_table, train_mlp
@@ -514,7 +514,7 @@ def test_audit_records_gradient_norm_fallback_in_warnings(table):
     assert r.to_dict()["warnings"] == r.warnings
     # and the norms are the exact ones
     lm = LoadedModel.from_module(copy.deepcopy(model), name="wn")
-    from fairprune.diagnose import per_sample_grad_norms_reference
+    from fairprune.engine.diagnose import per_sample_grad_norms_reference
 
     d = diagnose(lm, data, hessian=False)
     want = per_sample_grad_norms_reference(lm.module, data.x, data.y).numpy()

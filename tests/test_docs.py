@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fairprune.cli import build_parser
+from fairprune.run.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -187,7 +187,7 @@ def test_cli_reference_documents_every_option_of_every_command():
 
 def test_cli_reference_documents_every_worker_option():
     """`fairprune worker` has its own parser (the CLI hands it the arguments whole): read its options off --help."""
-    from fairprune.cli import main
+    from fairprune.run.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from fairprune.data import GroupedDataset
-from fairprune.errors import InputError
-from fairprune.evaluate import AMP_TOLERANCE, BatchSize, check_amp, evaluate
+from fairprune.core.errors import InputError
+from fairprune.engine.evaluate import AMP_TOLERANCE, BatchSize, check_amp, evaluate
 from fairprune.zoo import LoadedModel
 
 
@@ -122,7 +122,7 @@ def test_rows_and_batches_agree():
 
 
 def test_audit_records_mixed_precision_when_asked_and_is_like_for_like(table_files):
-    from fairprune.audit import audit
+    from fairprune.engine.audit import audit
 
     csv, weights, df, model = table_files
     from fairprune.data import load_dataset

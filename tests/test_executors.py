@@ -19,13 +19,13 @@ import ray
 import torch
 from safetensors.torch import save_file
 
-from fairprune.audit import AuditSpec
-from fairprune.cli import main
-from fairprune.errors import Cancelled, InputError
-from fairprune.executors import (LocalExecutor, MergeError, RayExecutor, configured_executor, get_executor,
+from fairprune.engine.audit import AuditSpec
+from fairprune.run.cli import main
+from fairprune.core.errors import Cancelled, InputError
+from fairprune.run.executors import (LocalExecutor, MergeError, RayExecutor, configured_executor, get_executor,
                                  merge_results, split_spec)
-from fairprune.executors._ray import run_unit
-from fairprune.result import AuditResult
+from fairprune.run.executors._ray import run_unit
+from fairprune.core.result import AuditResult
 
 from conftest import make_table, train_mlp
 
@@ -257,7 +257,7 @@ def test_merge_of_sections_that_some_parts_lack_or_record_differently(table):
 def test_an_address_where_nothing_answers_is_refused_at_once():
     import socket
 
-    from fairprune.executors._ray import _probe
+    from fairprune.run.executors._ray import _probe
 
     with socket.socket() as s:          # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
@@ -343,15 +343,15 @@ def test_each_task_asks_for_a_gpu_when_the_cluster_has_them():
 
 
 def test_ray_is_imported_only_when_used():
-    code = ("import sys, fairprune.executors, fairprune.cli; "
-            "fairprune.executors.configured_executor('ray'); "
+    code = ("import sys, fairprune.run.executors, fairprune.run.cli; "
+            "fairprune.run.executors.configured_executor('ray'); "
             "print(sorted(m for m in ('ray', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_variants_merge_from_one_part_only():
-    from fairprune.audit import run_spec
+    from fairprune.engine.audit import run_spec
 
     only = AuditSpec(demo="adult", sparsities=(), compress=("fp16",))
     assert split_spec(only) == [only]                          # nothing to run beside it

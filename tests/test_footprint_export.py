@@ -12,15 +12,15 @@ import torchvision
 from safetensors.torch import save, save_file
 from torch import nn
 
-from fairprune.archs import SmallCNN
-from fairprune.audit import audit
-from fairprune.cli import main
+from fairprune.zoo.archs import SmallCNN
+from fairprune.engine.audit import audit
+from fairprune.run.cli import main
 from fairprune.data import GroupedDataset
-from fairprune.errors import InputError
-from fairprune.export import compact, export_pruned, load_sparse_safetensors
-from fairprune.footprint import (csr_components, csr_nbytes, dense_size, measure_latency, serialised_size,
+from fairprune.core.errors import InputError
+from fairprune.engine.export import compact, export_pruned, load_sparse_safetensors
+from fairprune.engine.footprint import (csr_components, csr_nbytes, dense_size, measure_latency, serialised_size,
                                  sparse_size, sparse_tensors, state_tensors, without_timings)
-from fairprune.prune import MaskedModel, compute_masks
+from fairprune.engine.prune import MaskedModel, compute_masks
 from fairprune.zoo import LoadedModel, load_model, save_pt2
 
 from conftest import make_table, train_mlp

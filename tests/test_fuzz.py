@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from fairprune.archs import MLP
+from fairprune.zoo.archs import MLP
 from fairprune.data import columns, load_dataset
-from fairprune.errors import InputError
+from fairprune.core.errors import InputError
 from fairprune.zoo import load_model
 
 pytestmark = pytest.mark.timeout(120)

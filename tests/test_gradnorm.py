@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairprune.archs import MLP, SmallCNN
+from fairprune.zoo.archs import MLP, SmallCNN
 from fairprune.data import GroupedDataset
-from fairprune.diagnose import _gn_conv
-from fairprune.diagnose._gradnorm import (
+from fairprune.engine.diagnose import _gn_conv
+from fairprune.engine.diagnose._gradnorm import (
     per_sample_grad_norms,
     per_sample_grad_norms_batch,
     per_sample_grad_norms_reference,
 )
-from fairprune.errors import Cancelled
+from fairprune.core.errors import Cancelled
 from fairprune.zoo import ExportedModule, LoadedModel, load_model, save_pt2
 
 RTOL = 1e-3
@@ -431,7 +431,7 @@ def test_activations_are_freed_after_each_batch(monkeypatch):
     import gc
     import weakref
 
-    from fairprune.diagnose import _gn_capture
+    from fairprune.engine.diagnose import _gn_capture
 
     outputs = []
     record = _gn_capture.Tape.record

@@ -20,7 +20,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from fairprune.diagnose._gradnorm import per_sample_grad_norms_batch, per_sample_grad_norms_reference
+from fairprune.engine.diagnose._gradnorm import per_sample_grad_norms_batch, per_sample_grad_norms_reference
 from fairprune.zoo import ExportedModule, load_model, save_pt2
 
 RTOL = 1e-4
@@ -240,7 +240,7 @@ def test_batch_equal_to_another_dimension_is_traced_not_guessed(batch):
 
 
 def test_sample_layouts_from_probe_shapes():
-    from fairprune.diagnose._gn_capture import sample_layouts
+    from fairprune.engine.diagnose._gn_capture import sample_layouts
 
     shapes = {2: {"conv": ((2, 3, 8, 8), (2, 5, 8, 8)), "seq_first": ((5, 2, 8), (5, 2, 8)),
                   "flat": ((10, 8), (10, 8)), "coincide": ((2, 2, 8), (2, 2, 8)), "branch": ((2, 4), (2, 4))},

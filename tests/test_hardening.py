@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from fairprune import jobs
-from fairprune.errors import InputError
-from fairprune.jobs import register_executor
-from fairprune.store import RunStore
+from fairprune.run import jobs
+from fairprune.core.errors import InputError
+from fairprune.run.jobs import register_executor
+from fairprune.run.store import RunStore
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -220,7 +220,7 @@ def test_out_of_memory_in_process_is_recorded(store):
 @pytest.mark.parametrize("value, expected", [("1024", "1024"), ("0", "None"), ("", "default")])
 def test_worker_memory_limit_setting(value, expected):
     """FAIRPRUNE_WORKER_MEMORY_MB sets RLIMIT_DATA in the worker's own process (checked in a child process)."""
-    code = ("import resource; from fairprune.jobs import apply_memory_limit, memory_limit_mb; "
+    code = ("import resource; from fairprune.run.jobs import apply_memory_limit, memory_limit_mb; "
             "print(apply_memory_limit(), memory_limit_mb())")
     env = dict(os.environ, FAIRPRUNE_WORKER_MEMORY_MB=value, PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
@@ -250,7 +250,7 @@ def test_worker_main_in_process_restores_the_callers_limit(store, monkeypatch):
 @pytest.mark.parametrize("value", ["lots", "-1"])
 def test_bad_worker_memory_setting_is_refused(value):
     env = dict(os.environ, FAIRPRUNE_WORKER_MEMORY_MB=value, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "fairprune.jobs", "--once", "--home", "/nonexistent/x"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "fairprune.run.jobs", "--once", "--home", "/nonexistent/x"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "FAIRPRUNE_WORKER_MEMORY_MB: expected a whole number of MiB" in proc.stderr

@@ -3,7 +3,7 @@
 The server (``streamlit run app/main.py``, its own FAIRPRUNE_HOME) and Debian's Chromium come from
 test_browser.py's fixtures. Five browser contexts (five separate Streamlit sessions) each queue an audit
 of the MNIST demo at a different sparsity level, all before any of them finishes; then each must show its
-own run's results, and each stored result must equal what ``fairprune.audit.run_spec`` gives for the same
+own run's results, and each stored result must equal what ``fairprune.engine.audit.run_spec`` gives for the same
 spec in this process (timings aside). Bounded by pytest-timeout.
 """
 
@@ -56,8 +56,8 @@ def _assert_same(stored, direct, where="result"):
 
 
 def test_five_sessions_audit_at_once(server, browser):  # noqa: F811 - the fixtures imported above
-    from fairprune.audit import AuditSpec, run_spec
-    from fairprune.store import RunStore
+    from fairprune.engine.audit import AuditSpec, run_spec
+    from fairprune.run.store import RunStore
 
     url, home = server
     store = RunStore(home)

@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairprune.evaluate import Predictions
-from fairprune.metrics import (INTERVAL_METHOD, MIN_RELIABLE, P_FLOOR, SIGNIFICANCE_TEST, compare, group_metrics,
+from fairprune.engine.evaluate import Predictions
+from fairprune.engine.metrics import (INTERVAL_METHOD, MIN_RELIABLE, P_FLOOR, SIGNIFICANCE_TEST, compare, group_metrics,
                                group_vs_rest_p, holm, paired_counts, tango_interval, violation_interval,
                                violation_p_value)
-from fairprune.result import LevelResult
+from fairprune.core.result import LevelResult
 
 
 def _pred(correct, loss, pred=None, k=3):
@@ -237,7 +237,7 @@ def test_binary_rates_match_fairlearn_and_take_one_row():
     the reference they are checked against, on random inputs of every size from 1 row."""
     from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
 
-    from fairprune.metrics import _binary_rates
+    from fairprune.engine.metrics import _binary_rates
 
     rng = np.random.default_rng(0)
     for trial in range(60):

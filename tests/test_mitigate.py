@@ -11,19 +11,19 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from fairprune import jobs
-from fairprune.cli import main
+from fairprune.run import jobs
+from fairprune.run.cli import main
 from fairprune.data import GroupedDataset
-from fairprune.errors import InputError
-from fairprune.evaluate import evaluate
-from fairprune.finetune import finetune
-from fairprune.mitigate import (AccuracyGapConstraint, LossConstraint, MitigationResult, Multipliers, Outcome,
+from fairprune.core.errors import InputError
+from fairprune.engine.evaluate import evaluate
+from fairprune.engine.finetune import finetune
+from fairprune.engine.mitigate import (AccuracyGapConstraint, LossConstraint, MitigationResult, Multipliers, Outcome,
                                 aggregate, check_masks, get_mitigation, list_mitigations, measure, mitigate,
                                 protected_masks, recommend, split_rows, stratified_split)
-from fairprune.mitigate._engine import selection_warnings
-from fairprune.result import Metrics
-from fairprune.mitigate._engine import _Context
-from fairprune.prune import MaskedModel, compute_masks, prunable_parameters
+from fairprune.engine.mitigate._engine import selection_warnings
+from fairprune.core.result import Metrics
+from fairprune.engine.mitigate._engine import _Context
+from fairprune.engine.prune import MaskedModel, compute_masks, prunable_parameters
 from fairprune.zoo import LoadedModel, load_model
 
 from conftest import train_mlp
@@ -122,7 +122,7 @@ def test_check_masks_catches_a_moved_weight(setting):
 
 
 def test_protect_layers_keeps_sensitive_layers_dense_at_the_same_sparsity(setting):
-    from fairprune.mitigate import LayerCost
+    from fairprune.engine.mitigate import LayerCost
 
     model = fresh(setting[1])
     params = prunable_parameters(model)
@@ -278,7 +278,7 @@ def test_tiny_data_selection_degrades_with_counts():
 
 
 def test_fine_tuning_never_sees_a_held_out_row(setting, monkeypatch):
-    import fairprune.mitigate._engine as engine
+    import fairprune.engine.mitigate._engine as engine
 
     df, model = setting
     data = dataset(df, split=False)
@@ -559,7 +559,7 @@ def test_bad_options_are_refused_before_any_work(setting):
 
 
 def test_audit_finetune_epochs_still_works(setting):
-    from fairprune.audit import audit
+    from fairprune.engine.audit import audit
 
     df, model = setting
     res = audit(fresh(model), dataset(df), sparsities=[0.8], finetune_epochs=1)
@@ -580,7 +580,7 @@ def test_when_before_and_both(setting, when):
 
 
 def test_worker_runs_a_mitigate_spec(files, tmp_path):
-    from fairprune.store import RunStore
+    from fairprune.run.store import RunStore
 
     csv, weights = files
     store = RunStore(tmp_path / "home")

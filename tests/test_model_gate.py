@@ -16,8 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
-from fairprune._pt2_guard import _SYM_OPERATORS
-from fairprune.errors import InputError
+from fairprune.zoo._pt2_guard import _SYM_OPERATORS
+from fairprune.core.errors import InputError
 from fairprune.zoo import load_model, save_pt2
 from test_zoo import _bn_net, _edit_json, _rewrite
 
@@ -198,7 +198,7 @@ def torchscript(tmp_path) -> Path:
 
 
 def test_the_library_refuses_torchscript_before_opening_it_when_asked(torchscript, monkeypatch):
-    from fairprune._modelio import TORCHSCRIPT_ENV
+    from fairprune.zoo._load import TORCHSCRIPT_ENV
 
     x = torch.randn(3, 4)
     assert torch.allclose(load_model(torchscript).module(x), _bn_net()(x), atol=1e-6)   # the default: accepted
@@ -232,12 +232,12 @@ def test_the_dashboard_and_the_library_name_the_same_switch():
     import sys
 
     from app import files
-    from fairprune._modelio import TORCHSCRIPT_ENV, TORCHSCRIPT_REFUSED
+    from fairprune.zoo._load import TORCHSCRIPT_ENV, TORCHSCRIPT_REFUSED
 
     assert files.TORCHSCRIPT_ENV == TORCHSCRIPT_ENV == "FAIRPRUNE_ALLOW_TORCHSCRIPT"
     assert f"{TORCHSCRIPT_ENV}=1" in TORCHSCRIPT_REFUSED
-    # the library module imports on its own (it and fairprune.zoo import each other)
-    subprocess.run([sys.executable, "-c", "import fairprune._modelio"], check=True, timeout=120)
+    # the library module imports on its own
+    subprocess.run([sys.executable, "-c", "import fairprune.zoo._load"], check=True, timeout=120)
 
 
 def test_a_bad_dashboard_switch_is_refused(monkeypatch):
@@ -250,7 +250,7 @@ def test_a_bad_dashboard_switch_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("opt_in", [False, True])
 def test_the_data_page_takes_torchscript_only_when_the_server_opts_in(torchscript, monkeypatch, opt_in):
-    from fairprune import jobs
+    from fairprune.run import jobs
     from test_app import assert_clean, choose_own_files, new_app
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda store=None, **kw: None)
@@ -280,7 +280,7 @@ def test_the_cli_still_audits_torchscript(tmp_path, capsys):
     import json
 
     from conftest import make_table, train_mlp
-    from fairprune.cli import main
+    from fairprune.run.cli import main
 
     df = make_table(n=120)
     model = train_mlp(df, epochs=20).eval()

@@ -1,4 +1,4 @@
-"""fairprune.plots: the figures draw the result's own numbers, in the documented units, and import no UI."""
+"""fairprune.present.plots: the figures draw the result's own numbers, in the documented units, and import no UI."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import plotly.graph_objects as go
 import pytest
 
-from fairprune import plots
-from fairprune.result import (AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, Metrics, ModelInfo,
+from fairprune.present import plots
+from fairprune.core.result import (AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, Metrics, ModelInfo,
                               Provenance)
 
 
@@ -107,7 +107,7 @@ def test_every_figure_serialises_and_definitions_cover_the_json_names():
 
 
 def test_plots_import_no_ui():
-    code = "import sys, fairprune.plots; assert 'streamlit' not in sys.modules, 'plots imported streamlit'"
+    code = "import sys, fairprune.present.plots; assert 'streamlit' not in sys.modules, 'plots imported streamlit'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

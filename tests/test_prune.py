@@ -5,9 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
-from fairprune.archs import MLP, SmallCNN
-from fairprune.errors import InputError
-from fairprune.prune import MaskedModel, compute_masks, get_method, list_methods, prunable_parameters
+from fairprune.zoo.archs import MLP, SmallCNN
+from fairprune.core.errors import InputError
+from fairprune.engine.prune import MaskedModel, compute_masks, get_method, list_methods, prunable_parameters
 
 METHODS = [m.name for m in list_methods()]
 

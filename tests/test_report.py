@@ -18,13 +18,13 @@ import pytest
 import torch
 from markupsafe import escape
 
-from fairprune.audit import AuditSpec, audit, run_spec
-from fairprune.cli import main
+from fairprune.engine.audit import AuditSpec, audit, run_spec
+from fairprune.run.cli import main
 from fairprune.data import GroupedDataset
-from fairprune.reading import headline
-from fairprune.report import (CHART_CLASS, RESULT_SCRIPT_ID, load_source, redact, render_html, write_report)
-from fairprune.result import AuditResult
-from fairprune.store import RunStore
+from fairprune.present.reading import headline
+from fairprune.present.report import (CHART_CLASS, RESULT_SCRIPT_ID, load_source, redact, render_html, write_report)
+from fairprune.core.result import AuditResult
+from fairprune.run.store import RunStore
 
 from conftest import make_table, train_mlp
 
@@ -325,7 +325,7 @@ def test_mitigation_file_alone(result, tmp_path):
 def test_render_html_refuses_what_it_cannot_report(result):
     with pytest.raises(ValueError, match="needs an AuditResult"):
         render_html(None)
-    with pytest.raises(TypeError, match="must be a fairprune.result.AuditResult"):
+    with pytest.raises(TypeError, match="must be a fairprune.core.result.AuditResult"):
         render_html(result.to_dict())
 
 
@@ -454,7 +454,7 @@ def test_report_opens_in_chromium_with_every_chart_and_no_network(result, report
 def test_results_page_offers_the_report(result, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from fairprune import jobs
+    from fairprune.run import jobs
 
     monkeypatch.setattr(jobs, "ensure_worker", lambda store=None, **kw: None)   # no background worker
     store = RunStore()

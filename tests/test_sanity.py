@@ -1,4 +1,4 @@
-"""Odd inputs end well, and the sanity warnings an auditor needs (fairprune.sanity).
+"""Odd inputs end well, and the sanity warnings an auditor needs (fairprune.engine.sanity).
 
 Every small input, through the CLI, ends in a result or in one ``error:`` line (exit 2), never exit 3:
 one row, two rows, one row per group, one group, one class. The result's ``warnings`` say when labels
@@ -21,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import train_mlp
-from fairprune.cli import main
-from fairprune.metrics import _binary_rates
-from fairprune.result import Metrics
-from fairprune.sanity import sanity_warnings
+from fairprune.run.cli import main
+from fairprune.engine.metrics import _binary_rates
+from fairprune.core.result import Metrics
+from fairprune.engine.sanity import sanity_warnings
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = ["--arch", "mlp", "--num-classes", "2", "--arch-arg", "in_features=2", "--arch-arg", "hidden=32,16"]
@@ -135,7 +135,7 @@ def test_one_row_through_the_installed_command(binary, tmp_path):
     cmd = [str(REPO / ".venv" / "bin" / "fairprune"), "audit", "--model", str(weights), *ARCH, "--data", str(data),
            "--sparsity", "0.5", "--out", str(out), "--quiet"]
     if not Path(cmd[0]).exists():
-        cmd[0:1] = [sys.executable, "-m", "fairprune.cli"]
+        cmd[0:1] = [sys.executable, "-m", "fairprune.run.cli"]
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert run.returncode == 0, run.stderr
     r = json.loads(out.read_text())

@@ -16,14 +16,14 @@ import pytest
 import torch
 from torch import nn
 
-import fairprune.audit
-from fairprune.audit import Auditor
-from fairprune.cli import main
+import fairprune.engine.audit
+from fairprune.engine.audit import Auditor
+from fairprune.run.cli import main
 from fairprune.data import GroupedDataset
-from fairprune.errors import InputError
-from fairprune.metrics import violation_interval
-from fairprune.result import LevelResult, Metrics
-from fairprune.search import SCHEMA, check, search
+from fairprune.core.errors import InputError
+from fairprune.engine.metrics import violation_interval
+from fairprune.core.result import LevelResult, Metrics
+from fairprune.engine.search import SCHEMA, check, search
 
 PER_FEATURE = 10    # group-b rows per feature
 N_A = 90            # group-a rows
@@ -64,20 +64,20 @@ def _ladder_violation(s: float) -> float:
 def spy_masks(monkeypatch):
     """Counts how often each sparsity is masked (i.e. measured) by the Auditor."""
     counts = Counter()
-    real = fairprune.audit.iter_masks
+    real = fairprune.engine.audit.iter_masks
 
     def spy(module, method, sparsities, **kw):
         counts.update(float(s) for s in sparsities)
         return real(module, method, sparsities, **kw)
 
-    monkeypatch.setattr(fairprune.audit, "iter_masks", spy)
+    monkeypatch.setattr(fairprune.engine.audit, "iter_masks", spy)
     return counts
 
 
 # ---- the search on a real (constructed) model -------------------------------------------------------
 def test_ladder_violation_matches_hand_computation():
     model, data, _ = _ladder()
-    res = fairprune.audit.audit(model, data, sparsities=[0.1, 0.25, 0.3, 0.5], measure_footprint=False)
+    res = fairprune.engine.audit.audit(model, data, sparsities=[0.1, 0.25, 0.3, 0.5], measure_footprint=False)
     for lv in res.levels:
         assert lv.fairness_violation["accuracy"] == pytest.approx(_ladder_violation(lv.sparsity))
         assert lv.groups["a"].accuracy_drop == 0
@@ -132,7 +132,7 @@ def test_infeasible_over_the_whole_range_recommends_nothing():
 
 
 def test_several_methods_one_frontier_each():
-    from fairprune.search import search_methods
+    from fairprune.engine.search import search_methods
 
     model, data, _ = _ladder()
     rep = search_methods(model, data, methods=["global_magnitude", "random"], max_violation=0.25, hi=0.6, max_evals=8,
@@ -350,7 +350,7 @@ def test_search_after_finetuning_uses_the_training_rows():
 # ---- compression variants beside the levels ---------------------------------------------------------------
 def test_search_judges_compression_variants_and_names_the_smallest_within_budget(table_files):
     from fairprune.data import load_dataset
-    from fairprune.search import search_methods
+    from fairprune.engine.search import search_methods
 
     csv, _, _, model = table_files
     data = load_dataset(str(csv), label="label", group=("group",), ignore=("sex",))

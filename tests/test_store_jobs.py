@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fairprune import jobs
-from fairprune.errors import InputError
-from fairprune.jobs import execute, register_executor, run_worker
-from fairprune.store import RunStore, fairprune_home
+from fairprune.run import jobs
+from fairprune.core.errors import InputError
+from fairprune.run.jobs import execute, register_executor, run_worker
+from fairprune.run.store import RunStore, fairprune_home
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -35,7 +35,7 @@ def _echo(store, run, progress, cancel):
 @register_executor("test_sleepy")
 def _sleepy(store, run, progress, cancel):
     """Works until cancelled (at most spec['seconds']), checking cancel() every 10 ms like a batch loop."""
-    from fairprune.errors import Cancelled
+    from fairprune.core.errors import Cancelled
 
     end = time.monotonic() + run.spec.get("seconds", 60)
     progress(0, 1, "sleeping")
@@ -385,7 +385,7 @@ def test_worker_main_once(home):
 
 def test_import_has_no_side_effects(tmp_path):
     h = tmp_path / "untouched"
-    code = ("import threading, fairprune.store, fairprune.jobs; "
+    code = ("import threading, fairprune.run.store, fairprune.run.jobs; "
             "assert threading.active_count() == 1, threading.enumerate()")
     env = dict(os.environ, FAIRPRUNE_HOME=str(h), PYTHONPATH=str(REPO))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
@@ -446,7 +446,7 @@ def test_subprocess_worker_runs_an_audit(store, tmp_path, spawned):
     import torch
     from safetensors.torch import save_file
 
-    from fairprune.archs import MLP
+    from fairprune.zoo.archs import MLP
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame(rng.normal(size=(60, 4)).astype(np.float32), columns=["a", "b", "c", "d"])

@@ -21,8 +21,8 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from fairprune.archs import MLP, SmallCNN
-from fairprune.errors import InputError
+from fairprune.zoo.archs import MLP, SmallCNN
+from fairprune.core.errors import InputError
 from fairprune.zoo import ExportedModule, LoadedModel, load_model, parse_arch_args, save_pt2
 
 

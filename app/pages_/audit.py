@@ -5,10 +5,10 @@ from __future__ import annotations
 import streamlit as st
 
 from app import widgets
-from fairprune.audit import AuditSpec
-from fairprune.errors import InputError
-from fairprune.compress import compression_help, list_compressions, parse_variants
-from fairprune.prune import list_methods
+from fairprune.engine.audit import AuditSpec
+from fairprune.core.errors import InputError
+from fairprune.engine.compress import compression_help, list_compressions, parse_variants
+from fairprune.engine.prune import list_methods
 
 
 
@@ -16,7 +16,7 @@ def configured_executor_label() -> str | None:
     """Where the worker sends runs, when the server is configured for a Ray cluster (FAIRPRUNE_EXECUTOR=ray)."""
     import os
 
-    from fairprune.executors import EXECUTOR_ENV, RAY_ADDRESS_ENV
+    from fairprune.run.executors import EXECUTOR_ENV, RAY_ADDRESS_ENV
 
     if os.environ.get(EXECUTOR_ENV, "local").strip().lower() != "ray":
         return None

@@ -8,8 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from app import files, widgets
-from fairprune import plots
-from fairprune.errors import InputError
+from fairprune.present import plots
+from fairprune.core.errors import InputError
 
 st.title("Data & model")
 inp = widgets.inputs()
@@ -271,7 +271,7 @@ def files_section() -> None:
     fits = False
     if model and data and model["valid"] and data["valid"]:
         from fairprune.data import validate_labels
-        from fairprune.evaluate import check_model_fits
+        from fairprune.engine.evaluate import check_model_fits
 
         m, d = model.pop("loaded"), data.pop("loaded")
         measured = d.part("test") if d.split is not None else d

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from app import result_view, widgets
-from fairprune import plots
-from fairprune.mitigate import list_mitigations, recommend
+from fairprune.present import plots
+from fairprune.engine.mitigate import list_mitigations, recommend
 
 LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
              "missing_group", "normalize", "train_data")

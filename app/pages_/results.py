@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import result_view, widgets
-from fairprune.result import AuditResult
+from fairprune.core.result import AuditResult
 
 st.title("Results")
 s = widgets.store()

@@ -9,11 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from app import result_view, widgets
-from fairprune import plots
-from fairprune.plots import DEFINITIONS
-from fairprune.reading import worst_group
-from fairprune.result import AuditResult
-from fairprune.store import REQUEUEABLE
+from fairprune.present import plots
+from fairprune.present.plots import DEFINITIONS
+from fairprune.present.reading import worst_group
+from fairprune.core.result import AuditResult
+from fairprune.run.store import REQUEUEABLE
 
 st.title("Runs")
 st.caption("Every run in the store, of every kind (shared by every browser session): audits, audits with "

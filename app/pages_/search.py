@@ -6,10 +6,10 @@ import pandas as pd
 import streamlit as st
 
 from app import result_view, widgets
-from fairprune import plots
-from fairprune.compress import list_compressions
-from fairprune.prune import list_methods
-from fairprune.search import DEFAULT_GRID
+from fairprune.present import plots
+from fairprune.engine.compress import list_compressions
+from fairprune.engine.prune import list_methods
+from fairprune.engine.search import DEFAULT_GRID
 
 st.title("Operating point")
 st.caption("Find the highest sparsity at which the pruned model stays within your budget: a coarse grid, then "

@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from app import result_view, widgets
-from fairprune import plots
-from fairprune.audit import AuditSpec
-from fairprune.result import AuditResult
+from fairprune.present import plots
+from fairprune.engine.audit import AuditSpec
+from fairprune.core.result import AuditResult
 
 HELP = {
     "theorem": "Theorem 1 (Tran et al. 2022): a group's excessive loss R(a) is bounded by ‖g_a‖·‖θ̄ − θ*‖ + "

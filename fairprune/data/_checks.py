@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 #: The values a ``split`` column/array may hold.
 SPLITS = ("train", "test")

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .._hash import sha256_file
-from ..errors import InputError
+from ..core._hash import sha256_file
+from ..core.errors import InputError
 from ._checks import fit_normalize, fmt_names
 from ._dataset import GroupedDataset
 from ._table import SPLIT_COLUMN, line_numbers, read_csv, require_columns, table_parts

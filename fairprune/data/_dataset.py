@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 __all__ = ["GroupedDataset", "GROUP_JOIN", "join_groups"]
 

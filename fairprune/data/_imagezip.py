@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .._hash import sha256_file
-from ..errors import InputError
+from ..core._hash import sha256_file
+from ..core.errors import InputError
 from ._checks import ZIP_ERRORS, check_zip_size, fit_normalize, fmt_names, is_missing, open_zip
 from ._dataset import GroupedDataset
 from ._table import line_numbers, read_csv, require_columns, table_parts

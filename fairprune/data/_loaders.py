@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from ..core.errors import InputError
 from ._checks import ZIP_ERRORS, as_names, check_missing_group, fmt_counts, open_zip, parse_normalize
 from ._csv import load_csv
 from ._dataset import GroupedDataset

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._hash import sha256_file
-from ..errors import InputError
+from ..core._hash import sha256_file
+from ..core.errors import InputError
 from ._checks import (
     NOT_A_ZIP,
     ZIP_ERRORS,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..core.errors import InputError
 from ._checks import as_class_indices, check_split, fmt_names, fmt_rows, resolve_missing_groups
 from ._dataset import join_groups
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._hash import sha256_arrays
-from ..errors import InputError
+from ..core._hash import sha256_arrays
+from ..core.errors import InputError
 from ._dataset import GroupedDataset, join_groups
 
 __all__ = ["DemoInfo", "list_demos", "get_demo", "demo_dataset", "demo_model", "models_dir"]

@@ -1,0 +1,559 @@
+"""Diagnostics of one model (dense or pruned), and the ``diagnostics`` section of an audit result.
+
+:func:`diagnose` measures one model on a grouped dataset: per sample (loss, prediction, gradient norm,
+margin, uncertainty, optionally the input-space boundary distance) and per group (the DIAG figures
+of DESIGN.md: mean gradient norm, ‖g_a‖, λ_max and Tr of the group Hessian with standard errors, mean
+margin and uncertainty, mean boundary distance or None). :func:`diagnostics_section` turns the dense
+model's and each level's diagnostics into the result JSON's ``diagnostics`` section, with the
+extras a reader may use (Theorem 1's terms, the factor reading, the flipped samples, distributions).
+
+Cost [fairprune]: per model, one inference pass, one per-sample-gradient pass and one gradient pass
+over the rows, plus per group (power iterations + probes + 1) Hessian-vector products on a seeded
+sample of at most ``hessian_rows`` rows (the same rows for the dense model and every level, so level
+differences are not sampling noise). Each level's power iteration starts from the dense model's
+eigenvector of the same group, so it usually stops after a few products.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+
+from ...core.errors import Cancelled, InputError
+from ._boundary import BOUNDARY_ATTACKS, boundary_distances
+from ._factors import FACTORS, factor_correlations, factor_values, theory_terms
+from ._gradients import group_pass
+from ._gradnorm import per_sample_grad_norms
+from ._hessian import HVP_METHODS, HessianOperator, max_eigenvalue, trace
+
+__all__ = ["AuditDiagnostics", "DiagnosticsConfig", "ModelDiagnostics", "DIAG_KEYS", "SAMPLE_COLUMNS", "diagnose",
+           "sample_diagnostics", "sample_rows", "input_positions", "diagnostics_section", "diagnose_steps"]
+
+#: the per-group figures: DESIGN.md's DIAG, plus ``hessian_max_eig_converged`` (issue 12): whether the
+#: power iteration met its tolerance within ``power_iterations`` (None where λ_max was not computed)
+DIAG_KEYS = ("grad_norm_mean", "group_grad_norm", "hessian_max_eig", "hessian_max_eig_se",
+             "hessian_max_eig_converged", "hessian_trace", "hessian_trace_se", "margin_mean", "uncertainty_mean",
+             "boundary_distance_mean")
+#: the start of the per-sample gradient norms' fallback warning (kept in ModelDiagnostics.warnings)
+GRADNORM_WARNING = "per-sample gradient norms"
+#: the per-sample CSV's columns (``boundary_distance`` appended where computed)
+SAMPLE_COLUMNS = ("index", "group", "label", "pred", "loss", "grad_norm", "margin")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+#: most parameter entries kept for warm-starting the levels' power iterations (all groups together)
+WARM_START_ELEMENTS = 250_000_000
+MARGIN_EDGES = tuple(np.round(np.linspace(-1, 1, 21), 10).tolist())
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """How much work the diagnostics do. The defaults keep the MNIST demo's 4-level audit fast on 2 CPU cores.
+
+    hessian_rows: rows per group the Hessian is estimated on (a seeded sample when the group is larger).
+        λ_max of a subsample's Hessian is biased upward (the top eigenvalue of a noisy estimate of a matrix
+        exceeds the matrix's on average), the more so the fewer rows: compare groups on equal row counts.
+    power_iterations / power_tol: cap and relative stopping tolerance of the power iteration.
+    hutchinson_probes: Rademacher probes for the trace. se_parts: row-parts for λ_max's sampling SE.
+    hvp: "auto" (forward-over-reverse, falling back to double backward), or either one.
+    boundary: also measure the input-space boundary distance, on ``boundary_rows`` rows per group,
+    ε up to ``boundary_max_eps`` (input units, L∞) with ``boundary_attack`` ("fgsm" or "pgd").
+    flips_cap: flipped-sample indices kept per group and level. seed: None -> the audit's seed.
+    """
+
+    hessian_rows: int = 64
+    power_iterations: int = 20
+    power_tol: float = 1e-2
+    hutchinson_probes: int = 8
+    se_parts: int = 4
+    hvp: str = "auto"
+    boundary: bool = False
+    boundary_rows: int = 32
+    boundary_max_eps: float = 1.0
+    boundary_attack: str = "fgsm"
+    flips_cap: int = 200
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name in ("hessian_rows", "power_iterations", "hutchinson_probes", "se_parts", "boundary_rows", "flips_cap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"diagnostics option {name} must be a whole number >= 1; received {v!r}")
+        if not isinstance(self.power_tol, (int, float)) or not self.power_tol > 0:
+            raise InputError(f"diagnostics option power_tol must be a number > 0; received {self.power_tol!r}")
+        if self.hvp not in HVP_METHODS:
+            raise InputError(f"diagnostics option hvp must be one of {', '.join(HVP_METHODS)}; received {self.hvp!r}")
+        if self.boundary_attack not in BOUNDARY_ATTACKS:
+            raise InputError(f"diagnostics option boundary_attack must be one of {', '.join(BOUNDARY_ATTACKS)}; "
+                             f"received {self.boundary_attack!r}")
+        if not isinstance(self.boundary_max_eps, (int, float)) or not self.boundary_max_eps > 0:
+            raise InputError(f"diagnostics option boundary_max_eps must be a number > 0; received {self.boundary_max_eps!r}")
+
+    @classmethod
+    def coerce(cls, value) -> "DiagnosticsConfig | None":
+        """False/None -> None; True -> defaults; a dict of options (an AuditSpec's JSON form) or a config."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise InputError(f"unknown diagnostics option(s) {unknown}; expected some of {sorted(known)}")
+            return cls(**value)
+        raise InputError(f"diagnostics must be true/false or a dict of options; received {type(value).__name__}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelDiagnostics:
+    """One model's diagnostics on one dataset.
+
+    samples: a pandas DataFrame, row-aligned with the data, columns ``index`` (position in the input),
+        ``group``, ``label``, ``pred``, ``correct``, ``loss``, ``grad_norm`` (‖∇_θ ℓ(f(x_i), y_i)‖₂ over
+        the trainable, unpruned coordinates), ``margin``, ``uncertainty``, ``boundary_distance`` (NaN
+        where not measured).
+    groups: group -> DIAG (:data:`DIAG_KEYS`); None for a figure that was not computed.
+    details: group -> how the Hessian figures were obtained (rows, iterations, converged, probes).
+    hvp_method: the Hessian-vector product(s) used ("+"-joined); hvp_fallback: why "auto" could not use
+        torch.func, if it could not.
+    warnings: what an auditor must know about these figures: parameters whose gradient norms came from
+        the exact per-sample loop (no rule covers them), Hessian figures not computed and why.
+    """
+
+    samples: object
+    groups: dict[str, dict]
+    details: dict[str, dict] = field(default_factory=dict)
+    hvp_method: str | None = None
+    hvp_fallback: str | None = None
+    vectors: dict = field(default_factory=dict, repr=False)   # group -> top eigenvector (warm starts; not serialised)
+    warnings: tuple[str, ...] = ()
+
+
+def sample_rows(data, n_per_group: int, seed: int) -> dict[str, np.ndarray]:
+    """Group -> sorted row positions: all rows of a group with at most ``n_per_group``, else a seeded sample."""
+    groups = np.asarray(data.group).astype(str)
+    out = {}
+    for i, g in enumerate(sorted(set(groups))):
+        rows = np.flatnonzero(groups == g)
+        if len(rows) > n_per_group:
+            rng = np.random.default_rng([seed, i])
+            rows = np.sort(rng.choice(rows, n_per_group, replace=False))
+        out[g] = rows
+    return out
+
+
+def input_positions(data) -> np.ndarray:
+    """Positions in the input of the rows ``data.part('test')`` measures (all rows when there is no split)."""
+    if data.split is None:
+        return np.arange(data.n)
+    return np.flatnonzero(data.split == "test")
+
+
+def diagnose_steps(n_groups: int, *, hessian: bool = True, boundary: bool = False) -> int:
+    """Progress steps one :func:`diagnose` call reports."""
+    return 1 + (n_groups if hessian else 0) + (1 if boundary else 0)
+
+
+def _rows(data, positions: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.as_tensor(positions, dtype=torch.long)
+    return data.to_float(data.x[t].to(device)), data.y[t].to(device)
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _per_sample_grad_norms(model, data, *, batch_size, device, masks, cancel) -> tuple[np.ndarray, list[str]]:
+    """The norms and the fallback warnings they gave (recorded, not only shown: the CLI silences Python
+    warnings); any other warning is passed on."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        norms = per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+    said = []
+    for w in caught:
+        if str(w.message).startswith(GRADNORM_WARNING):
+            said.append(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return np.asarray(norms, dtype=np.float64), said
+
+
+def _hessian_failed(groups: Sequence[str], reason: str) -> str:
+    return (f"Hessian not computed for group(s) {', '.join(groups)} (hessian_max_eig and hessian_trace are null; "
+            f"every other figure is kept): {reason}")
+
+
+def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, config: DiagnosticsConfig | None = None,
+             hessian: bool = True, hessian_rows: Mapping[str, np.ndarray] | None = None,
+             boundary_rows: Mapping[str, np.ndarray] | None = None, init: Mapping | None = None,
+             index: np.ndarray | None = None, seed: int = 0, batch_size: int = 256,
+             device: torch.device | str = "cpu", cancel: Callable[[], bool] | None = None,
+             step: Callable[[str], None] | None = None, keep_vectors: bool = False,
+             hvp: str | None = None) -> ModelDiagnostics:
+    """Per-sample and per-group diagnostics of ``model`` (a LoadedModel at its current weights) on ``data``.
+
+    Args:
+        masks: the pruning masks the model's weights carry (name -> bool keep-mask): gradient norms and
+            the Hessian are then over the unpruned coordinates only.
+        hessian: False skips the Hessian figures (None in DIAG), e.g. for the per-sample CSV.
+        hessian_rows / boundary_rows: group -> row positions to use (default: seeded samples of
+            ``config.hessian_rows`` / ``config.boundary_rows`` per group).
+        init: group -> start vector for the power iteration (e.g. the dense model's eigenvector).
+        index: (N,) position of each row in the input (default 0..N-1).
+        step: called with a message after each step (:func:`diagnose_steps` of them).
+        keep_vectors: keep each group's top eigenvector in ``vectors`` (one parameter-sized vector per group).
+        hvp: the Hessian-vector product to use (default ``config.hvp``); when "auto" had to fall back to
+            double backward on one group, the other groups use double backward directly.
+    """
+    from ...zoo import LoadedModel
+
+    if not isinstance(model, LoadedModel):
+        model = LoadedModel.from_module(model, name=type(model).__name__)
+    cfg = config or DiagnosticsConfig()
+    seed = cfg.seed if cfg.seed is not None else seed
+    device = torch.device(device)
+    step = step or (lambda msg: None)
+    groups = np.asarray(data.group).astype(str)
+    names = data.group_names
+
+    group_norms, out = group_pass(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+    grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
+                                              cancel=cancel)
+    step("gradient norms")
+
+    import pandas as pd
+
+    y = data.y.numpy()
+    samples = pd.DataFrame({
+        "index": np.arange(data.n) if index is None else np.asarray(index),
+        "group": groups, "label": y, "pred": out["pred"], "correct": out["pred"] == y, "loss": out["loss"],
+        "grad_norm": grad_norm, "margin": out["margin"], "uncertainty": out["uncertainty"],
+        "boundary_distance": np.full(data.n, np.nan),
+    })
+
+    diags: dict[str, dict] = {}
+    for g in names:
+        rows = groups == g
+        diags[g] = {"grad_norm_mean": _mean(grad_norm[rows]), "group_grad_norm": group_norms[g],
+                    "hessian_max_eig": None, "hessian_max_eig_se": None, "hessian_max_eig_converged": None,
+                    "hessian_trace": None,
+                    "hessian_trace_se": None, "margin_mean": _mean(out["margin"][rows]),
+                    "uncertainty_mean": _mean(out["uncertainty"][rows]), "boundary_distance_mean": None}
+
+    details: dict[str, dict] = {}
+    vectors: dict = {}
+    methods: set[str] = set()
+    fallback = None
+    failed: dict[str, list[str]] = {}       # reason -> groups whose Hessian could not be computed
+    if hessian:
+        hrows = hessian_rows if hessian_rows is not None else sample_rows(data, cfg.hessian_rows, seed)
+        module = model.module
+        hvp = hvp or cfg.hvp
+        for gi, g in enumerate(names):
+            x, yy = _rows(data, hrows[g], device)
+            op = None
+            try:
+                op = HessianOperator(module, x, yy, masks=masks, method=hvp, chunk_size=batch_size,
+                                     fixed_batch_size=model.fixed_batch_size)
+                eig = max_eigenvalue(op, iterations=cfg.power_iterations, tol=cfg.power_tol, seed=seed + 7919 * gi,
+                                     init=(init or {}).get(g), se_parts=cfg.se_parts, cancel=cancel)
+                tr = trace(op, probes=cfg.hutchinson_probes, seed=seed + 104729 * (gi + 1), cancel=cancel)
+            except Cancelled:
+                raise
+            except Exception as err:  # noqa: BLE001 - degrade per factor: the Hessian's figures stay null
+                first = (str(err).strip().splitlines() or [""])[0][:200]
+                failed.setdefault(f"{type(err).__name__}: {first}", []).append(g)
+                step(f"Hessian of group {g} (not computed)")
+                continue
+            finally:
+                if op is not None:
+                    op.release()
+            diags[g].update(hessian_max_eig=eig.value, hessian_max_eig_se=eig.se,
+                            hessian_max_eig_converged=bool(eig.converged), hessian_trace=tr.value,
+                            hessian_trace_se=None if math.isnan(tr.se) else tr.se)
+            details[g] = {"rows": int(len(hrows[g])), "iterations": eig.iterations, "converged": eig.converged,
+                          "probes": tr.probes, "products": op.products, "dimension": op.dimension,
+                          "hvp": op.method}
+            if keep_vectors:
+                vectors[g] = eig.vector
+            methods.add(op.method)
+            fallback = fallback or op.fallback
+            if op.fallback:
+                hvp = "double_backward"    # torch.func cannot run this module: do not try again
+            step(f"Hessian of group {g}")
+
+    if cfg.boundary:
+        brows = boundary_rows if boundary_rows is not None else sample_rows(data, cfg.boundary_rows, seed + 1)
+        dist = samples["boundary_distance"].to_numpy(copy=True)
+        for g in names:
+            x, _ = _rows(data, brows[g], device)
+            d, censored = boundary_distances(model, x, max_eps=cfg.boundary_max_eps, attack=cfg.boundary_attack,
+                                             cancel=cancel)
+            dist[brows[g]] = d
+            diags[g]["boundary_distance_mean"] = _mean(d)
+            details.setdefault(g, {}).update(boundary_rows=int(len(d)), boundary_censored=int(censored.sum()))
+        samples["boundary_distance"] = dist
+        step("boundary distances")
+    notes += [_hessian_failed(gs, reason) for reason, gs in failed.items()]
+    unconverged = [g for g in names if diags[g]["hessian_max_eig_converged"] is False]
+    if unconverged:
+        notes.append(f"the power iteration for λ_max did not converge within {cfg.power_iterations} products "
+                     f"(relative tolerance {cfg.power_tol:g}) for group(s) {', '.join(unconverged)}: their "
+                     f"hessian_max_eig is the last iterate, hessian_max_eig_converged is false")
+    return ModelDiagnostics(samples=samples, groups=diags, details=details,
+                            hvp_method="+".join(sorted(methods)) or None, hvp_fallback=fallback, vectors=vectors,
+                            warnings=tuple(notes))
+
+
+# ---- the result section ------------------------------------------------------------------------------
+def _clean(v):
+    """JSON-safe: numpy scalars to Python, NaN/inf to None, recursively."""
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def _distribution(samples, g) -> dict:
+    rows = samples[samples["group"] == g]
+    d = {}
+    for col in ("grad_norm", "margin", "uncertainty"):
+        vals = rows[col].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals)]
+        d[col] = np.quantile(vals, QUANTILES).tolist() if len(vals) else None
+    d["margin_histogram"] = np.histogram(np.clip(rows["margin"].to_numpy(dtype=float), -1, 1),
+                                         bins=np.asarray(MARGIN_EDGES))[0].tolist()
+    return d
+
+
+def _flips(dense, level, names: Sequence[str], cap: int) -> dict:
+    """Rows the dense model gets right and the pruned one wrong, per group (capped), and how well the
+    dense model's risk scores rank them (precision@k, k = number of flips, among the dense-correct rows)."""
+    d, p = dense.samples, level.samples
+    flipped = d["correct"].to_numpy() & ~p["correct"].to_numpy()
+    fixed = ~d["correct"].to_numpy() & p["correct"].to_numpy()
+    groups = d["group"].to_numpy()
+    index = d["index"].to_numpy()
+    per_group = {}
+    for g in names:
+        rows = np.flatnonzero(flipped & (groups == g))
+        per_group[g] = {"n": int(len(rows)), "fixed": int((fixed & (groups == g)).sum()),
+                        "indices": index[rows[:cap]].tolist()}
+    candidates = np.flatnonzero(d["correct"].to_numpy())
+    k = int(flipped.sum())
+    precision = {"k": k, "grad_norm": None, "margin": None, "random": None}
+    if k and len(candidates):
+        for name, score in (("grad_norm", -d["grad_norm"].to_numpy()), ("margin", d["margin"].to_numpy())):
+            order = candidates[np.argsort(score[candidates], kind="stable")]
+            precision[name] = float(flipped[order[:k]].mean())
+        precision["random"] = k / len(candidates)
+    return {"n_flips": k, "n_fixed": int(fixed.sum()), "groups": per_group, "precision_at_k": precision}
+
+
+def _risk(dense, names: Sequence[str], cap: int) -> dict:
+    """Per group, the dense-correct rows most at risk: highest gradient norm, lowest margin (input positions)."""
+    d = dense.samples
+    out: dict[str, dict] = {"grad_norm": {}, "margin": {}}
+    for g in names:
+        rows = d[(d["group"] == g) & d["correct"]]
+        out["grad_norm"][g] = rows.sort_values("grad_norm", ascending=False, kind="stable")["index"].head(cap).tolist()
+        out["margin"][g] = rows.sort_values("margin", ascending=True, kind="stable")["index"].head(cap).tolist()
+    return out
+
+
+def diagnostics_section(dense: ModelDiagnostics, levels: Sequence[ModelDiagnostics], level_results: Sequence,
+                        distances: Sequence[float], sizes: Mapping[str, int], config: DiagnosticsConfig) -> dict:
+    """The result JSON's ``diagnostics`` section.
+
+    ``level_results``: the audit's LevelResult per level (for drops and excessive losses);
+    ``distances``: ‖θ̄ − θ*‖₂ over all parameters per level (Theorem 1's distance). The section::
+
+        "diagnostics": {
+          "dense":  {GROUP: DIAG},                 # DESIGN.md's DIAG, exactly these keys
+          "levels": [{GROUP: DIAG}],               # one per level, in the result's level order
+          # extra keys [fairprune] (readers ignore what they do not know):
+          "theory": [{GROUP: {"grad_term", "hessian_term", "bound", "excessive_loss", "weight_distance"}}],
+              # Theorem 1 per level: ‖g_a‖·d, ½ λ_max(H_a)·d², their sum, the measured R(a); g_a, H_a of the
+              # dense model, d = ‖θ̄ − θ*‖₂ over all parameters (= the level's weight_distance unless
+              # fine-tuning moved unprunable parameters)
+          "factors": {"n_groups", "factors": [name], "values": {factor: {GROUP: value}},
+                      "levels": [{"sparsity", "n_groups", "spearman": {factor: ρ | null},
+                                  "p_value": {factor: p | null}, "n": {factor: groups used},
+                                  "strongest": factor | null, "sentence": str}]},
+              # Spearman across groups between each dense-model factor and the level's accuracy drops;
+              # null with fewer than 4 groups or a constant factor; factors: grad_norm_mean,
+              # group_grad_norm, hessian_max_eig, hessian_trace, neg_margin_mean (= −margin_mean),
+              # uncertainty_mean, group_size
+          "flips": {"cap_per_group": int,
+                    "risk": {"grad_norm": {GROUP: [index]}, "margin": {GROUP: [index]}},
+                        # dense-correct rows ranked by risk: highest gradient norm / lowest margin (capped)
+                    "levels": [{"sparsity", "n_flips", "n_fixed",
+                                "groups": {GROUP: {"n": flips, "fixed": wrong->right, "indices": [index]}},
+                                "precision_at_k": {"k", "grad_norm", "margin", "random"}}]},
+              # flip = right under the dense model, wrong under the pruned one; indices are row positions in
+              # the input data (any split), capped per group; precision@k of each dense risk ranking among
+              # the dense-correct rows, k = number of flips; "random" = k / dense-correct rows
+          "distributions": {"quantiles": [0.05, 0.25, 0.5, 0.75, 0.95], "margin_edges": [21 edges],
+                            "dense": {GROUP: {"grad_norm": [q], "margin": [q], "uncertainty": [q],
+                                              "margin_histogram": [20 counts]}},
+                            "levels": [{GROUP: ...}]},
+          "details": {"config": DiagnosticsConfig, "hessian": {"methods": [str], "fallback": str | null,
+                      "dense": {GROUP: {"rows", "iterations", "converged", "probes", "products", "dimension",
+                                        "hvp", ["boundary_rows", "boundary_censored"]}},
+                      "levels": [...]}, "index": str}
+        No timings: the same audit gives the same JSON.
+        }
+    """
+    names = list(dense.groups)
+    values = factor_values(dense.groups, sizes)
+    factor_levels, theory = [], []
+    for lv, dist in zip(level_results, distances):
+        drops = {g: lv.groups[g].accuracy_drop for g in names}
+        corr = factor_correlations(values, drops)
+        factor_levels.append({"sparsity": lv.sparsity, **corr})
+        theory.append(theory_terms(dense.groups, {g: lv.groups[g].excessive_loss for g in names}, dist))
+    used = sorted({m for d in [dense, *levels] if d.hvp_method for m in d.hvp_method.split("+")})
+    hessian_details = {
+        "methods": used, "fallback": next((d.hvp_fallback for d in [dense, *levels] if d.hvp_fallback), None),
+        "dense": dense.details, "levels": [d.details for d in levels],
+    }
+    section = {
+        "dense": {g: {k: dense.groups[g][k] for k in DIAG_KEYS} for g in names},
+        "levels": [{g: {k: d.groups[g][k] for k in DIAG_KEYS} for g in names} for d in levels],
+        "theory": theory,
+        "factors": {"n_groups": len(names), "factors": list(FACTORS), "values": values, "levels": factor_levels},
+        "flips": {"cap_per_group": config.flips_cap, "risk": _risk(dense, names, config.flips_cap),
+                  "levels": [{"sparsity": lv.sparsity, **_flips(dense, d, names, config.flips_cap)}
+                             for lv, d in zip(level_results, levels)]},
+        "distributions": {"quantiles": list(QUANTILES), "margin_edges": list(MARGIN_EDGES),
+                          "dense": {g: _distribution(dense.samples, g) for g in names},
+                          "levels": [{g: _distribution(d.samples, g) for g in names} for d in levels]},
+        "details": {"config": config.to_dict(), "hessian": hessian_details,
+                    "index": "flip and risk indices are row positions in the input data (all rows, any split)"},
+    }
+    return _clean(section)
+
+
+
+class AuditDiagnostics:
+    """The diagnostics step of :func:`fairprune.engine.audit.audit`, driven by its :class:`~fairprune.engine.audit.Auditor`.
+
+    >>> diag = AuditDiagnostics(auditor, config, step=...)   # measures the dense model now
+    >>> auditor.measure(levels, inspect=diag.inspect)        # each level while its weights are in place
+    >>> result = result.with_section("diagnostics", diag.section(levels))
+    """
+
+    def __init__(self, auditor, config: DiagnosticsConfig, *, step: Callable[[str], None] | None = None):
+        self.auditor, self.config = auditor, config
+        self.seed = config.seed if config.seed is not None else auditor.seed
+        self._step = step or (lambda msg: None)
+        data = auditor.eval_data
+        self.index = input_positions(auditor.data)
+        self.hessian_rows = sample_rows(data, config.hessian_rows, self.seed)
+        self.boundary_rows = sample_rows(data, config.boundary_rows, self.seed + 1)
+        # ‖θ̄ − θ*‖ of Theorem 1 is over all parameters (fine-tuning moves the unpruned ones too)
+        self.all_params = list(dict(auditor.module.named_parameters()))
+        # warm starts keep one parameter-sized vector per group: only while that stays small
+        n_params = sum(p.numel() for p in auditor.module.parameters())
+        self.keep_vectors = n_params * len(auditor.names) <= WARM_START_ELEMENTS
+        self.hvp = config.hvp
+        self.dense = self._diagnose(None, "dense")
+        # torch.func could not run the module: the levels go straight to double backward
+        self.hvp = "double_backward" if self.dense.hvp_fallback else config.hvp
+        self.levels: dict[float, ModelDiagnostics] = {}
+        self.distances: dict[float, float] = {}
+
+    @staticmethod
+    def steps(n_groups: int, n_levels: int, config: DiagnosticsConfig) -> int:
+        return (n_levels + 1) * diagnose_steps(n_groups, boundary=config.boundary)
+
+    def _diagnose(self, masks, label: str, init=None) -> ModelDiagnostics:
+        a = self.auditor
+        d = diagnose(a.model, a.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
+                     boundary_rows=self.boundary_rows, init=init, index=self.index, seed=self.seed,
+                     batch_size=a.batch_size, device=a.device, cancel=a.cancel,
+                     step=lambda msg: self._step(f"diagnostics ({label}): {msg}"),
+                     keep_vectors=masks is None and self.keep_vectors, hvp=self.hvp)
+        self.record(d, label)
+        return d
+
+    def record(self, d: ModelDiagnostics, label: str) -> None:
+        """Put ``d``'s warnings in the audit's ``warnings`` (the result and the CLI's ``warning:`` lines),
+        each once: the same fallback on the dense model and every level is one warning."""
+        for w in d.warnings:
+            text = f"diagnostics: {w}"
+            if label != "dense" and not w.startswith(GRADNORM_WARNING):
+                text = f"diagnostics ({label}): {w}"
+            if text not in self.auditor.warnings:
+                self.auditor.warnings.append(text)
+
+    def inspect(self, sparsity: float, _predictions=None) -> None:
+        """Called by ``Auditor.measure`` while the level's pruned weights are in place."""
+        masked = self.auditor.masked
+        self.distances[sparsity] = masked.weight_distance(self.all_params)
+        self.levels[sparsity] = self._diagnose(dict(masked.masks), f"sparsity {sparsity:g}", init=self.dense.vectors)
+
+    def section(self, level_results: Sequence) -> dict:
+        lv = [r for r in level_results if r.sparsity in self.levels]
+        return diagnostics_section(self.dense, [self.levels[r.sparsity] for r in lv], lv,
+                                   [self.distances[r.sparsity] for r in lv], self.auditor.eval_data.group_sizes,
+                                   self.config)
+
+
+def sample_diagnostics(model, data, *, sparsity: float | None = None, method: str = "global_magnitude",
+                       boundary: bool | int = False, config: DiagnosticsConfig | None = None, seed: int = 0,
+                       device: str | torch.device | None = None, batch_size: int = 256,
+                       cancel: Callable[[], bool] | None = None):
+    """The per-sample table of ``fairprune diagnose``: one row per measured row (the test rows when split).
+
+    Columns :data:`SAMPLE_COLUMNS` (``index`` = position in the input), plus ``boundary_distance`` when
+    ``boundary`` (True: ``config.boundary_rows`` rows per group; an int: that many), NaN on rows not
+    sampled. On the dense model, or with ``sparsity`` on the model pruned exactly as
+    :func:`fairprune.engine.audit.audit` prunes it at that level (same method, seed and masks).
+    ``table.attrs["warnings"]``: what a reader must know (e.g. parameters whose gradient norms came from
+    the exact per-sample loop).
+    """
+    import dataclasses
+
+    from ..audit import Auditor
+
+    cfg = config or DiagnosticsConfig()
+    if boundary:
+        cfg = dataclasses.replace(cfg, boundary=True,
+                                  boundary_rows=cfg.boundary_rows if boundary is True else int(boundary))
+    auditor = Auditor(model, data, method=method, seed=seed, device=device, batch_size=batch_size, cancel=cancel)
+    index = input_positions(auditor.data)
+
+    def run(masks):
+        return diagnose(auditor.model, auditor.eval_data, masks=masks, config=cfg, hessian=False, index=index,
+                        seed=seed, batch_size=batch_size, device=auditor.device, cancel=cancel)
+
+    if sparsity is None:
+        diag = run(None)
+    else:
+        held: dict = {}
+        auditor.measure([sparsity], inspect=lambda s, _p: held.setdefault("d", run(dict(auditor.masked.masks))))
+        diag = held["d"]
+    cols = list(SAMPLE_COLUMNS) + (["boundary_distance"] if cfg.boundary else [])
+    table = diag.samples[cols].reset_index(drop=True)
+    # what the CLI prints as ``warning:`` lines: the loaded model's and the gradient norms' warnings
+    table.attrs["warnings"] = list(dict.fromkeys([*auditor.warnings, *diag.warnings]))
+    return table
