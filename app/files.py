@@ -17,7 +17,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.widgets import store
+from fairprune.run.store import RunStore as store  # = app.widgets.store (importing widgets: a cycle)
 from fairprune.core.errors import InputError
 
 log = logging.getLogger("fairprune.app")

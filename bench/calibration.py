@@ -75,7 +75,7 @@ def load(path: str | None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--metrics", help="a copy of fairprune/metrics.py to measure instead of the installed one")
+    ap.add_argument("--metrics", help="a copy of fairprune/engine/metrics.py to measure instead of the installed one")
     ap.add_argument("--reps", type=int, default=400)
     args = ap.parse_args(argv)
     compare = load(args.metrics).compare

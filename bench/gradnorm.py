@@ -56,7 +56,7 @@ def _randomise_bn(model: nn.Module, seed: int) -> nn.Module:
 def _vmap_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
     from torch.func import functional_call, grad, vmap
 
-    from fairprune.engine.finetune import loss_fn
+    from fairprune.engine.evaluate import loss_fn
 
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v for k, v in model.named_buffers()}
@@ -71,7 +71,7 @@ def _vmap_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) 
 def bench_model(name, model, x, y, *, batch_size, repeats, subset, vmap_subset):
     from fairprune.data import GroupedDataset
     from fairprune.engine.diagnose._gradnorm import per_sample_grad_norms, per_sample_grad_norms_reference
-    from fairprune.engine.finetune import loss_fn
+    from fairprune.engine.evaluate import loss_fn
 
     n = x.shape[0]
     data = GroupedDataset(x=x, y=y, group=np.array(["a"] * n, dtype=object), name=name, sha256="")

@@ -45,7 +45,7 @@ def _measure(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
 def bench_model(name: str, module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int, probes: int):
     from fairprune.engine.diagnose import HessianOperator, trace
     from fairprune.engine.diagnose._hessian import _norm, _axpy
-    from fairprune.engine.finetune import loss_fn
+    from fairprune.engine.evaluate import loss_fn
 
     module.eval()
     op_db = HessianOperator(module, x, y, method="double_backward", cache=False)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from fairprune.zoo.archs import MLP
-from fairprune.engine.finetune import loss_fn
+from fairprune.engine.evaluate import loss_fn
 
 
 @pytest.fixture(autouse=True)

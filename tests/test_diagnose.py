@@ -25,7 +25,7 @@ from fairprune.engine.diagnose import (DIAG_KEYS, MIN_GROUPS, SAMPLE_COLUMNS, Di
                                 theory_terms, trace, uncertainty)
 from fairprune.engine.diagnose._hessian import flatten
 from fairprune.core.errors import Cancelled, InputError
-from fairprune.engine.finetune import loss_fn
+from fairprune.engine.evaluate import loss_fn
 from fairprune.zoo import LoadedModel
 
 from conftest import make_table, train_mlp

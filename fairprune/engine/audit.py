@@ -29,7 +29,8 @@ from .metrics import accuracy_gap, compare, group_metrics
 from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
 from ..core.result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
 
-__all__ = ["InputSpec", "LOAD_KEYS", "AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress"]
+__all__ = ["InputSpec", "LOAD_KEYS", "AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress",
+           "sample_diagnostics"]
 
 #: progress(done, total, message): called after each step of a run.
 Progress = Callable[[int, int, str], None]
@@ -463,7 +464,11 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
     def on_variant(v):
         step(f"variant {variants.index(v.method) + 1} of {len(variants)} ({v.method}) done")
 
-    diag = AuditDiagnostics(auditor, diag_config, step=step) if diag_config is not None else None
+    diag = None
+    if diag_config is not None:
+        diag = AuditDiagnostics(auditor.model, auditor.data, auditor.eval_data, diag_config, masked=auditor.masked,
+                                names=auditor.names, seed=auditor.seed, batch_size=lambda: auditor.batch_size,
+                                device=auditor.device, cancel=auditor.cancel, warnings=auditor.warnings, step=step)
     measured = auditor.measure(levels, on_level=on_level, inspect=diag.inspect if diag else None) if levels else []
     compressed = auditor.measure_compression(variants, on_variant=on_variant, diagnostics=diag,
                                              step=step) if variants else None
@@ -471,3 +476,35 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
     if diag is not None:
         result = result.with_section("diagnostics", diag.section(result.levels))
     return result
+
+
+def sample_diagnostics(model, data: GroupedDataset, *, sparsity: float | None = None, method: str = "global_magnitude",
+                       boundary: bool | int = False, config=None, seed: int = 0,
+                       device: str | torch.device | None = None, batch_size: int = 256,
+                       cancel: Callable[[], bool] | None = None):
+    """The per-sample table of ``fairprune diagnose``: one row per measured row (the test rows when split).
+
+    Columns :data:`fairprune.engine.diagnose.SAMPLE_COLUMNS` (``index`` = position in the input), plus
+    ``boundary_distance`` when ``boundary`` (True: ``config.boundary_rows`` rows per group; an int: that many),
+    NaN on rows not sampled. On the dense model, or with ``sparsity`` on the model pruned exactly as
+    :func:`audit` prunes it at that level (same method, seed and masks): this pipeline validates the inputs and
+    prunes, then hands :func:`fairprune.engine.diagnose.sample_table` the model, rows and masks.
+    ``table.attrs["warnings"]``: what a reader must know (the loaded model's warnings, then the diagnostics').
+    """
+    from .diagnose import input_positions, sample_table
+
+    auditor = Auditor(model, data, method=method, seed=seed, device=device, batch_size=batch_size, cancel=cancel)
+    index = input_positions(auditor.data)
+
+    def run(masks):
+        return sample_table(auditor.model, auditor.eval_data, index=index, masks=masks, boundary=boundary,
+                            config=config, seed=seed, device=auditor.device, batch_size=batch_size, cancel=cancel)
+
+    if sparsity is None:
+        table = run(None)
+    else:
+        held: dict = {}
+        auditor.measure([sparsity], inspect=lambda s, _p: held.setdefault("t", run(dict(auditor.masked.masks))))
+        table = held["t"]
+    table.attrs["warnings"] = list(dict.fromkeys([*auditor.warnings, *table.attrs["warnings"]]))
+    return table

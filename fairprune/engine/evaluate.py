@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ..data import GroupedDataset
 from ..core.errors import Cancelled, InputError, is_out_of_memory
 
-__all__ = ["Predictions", "evaluate", "model_outputs", "check_model_fits", "resolve_device", "BatchSize",
+__all__ = ["Predictions", "evaluate", "model_outputs", "module_outputs", "loss_fn", "check_model_fits", "resolve_device", "BatchSize",
            "check_amp", "level_precision", "AmpCheck", "AMP_TOLERANCE"]
 
 OUTPUTS_ARE_PROBABILITIES = (
@@ -60,10 +60,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _forward(module, x: torch.Tensor, fixed_batch: int | None) -> torch.Tensor:
+def module_outputs(module, x: torch.Tensor, fixed_batch: int | None) -> torch.Tensor:
+    """Logits (N, K) of a bare ``module`` on ``x``: a program exported for a fixed batch size is run in its own
+    batches, the last one padded (padding's outputs dropped); a tuple output gives its first element; one output
+    per row becomes (N, 1). Anything else than logits (N, K) is an InputError. :func:`model_outputs` is this for a
+    LoadedModel; the diagnostics and compression call it on modules they build (functional calls, copies)."""
     n = x.shape[0]
     if fixed_batch is not None and n > fixed_batch:     # a program exported for fewer rows: in its own batches
-        return torch.cat([_forward(module, x[i:i + fixed_batch], fixed_batch) for i in range(0, n, fixed_batch)])
+        return torch.cat([module_outputs(module, x[i:i + fixed_batch], fixed_batch) for i in range(0, n, fixed_batch)])
     if fixed_batch is None or n == fixed_batch:
         out = module(x)
     else:
@@ -83,7 +87,15 @@ def _forward(module, x: torch.Tensor, fixed_batch: int | None) -> torch.Tensor:
 
 def model_outputs(model, x: torch.Tensor) -> torch.Tensor:
     """Logits (N, K) of ``model`` (a LoadedModel) on model-ready input ``x``."""
-    return _forward(model.module, x, model.fixed_batch_size)
+    return module_outputs(model.module, x, model.fixed_batch_size)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The loss of a model's outputs: cross-entropy for K >= 2 logits; binary cross-entropy through a sigmoid for
+    one logit (what :func:`per_sample` reports per row; fine-tuning, mitigation and the diagnostics differentiate it)."""
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction=reduction)
+    return F.cross_entropy(logits, y, reduction=reduction)
 
 
 def per_sample(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,25 +16,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data import GroupedDataset
 from ..core.errors import Cancelled, InputError
-from .evaluate import model_outputs
+from .evaluate import loss_fn, model_outputs
 from .prune import MaskedModel
 
-__all__ = ["finetune", "loss_fn", "Objective", "group_codes", "SAMPLING"]
+__all__ = ["finetune", "Objective", "group_codes", "SAMPLING"]
 
 #: How mini-batches are drawn: a shuffle of the rows, or rows drawn with replacement so that every
 #: group is equally likely in each draw (each epoch still draws as many rows as the set has).
 SAMPLING = ("shuffle", "balanced")
-
-
-def loss_fn(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy for K >= 2 logits; binary cross-entropy through a sigmoid for one logit."""
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction=reduction)
-    return F.cross_entropy(logits, y, reduction=reduction)
 
 
 class Objective:

@@ -8,7 +8,7 @@ ship, measured by serialising them, never by assuming:
   dtype, int32 column indices and row pointers, int64 only past 2**31 entries) when that serialises
   smaller than the dense weight, else dense; everything else dense. The same bytes
   ``fairprune export --format sparse-safetensors`` writes (:func:`sparse_tensors`);
-- structured levels: the state_dict of the physically compacted model (:func:`fairprune.engine.export.compact`),
+- structured levels: the state_dict of the physically compacted model (:func:`fairprune.engine.prune.compact`),
   whose layers have fewer channels;
 - 2:4 levels (``nm_2_4``): every weight that follows the 2:4 pattern as its kept values and their 2-bit
   positions (:func:`fairprune.engine.prune.pack_2_4`, :func:`nm_tensors`), everything else dense.
@@ -292,8 +292,7 @@ class FootprintMeter:
         and the model can be compacted; with its 2:4 weights packed when ``nm``; else with its
         prunable weights in CSR where smaller."""
         from ..core.errors import InputError
-        from .export import compact
-        from .prune import prunable_parameters
+        from .prune import compact, prunable_parameters
 
         module = self.model.module
         note = None

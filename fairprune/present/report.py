@@ -31,7 +31,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,13 @@ def _from_dict(d: Any, where: str) -> tuple[AuditResult | None, dict | None]:
     raise InputError(NOT_A_SOURCE.format(source=where, found=found))
 
 
-def load_source(source: str | Path | AuditResult | Mapping) -> tuple[AuditResult | None, dict | None]:
+def load_source(source: str | Path | AuditResult | Mapping, *,
+                run_result: Callable[[str], Mapping] | None = None) -> tuple[AuditResult | None, dict | None]:
     """(audit result or None, mitigation section or None) from a result JSON path, a mitigation JSON
     path (``{"mitigation": {...}}``), a report HTML file (its embedded JSON), a run id in the run store,
-    an AuditResult or a JSON dict.
+    an AuditResult or a JSON dict. A run id is looked up by ``run_result(run_id)`` (the run layer's
+    :func:`fairprune.run.store.stored_result`, which ``fairprune report`` passes): this layer reads results, it
+    does not know where runs are kept.
 
     Raises InputError naming the source for a missing or unreadable file, an unknown run id, a run
     that has not finished, or JSON that is neither kind.
@@ -99,23 +102,16 @@ def load_source(source: str | Path | AuditResult | Mapping) -> tuple[AuditResult
         return _from_dict(d, str(path))
     if path.suffix.lower() == ".json" or "/" in text or "\\" in text:
         raise InputError(f"{text}: no such result file")
-    from ..run.store import _RUN_ID, RunStore
-
-    if not _RUN_ID.match(text):
-        raise InputError(NOT_A_SOURCE.format(source=text, found="neither an existing file nor a run id"))
-    store = RunStore()
-    try:
-        run = store.get(text)
-    except KeyError as err:
-        raise InputError(f"{text}: no such result file, and no run {text!r} in the run store at {store.db_path}") from err
-    if run.status != "done" or run.result is None:
-        raise InputError(f"run {text}: expected a finished run with a result; found status {run.status!r}")
-    return _from_dict(run.result, f"run {text}")
+    if run_result is None:
+        raise InputError(NOT_A_SOURCE.format(source=text, found="no such file (run ids are looked up by the run "
+                                                                "store: fairprune.run.store.stored_result)"))
+    return _from_dict(run_result(text), f"run {text}")
 
 
-def write_report(source, out: str | Path, *, redact_samples: bool = False, title: str | None = None) -> Path:
+def write_report(source, out: str | Path, *, redact_samples: bool = False, title: str | None = None,
+                 run_result: Callable[[str], Mapping] | None = None) -> Path:
     """Render the report of ``source`` (see :func:`load_source`) to ``out``; returns the path written."""
-    result, mitigation = load_source(source)
+    result, mitigation = load_source(source, run_result=run_result)
     out = Path(out).expanduser()
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: expected an existing folder to write into; found no folder {out.parent}")

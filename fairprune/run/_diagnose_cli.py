@@ -15,9 +15,8 @@ __all__ = ["run_diagnose"]
 
 def run_diagnose(args, spec) -> int:
     """``spec``: the AuditSpec the shared options describe (model, data, method, seed, device)."""
-    from ..engine.audit import load_inputs
     from ..core.errors import InputError
-    from ..engine.diagnose._run import sample_diagnostics
+    from ..engine.audit import load_inputs, sample_diagnostics
 
     if args.level is not None and not 0.0 <= args.level < 1.0:
         raise InputError(f"--sparsity must be a fraction in [0, 1), e.g. 0.9 for 90%; found {args.level!r}")

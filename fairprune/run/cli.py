@@ -412,8 +412,10 @@ def _add_report(sub) -> None:
 
 def cmd_report(args) -> int:
     from ..present.report import write_report
+    from .store import stored_result
 
-    out = write_report(args.source, args.out, redact_samples=args.redact_samples, title=args.title)
+    out = write_report(args.source, args.out, redact_samples=args.redact_samples, title=args.title,
+                       run_result=stored_result)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return EXIT_OK
 

@@ -33,7 +33,7 @@ from typing import Iterator
 
 from ..core.errors import InputError
 
-__all__ = ["fairprune_home", "Run", "RunStore", "STATUSES", "ACTIVE_STATUSES"]
+__all__ = ["fairprune_home", "Run", "RunStore", "STATUSES", "ACTIVE_STATUSES", "stored_result"]
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
@@ -438,3 +438,22 @@ class RunStore:
                            (now, INTERRUPTED.format(who=who), run_id))
                 reaped.append(run_id)
         return reaped
+
+
+def stored_result(run_id: str) -> dict:
+    """The result JSON of the finished run ``run_id`` in the run store ($FAIRPRUNE_HOME): how ``fairprune report
+    RUN_ID`` finds what to render (:func:`fairprune.present.report.load_source` takes it as ``run_result``).
+    Raises InputError for a text that is no run id, an unknown run, or a run without a result."""
+    if not _RUN_ID.match(run_id):
+        from ..present.report import NOT_A_SOURCE
+
+        raise InputError(NOT_A_SOURCE.format(source=run_id, found="neither an existing file nor a run id"))
+    store = RunStore()
+    try:
+        run = store.get(run_id)
+    except KeyError as err:
+        raise InputError(f"{run_id}: no such result file, and no run {run_id!r} in the run store at "
+                         f"{store.db_path}") from err
+    if run.status != "done" or run.result is None:
+        raise InputError(f"run {run_id}: expected a finished run with a result; found status {run.status!r}")
+    return run.result

@@ -257,9 +257,9 @@ def _calibration_batches(state: _State):
 
 
 def _forward_padded(module, x, fixed: int | None):
-    from ..evaluate import _forward
+    from ..evaluate import module_outputs
 
-    return _forward(module, x, fixed)
+    return module_outputs(module, x, fixed)
 
 
 def _apply_int8_quantize_(state: _State, mode: str) -> None:

@@ -7,8 +7,9 @@ Hessian H_a with standard errors (Theorem 1's quantities), mean margin and uncer
 which factor ranks the groups' accuracy drops (Spearman), Theorem 1's terms next to the measured
 excessive loss, and the samples pruning flips.
 
-    >>> from fairprune.engine.diagnose import diagnose, sample_diagnostics
+    >>> from fairprune.engine.diagnose import diagnose
     >>> d = diagnose(loaded_model, data)            # ModelDiagnostics: .samples (DataFrame), .groups (DIAG)
+    >>> from fairprune.engine.audit import sample_diagnostics
     >>> table = sample_diagnostics(loaded_model, data, sparsity=0.9)   # the `fairprune diagnose` CSV
     >>> audit(model, data, sparsities=[0.9], diagnostics=True).diagnostics   # the result section
 
@@ -24,7 +25,7 @@ from ._gradnorm import per_sample_grad_norms, per_sample_grad_norms_reference
 from ._hessian import (HVP_METHODS, EigenEstimate, HessianOperator, TraceEstimate, hvp_double_backward,
                        hvp_forward_over_reverse, hvp_reverse_over_forward, max_eigenvalue, trace)
 from ._run import (DIAG_KEYS, SAMPLE_COLUMNS, AuditDiagnostics, DiagnosticsConfig, ModelDiagnostics, diagnose,
-                   diagnose_steps, diagnostics_section, input_positions, sample_diagnostics, sample_rows)
+                   diagnose_steps, diagnostics_section, input_positions, sample_rows, sample_table)
 
 __all__ = [
     "AuditDiagnostics", "BOUNDARY_ATTACKS", "DIAG_KEYS", "DiagnosticsConfig", "EigenEstimate", "FACTORS",
@@ -33,5 +34,5 @@ __all__ = [
     "factor_sentence", "factor_values", "group_grad_norms", "hvp_double_backward", "hvp_forward_over_reverse",
     "hvp_reverse_over_forward",
     "input_positions", "max_eigenvalue", "output_stats", "per_sample_grad_norms", "per_sample_grad_norms_reference",
-    "sample_diagnostics", "sample_rows", "theory_terms", "trace", "uncertainty",
+    "sample_rows", "sample_table", "theory_terms", "trace", "uncertainty",
 ]

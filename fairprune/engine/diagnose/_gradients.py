@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from ...core.errors import Cancelled
-from ..evaluate import model_outputs, per_sample
-from ..finetune import loss_fn
+from ..evaluate import loss_fn, model_outputs, per_sample
 from ._boundary import uncertainty
 
 __all__ = ["group_grad_norms", "group_pass"]

@@ -30,8 +30,7 @@ import torch
 from torch import nn
 
 from ...core.errors import Cancelled
-from ..evaluate import _forward
-from ..finetune import loss_fn
+from ..evaluate import loss_fn, module_outputs
 from ._gn_capture import GraphInterpreter, Tape, exported_graph, hooked, inspect_graph, sample_layouts
 from ._gn_registry import KINDS, Call
 
@@ -125,7 +124,7 @@ class _Engine:
                     tape = Tape(self.trainable, root, probe={})
                     with hooked(self.module, tape):
                         run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
-                        _forward(run, root, None)
+                        module_outputs(run, root, None)
                     shapes[b] = tape.probe
         except Exception:  # noqa: BLE001 - a model that refuses these sizes: the stricter size check applies
             return
@@ -199,7 +198,7 @@ class _Engine:
         try:
             with torch.enable_grad(), hooked(self.module, tape):
                 run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
-                logits = _forward(run, root, None)
+                logits = module_outputs(run, root, None)
                 if logits.shape[0] != n:                  # drop a fixed-batch program's padding rows
                     logits = logits[:n]
                 loss = loss_fn(logits, y.to(logits.device), reduction="sum")
@@ -257,7 +256,7 @@ def _loop_norms_sq(module, fixed: int | None, x: torch.Tensor, y: torch.Tensor, 
         return out
     with torch.enable_grad():
         for i in range(x.shape[0]):
-            logits = _forward(module, x[i:i + 1], fixed)
+            logits = module_outputs(module, x[i:i + 1], fixed)
             loss = loss_fn(logits, y[i:i + 1].to(logits.device), reduction="sum")
             if not loss.requires_grad:
                 continue

@@ -49,8 +49,7 @@ import torch
 from torch import nn
 
 from ...core.errors import Cancelled
-from ..evaluate import _forward
-from ..finetune import loss_fn
+from ..evaluate import loss_fn, module_outputs
 
 __all__ = ["HVP_METHODS", "HessianOperator", "EigenEstimate", "TraceEstimate", "max_eigenvalue", "trace",
            "hvp_double_backward", "hvp_forward_over_reverse", "hvp_reverse_over_forward"]
@@ -91,7 +90,7 @@ def hvp_double_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, v: 
                         fixed_batch_size: int | None = None) -> Vector:
     """H v by double backward, H the Hessian of the mean loss over (x (B, ...), y (B,)); the reference."""
     _, params = _trainable(module)
-    loss = loss_fn(_forward(module, x, fixed_batch_size), y)
+    loss = loss_fn(module_outputs(module, x, fixed_batch_size), y)
     grads = torch.autograd.grad(loss, params, create_graph=True)
     gv = sum((g * u).sum() for g, u in zip(grads, v))
     return tuple(h.detach() for h in torch.autograd.grad(gv, params, allow_unused=True, materialize_grads=True))
@@ -109,7 +108,7 @@ def _functional_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, fixed_
         def call(inp):
             return functional_call(module, (p, frozen), (inp,), strict=False)
 
-        return loss_fn(_forward(_Call(call), x, fixed_batch_size), y)
+        return loss_fn(module_outputs(_Call(call), x, fixed_batch_size), y)
 
     return names, {n: p.detach() for n, p in zip(names, params)}, loss
 
@@ -139,7 +138,7 @@ _FUNCTIONAL = {"forward_over_reverse": hvp_forward_over_reverse, "reverse_over_f
 
 
 class _Call:
-    """Lets evaluate._forward (padding, output checks) call a plain function as if it were a module."""
+    """Lets evaluate.module_outputs (padding, output checks) call a plain function as if it were a module."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         self._fn = fn
@@ -249,7 +248,7 @@ class HessianOperator:
                 self.method = "double_backward"
         if whole and self.cache:
             if self._graph is None:
-                loss = loss_fn(_forward(self.module, x, self.fixed_batch_size), y)
+                loss = loss_fn(module_outputs(self.module, x, self.fixed_batch_size), y)
                 self._graph = torch.autograd.grad(loss, self.params, create_graph=True)
             gv = sum((g * u).sum() for g, u in zip(self._graph, v))
             hv = torch.autograd.grad(gv, self.params, retain_graph=True, allow_unused=True, materialize_grads=True)

@@ -32,7 +32,7 @@ from ._gradnorm import per_sample_grad_norms
 from ._hessian import HVP_METHODS, HessianOperator, max_eigenvalue, trace
 
 __all__ = ["AuditDiagnostics", "DiagnosticsConfig", "ModelDiagnostics", "DIAG_KEYS", "SAMPLE_COLUMNS", "diagnose",
-           "sample_diagnostics", "sample_rows", "input_positions", "diagnostics_section", "diagnose_steps"]
+           "sample_table", "sample_rows", "input_positions", "diagnostics_section", "diagnose_steps"]
 
 #: the per-group figures: DESIGN.md's DIAG, plus ``hessian_max_eig_converged`` (issue 12): whether the
 #: power iteration met its tolerance within ``power_iterations`` (None where λ_max was not computed)
@@ -454,26 +454,34 @@ def diagnostics_section(dense: ModelDiagnostics, levels: Sequence[ModelDiagnosti
 
 
 class AuditDiagnostics:
-    """The diagnostics step of :func:`fairprune.engine.audit.audit`, driven by its :class:`~fairprune.engine.audit.Auditor`.
+    """The diagnostics step of an audit (:func:`fairprune.engine.audit.audit`): the pipeline hands it what it needs.
 
-    >>> diag = AuditDiagnostics(auditor, config, step=...)   # measures the dense model now
+    >>> diag = AuditDiagnostics(model, data, eval_data, config, masked=..., names=..., ...)   # measures the dense model
     >>> auditor.measure(levels, inspect=diag.inspect)        # each level while its weights are in place
     >>> result = result.with_section("diagnostics", diag.section(levels))
+
+    ``model``: the LoadedModel (on ``device``); ``data``: the whole input (row positions); ``eval_data``: the rows
+    measured; ``masked``: the MaskedModel through which the pipeline puts each level's masks in place; ``names``:
+    the group names in order; ``batch_size()``: the pipeline's current batch size (it backs off on out-of-memory);
+    ``warnings``: the audit's warning list, to which each diagnostics warning is added once; ``step(message)``
+    after each step; ``cancel()`` True to stop.
     """
 
-    def __init__(self, auditor, config: DiagnosticsConfig, *, step: Callable[[str], None] | None = None):
-        self.auditor, self.config = auditor, config
-        self.seed = config.seed if config.seed is not None else auditor.seed
+    def __init__(self, model, data, eval_data, config: DiagnosticsConfig, *, masked, names: Sequence[str], seed: int,
+                 batch_size: Callable[[], int], device: torch.device, cancel: Callable[[], bool] | None = None,
+                 warnings: list[str], step: Callable[[str], None] | None = None):
+        self.model, self.eval_data, self.config, self.masked = model, eval_data, config, masked
+        self.batch_size, self.device, self.cancel, self.warnings = batch_size, device, cancel, warnings
+        self.seed = config.seed if config.seed is not None else seed
         self._step = step or (lambda msg: None)
-        data = auditor.eval_data
-        self.index = input_positions(auditor.data)
-        self.hessian_rows = sample_rows(data, config.hessian_rows, self.seed)
-        self.boundary_rows = sample_rows(data, config.boundary_rows, self.seed + 1)
+        self.index = input_positions(data)
+        self.hessian_rows = sample_rows(eval_data, config.hessian_rows, self.seed)
+        self.boundary_rows = sample_rows(eval_data, config.boundary_rows, self.seed + 1)
         # ‖θ̄ − θ*‖ of Theorem 1 is over all parameters (fine-tuning moves the unpruned ones too)
-        self.all_params = list(dict(auditor.module.named_parameters()))
+        self.all_params = list(dict(model.module.named_parameters()))
         # warm starts keep one parameter-sized vector per group: only while that stays small
-        n_params = sum(p.numel() for p in auditor.module.parameters())
-        self.keep_vectors = n_params * len(auditor.names) <= WARM_START_ELEMENTS
+        n_params = sum(p.numel() for p in model.module.parameters())
+        self.keep_vectors = n_params * len(names) <= WARM_START_ELEMENTS
         self.hvp = config.hvp
         self.dense = self._diagnose(None, "dense")
         # torch.func could not run the module: the levels go straight to double backward
@@ -486,10 +494,9 @@ class AuditDiagnostics:
         return (n_levels + 1) * diagnose_steps(n_groups, boundary=config.boundary)
 
     def _diagnose(self, masks, label: str, init=None) -> ModelDiagnostics:
-        a = self.auditor
-        d = diagnose(a.model, a.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
+        d = diagnose(self.model, self.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
                      boundary_rows=self.boundary_rows, init=init, index=self.index, seed=self.seed,
-                     batch_size=a.batch_size, device=a.device, cancel=a.cancel,
+                     batch_size=self.batch_size(), device=self.device, cancel=self.cancel,
                      step=lambda msg: self._step(f"diagnostics ({label}): {msg}"),
                      keep_vectors=masks is None and self.keep_vectors, hvp=self.hvp)
         self.record(d, label)
@@ -502,58 +509,42 @@ class AuditDiagnostics:
             text = f"diagnostics: {w}"
             if label != "dense" and not w.startswith(GRADNORM_WARNING):
                 text = f"diagnostics ({label}): {w}"
-            if text not in self.auditor.warnings:
-                self.auditor.warnings.append(text)
+            if text not in self.warnings:
+                self.warnings.append(text)
 
     def inspect(self, sparsity: float, _predictions=None) -> None:
         """Called by ``Auditor.measure`` while the level's pruned weights are in place."""
-        masked = self.auditor.masked
+        masked = self.masked
         self.distances[sparsity] = masked.weight_distance(self.all_params)
         self.levels[sparsity] = self._diagnose(dict(masked.masks), f"sparsity {sparsity:g}", init=self.dense.vectors)
 
     def section(self, level_results: Sequence) -> dict:
         lv = [r for r in level_results if r.sparsity in self.levels]
         return diagnostics_section(self.dense, [self.levels[r.sparsity] for r in lv], lv,
-                                   [self.distances[r.sparsity] for r in lv], self.auditor.eval_data.group_sizes,
+                                   [self.distances[r.sparsity] for r in lv], self.eval_data.group_sizes,
                                    self.config)
 
 
-def sample_diagnostics(model, data, *, sparsity: float | None = None, method: str = "global_magnitude",
-                       boundary: bool | int = False, config: DiagnosticsConfig | None = None, seed: int = 0,
-                       device: str | torch.device | None = None, batch_size: int = 256,
-                       cancel: Callable[[], bool] | None = None):
-    """The per-sample table of ``fairprune diagnose``: one row per measured row (the test rows when split).
+def sample_table(model, eval_data, *, index, masks=None, boundary: bool | int = False,
+                 config: DiagnosticsConfig | None = None, seed: int = 0, device: str | torch.device | None = None,
+                 batch_size: int = 256, cancel: Callable[[], bool] | None = None):
+    """The per-sample table of ``fairprune diagnose`` for ``model`` (with ``masks`` in place, if given) on the rows
+    ``eval_data``; ``index``: their positions in the input (:func:`input_positions`). The pipeline that chose the
+    rows and the masks is :func:`fairprune.engine.audit.sample_diagnostics`.
 
-    Columns :data:`SAMPLE_COLUMNS` (``index`` = position in the input), plus ``boundary_distance`` when
-    ``boundary`` (True: ``config.boundary_rows`` rows per group; an int: that many), NaN on rows not
-    sampled. On the dense model, or with ``sparsity`` on the model pruned exactly as
-    :func:`fairprune.engine.audit.audit` prunes it at that level (same method, seed and masks).
-    ``table.attrs["warnings"]``: what a reader must know (e.g. parameters whose gradient norms came from
-    the exact per-sample loop).
+    Columns :data:`SAMPLE_COLUMNS`, plus ``boundary_distance`` when ``boundary`` (True: ``config.boundary_rows``
+    rows per group; an int: that many), NaN on rows not sampled. ``table.attrs["warnings"]``: the diagnostics'
+    warnings (e.g. parameters whose gradient norms came from the exact per-sample loop).
     """
     import dataclasses
-
-    from ..audit import Auditor
 
     cfg = config or DiagnosticsConfig()
     if boundary:
         cfg = dataclasses.replace(cfg, boundary=True,
                                   boundary_rows=cfg.boundary_rows if boundary is True else int(boundary))
-    auditor = Auditor(model, data, method=method, seed=seed, device=device, batch_size=batch_size, cancel=cancel)
-    index = input_positions(auditor.data)
-
-    def run(masks):
-        return diagnose(auditor.model, auditor.eval_data, masks=masks, config=cfg, hessian=False, index=index,
-                        seed=seed, batch_size=batch_size, device=auditor.device, cancel=cancel)
-
-    if sparsity is None:
-        diag = run(None)
-    else:
-        held: dict = {}
-        auditor.measure([sparsity], inspect=lambda s, _p: held.setdefault("d", run(dict(auditor.masked.masks))))
-        diag = held["d"]
+    diag = diagnose(model, eval_data, masks=masks, config=cfg, hessian=False, index=index, seed=seed,
+                    batch_size=batch_size, device=device, cancel=cancel)
     cols = list(SAMPLE_COLUMNS) + (["boundary_distance"] if cfg.boundary else [])
     table = diag.samples[cols].reset_index(drop=True)
-    # what the CLI prints as ``warning:`` lines: the loaded model's and the gradient norms' warnings
-    table.attrs["warnings"] = list(dict.fromkeys([*auditor.warnings, *diag.warnings]))
+    table.attrs["warnings"] = list(diag.warnings)
     return table

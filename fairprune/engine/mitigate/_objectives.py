@@ -36,7 +36,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..finetune import Objective, loss_fn
+from ..evaluate import loss_fn
+from ..finetune import Objective
 
 __all__ = ["Multipliers", "LossConstraint", "AccuracyGapConstraint", "Probe", "group_means"]
 
