@@ -380,7 +380,7 @@ def show_run(key: str, run_id: str) -> None:
 def pick_run(runs: list[Run], *, label: str, key: str) -> Run | None:
     """A picker over ``runs``: the run the user last queued or opened here (``show_run``, or ``?run=`` from the
     Runs page), else the one picked before, else the newest. Its progress while it runs, its error if it stopped;
-    the run itself once it is done (None otherwise). Labels follow their runs' status while any is active."""
+    the run itself once it is done (None otherwise)."""
     by = {r.id: r for r in runs}
     ids = list(by)
     opened = st.query_params.get("run")
@@ -389,21 +389,20 @@ def pick_run(runs: list[Run], *, label: str, key: str) -> Run | None:
         st.session_state[key] = opened
     if st.session_state.get(key) not in by:      # deleted meanwhile: fall back to the newest
         st.session_state.pop(key, None)
-    rid = st.selectbox(label, ids, key=key, format_func=lambda i: f"{run_label(by[i])} · {by[i].status}")
+    # no status in the labels: the browser keeps showing a chosen option's first label ('· queued') after
+    # the run is done; the state is said below the picker (progress, error or result)
+    rid = st.selectbox(label, ids, key=key, format_func=lambda i: run_label(by[i]))
     run = by[rid]
     if run.active:
         progress_panel(run.id)
     elif run.status != "done":
         st.error(plain(run.error or f"The run was {run.status}."), icon=":material/error:")
-    others = {r.id: r.status for r in runs if r.active and r.id != run.id}
-    if others:
-        watch_runs(others)
     return run if run.status == "done" else None
 
 
 @st.fragment(run_every=POLL_S)
 def watch_runs(statuses: dict[str, str]) -> None:
-    """Rerun the page when any of these runs changes status (so a picker's '· queued' becomes '· done')."""
+    """Rerun the page when any of these runs changes status (a table of statuses, a banner of running runs)."""
     s = store()
     for rid, status in statuses.items():
         run = get_run(s, rid)

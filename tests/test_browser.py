@@ -215,3 +215,195 @@ def test_compression_variants_on_the_results_page(server, page):
     assert page.get_by_text("Every model on one size axis").count() >= 1
     no_exception(page)
     screenshot(page, "compression.png")
+
+
+# ---- issue 14: what a person sees after starting runs, reloading, switching runs ------------------------
+def _run_queued(store, run_id: str, timeout: float = 240) -> None:
+    """Run what is queued (the app's worker may already be serving this home) until ``run_id`` has ended."""
+    from fairprune.run import jobs
+
+    deadline = time.monotonic() + timeout
+    while store.get(run_id).active:
+        assert time.monotonic() < deadline, f"run {run_id} still {store.get(run_id).status}"
+        jobs.run_worker(store, once=True)
+        time.sleep(0.2)
+
+
+def _selectbox(pg, label: str):
+    return pg.get_by_role("combobox", name=label)
+
+
+def _shows(pg, label: str, text: str, timeout: float = 30) -> str:
+    """Wait until the selectbox ``label`` shows a choice containing ``text``; return what it shows."""
+    box = _selectbox(pg, label)
+    box.wait_for()
+    deadline = time.monotonic() + timeout
+    while text not in (value := box.input_value()):
+        if time.monotonic() >= deadline:
+            screenshot(pg, "debug_shows.png")
+        assert time.monotonic() < deadline, f"{label!r} shows {value!r}, expected {text!r} in it"
+        pg.wait_for_timeout(250)
+    return value
+
+
+FOUND = re.compile("Recommended:|No measured level met the budget")
+
+
+def _search_button(pg):
+    """The page's Search button (a table's toolbar has a 'Search' button of its own)."""
+    return pg.locator('button:not([kind="elementToolbar"])', has_text="Search")
+
+
+def test_operating_point_follows_the_new_search_to_its_result(server, page):
+    """Bugs 1 and 4: a second search (another budget) is shown, followed to its end, then its result; the
+    picker's labels say 'done' once the runs are done."""
+    from fairprune.run.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    page.goto(f"{url}/search")
+    _search_button(page).wait_for()
+    page.get_by_role("spinbutton", name="Most levels measured per method").fill("7")
+    page.get_by_role("spinbutton", name="Most levels measured per method").press("Enter")
+    page.wait_for_timeout(500)
+    _search_button(page).click()
+    page.wait_for_timeout(1000)
+    [first] = store.list(kind="search")
+    _shows(page, "Search run", first.id)
+    _run_queued(store, first.id)
+    assert store.get(first.id).status == "done", store.get(first.id).error
+    page.get_by_text(FOUND).first.wait_for(timeout=30_000)
+    page.get_by_role("spinbutton", name="Max violation (points)").fill("5")
+    page.get_by_role("spinbutton", name="Max violation (points)").press("Enter")
+    page.wait_for_timeout(500)
+    _search_button(page).click()
+    page.wait_for_timeout(1000)
+    [second] = [r for r in store.list(kind="search") if r.id != first.id]
+    _shows(page, "Search run", second.id, timeout=10)         # the picker moved to the new search at once
+    assert second.spec["max_violation"] == 0.05
+    _run_queued(store, second.id)
+    page.get_by_text(FOUND).first.wait_for(timeout=30_000)      # followed to its end, then its result
+    shown = _shows(page, "Search run", second.id, timeout=1)
+    assert "queued" not in shown and "running" not in shown, shown     # no status frozen into the label
+    assert page.get_by_text("Waiting for the background worker").count() == 0
+    no_exception(page)
+    screenshot(page, "search_second_run.png")
+
+
+def test_why_level_picker_and_charts_come_from_the_same_run(server, page):
+    """Bug 3: switching from a 4-level run to a 5-level one, the checked level is the one the charts show."""
+    from fairprune.engine.audit import AuditSpec
+    from fairprune.run.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    diag = {"hessian_rows": 16, "power_iterations": 2, "hutchinson_probes": 1}
+    five = store.create_run(AuditSpec(sparsities=(0.5, 0.7, 0.8, 0.9, 0.95), demo="adult", group=("race",),
+                                      diagnostics=diag).to_dict(), title="five levels")
+    _run_queued(store, five)
+    four = store.create_run(AuditSpec(sparsities=(0.5, 0.8, 0.9, 0.98), demo="adult", group=("race",),
+                                      diagnostics=diag).to_dict(), title="four levels")
+    _run_queued(store, four)
+    assert store.get(five).status == store.get(four).status == "done"
+
+    def checked() -> str:
+        radio = page.locator('[data-testid="stRadio"]').filter(has_text="Model")
+        radio.wait_for()
+        screenshot(page, "why_switched_run.png")
+        picked = radio.locator('label:has(input:checked)')
+        return picked.first.inner_text().strip() if picked.count() else "(none checked)"
+
+    page.goto(f"{url}/why")
+    _shows(page, "Finished audit", "four levels")
+    page.get_by_text("dense vs 98%").first.wait_for()
+    assert checked() == "98%"
+    _selectbox(page, "Finished audit").click()
+    page.locator('[role="option"]').filter(has_text="five levels").click()
+    _shows(page, "Finished audit", "five levels")
+    page.wait_for_timeout(1500)
+    shown = checked()
+    page.get_by_text(f"Mean per-sample gradient norm, dense vs {shown}").wait_for()
+    assert shown == "95%"                                 # the five-level run's own default, its charts too
+    assert page.get_by_text("dense vs 98%").count() == 0
+    no_exception(page)
+    screenshot(page, "why_switched_run.png")
+
+
+def test_progress_names_its_unit_and_total(server, page):
+    """Bug 5: a one-level mitigation says 'Step 2 of 3' and what the step was, not 'sparsity levels'."""
+    from fairprune.run.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    pid = os.getpid()
+    store.heartbeat(pid)                                  # this test is the worker holding the run
+    rid = store.create_run({"sparsity": 0.9, "demo": "mnist", "method": "reweighted", "epochs": 1},
+                           kind="mitigate", title="one level")
+    # the app's worker may be polling this home: claim until this run is ours
+    while store.get(rid).status == "queued":
+        store.claim_next(pid)
+    if store.get(rid).worker_pid != pid:
+        pytest.skip("the app's worker took the run first")
+    store.set_progress(rid, 2, 3, "seed 0: pruned model measured")
+    try:
+        page.goto(f"{url}/mitigate?run={rid}")
+        bar = page.locator('[data-testid="stProgress"]')
+        bar.wait_for()
+        text = bar.inner_text()
+        assert "Step 2 of 3: seed 0: pruned model measured" in text and "sparsity levels" not in text, text
+        screenshot(page, "mitigate_progress.png")
+    finally:
+        store.mark_cancelled(rid)
+        store.forget_worker(pid)                          # not a worker the fixture should stop
+
+
+def test_operating_point_refuses_a_model_without_data(server, page, table_files):
+    """Bug 2: a model and no data: the page says what is missing and offers no Search."""
+    _, weights, _, _ = table_files
+    url, _ = server
+    page.goto(f"{url}/data")
+    page.get_by_text("My own model and data").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Model file")
+    uploader.locator('input[type="file"]').set_input_files(str(weights))
+    page.get_by_text("Architecture (bare weights only)").wait_for()
+    page.wait_for_timeout(1500)
+    page.get_by_role("link", name="Operating point").click()
+    page.get_by_text("only the model file is chosen").wait_for()
+    assert _search_button(page).is_disabled()
+    no_exception(page)
+    screenshot(page, "search_without_data.png")
+
+
+def test_a_reload_keeps_the_users_files(server, page, table_files, tmp_path):
+    """Bug 7: after a reload the Audit page still audits the user's files, not the demo; Results opened from
+    the sidebar shows the user's run."""
+    from fairprune.zoo import save_pt2
+
+    import torch
+
+    _, _, df, model = table_files
+    csv = tmp_path / "people.csv"
+    df.drop(columns="sex").to_csv(csv, index=False)
+    pt2 = tmp_path / "people_mlp.pt2"
+    save_pt2(model, torch.zeros(2, 4), pt2)
+    url, _ = server
+    page.goto(f"{url}/data")
+    page.get_by_text("My own model and data").click()
+    page.locator('[data-testid="stFileUploader"]').filter(has_text="Model file").locator(
+        'input[type="file"]').set_input_files(str(pt2))
+    page.locator('[data-testid="stFileUploader"]').filter(has_text="Data file").locator(
+        'input[type="file"]').set_input_files(str(csv))
+    page.get_by_text("The model runs on this data").wait_for(timeout=60_000)
+    page.reload()
+    page.get_by_role("link", name="Audit").first.click()
+    page.get_by_text("people_mlp.pt2").first.wait_for()
+    assert page.get_by_text("built-in").count() == 0
+    screenshot(page, "audit_after_reload.png")
+    page.get_by_role("button", name="Run the audit").click()
+    page.wait_for_url(re.compile(r".*/results\?.*run=.+"))
+    page.get_by_role("link", name="Runs").click()
+    page.get_by_text("Compare two audits").wait_for()
+    page.get_by_role("link", name="Results").click()
+    _shows(page, "Run", "people_mlp.pt2 on people.csv")
+    no_exception(page)
+    screenshot(page, "results_from_sidebar.png")

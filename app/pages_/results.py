@@ -25,7 +25,7 @@ if st.session_state.get("results-run") not in by_id or st.session_state.get("res
     st.session_state["results-run"] = wanted       # the address (or this session's new run) decides
     st.session_state["results-wanted"] = wanted
 run_id = st.selectbox("Run", list(by_id), key="results-run",
-                      format_func=lambda i: f"{widgets.run_label(by_id[i])} · {by_id[i].status}")
+                      format_func=lambda i: widgets.run_label(by_id[i]))
 if st.query_params.get("run") != run_id:
     st.query_params["run"] = run_id
     st.session_state["results-wanted"] = run_id

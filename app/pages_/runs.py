@@ -112,7 +112,7 @@ by_id = {r.id: r for r in runs}
 st.subheader("One run")
 chosen = st.selectbox("Run", list(by_id), key="runs-pick",
                       format_func=lambda i: f"{KINDS.get(kind_of(by_id[i]), by_id[i].kind)} · "
-                                            f"{widgets.run_label(by_id[i])} · {by_id[i].status}")
+                                            f"{widgets.run_label(by_id[i])}")
 run = by_id[chosen]
 st.caption(inputs_of(run))
 if run.error:

@@ -9,7 +9,7 @@ from app import result_view, widgets
 from fairprune.present import plots
 from fairprune.engine.compress import list_compressions
 from fairprune.engine.prune import list_methods
-from fairprune.engine.search import DEFAULT_GRID
+from fairprune.engine.search import coarse_grid
 
 st.title("Operating point")
 st.caption("Find the highest sparsity at which the pruned model stays within your budget: a coarse grid, then "
@@ -30,9 +30,10 @@ max_drop = c[1].number_input("Max overall drop (points)", min_value=0.0, max_val
 confident = c[2].checkbox("Read the 95% upper bound", value=False, key="search-conf",
                           help="Pass only levels whose 95% bootstrap interval stays within the budget.")
 chosen = st.multiselect("Pruning methods", names, default=names[:1], key="search-methods")
-evals = st.number_input("Most levels measured per method", min_value=len(DEFAULT_GRID), max_value=30, value=8,
-                        key="search-evals", help=f"The search measures the {len(DEFAULT_GRID)} levels "
-                        f"{widgets.sparsity_text(DEFAULT_GRID)} first, then halves the step between the last level "
+GRID = coarse_grid()        # the levels measured first: the least a search may measure
+evals = st.number_input("Most levels measured per method", min_value=len(GRID), max_value=30, value=max(8, len(GRID)),
+                        key="search-evals", help=f"The search measures the {len(GRID)} levels "
+                        f"{widgets.sparsity_text(GRID)} first, then halves the step between the last level "
                         "within the budget and the first one over it.")
 variants = st.multiselect("Also judge compressed variants against the budget", [c.name for c in list_compressions()],
                           default=[], key="search-compress",
