@@ -341,6 +341,16 @@ def test_run_errors_name_the_widget_not_the_flag(worker_calls):
     assert "'Most levels measured per method' on the Operating point page must be an integer" in err.value
     assert "--" not in err.value and "fairprune models" not in err.value
     assert "the 'Architecture' list on the Data & model page" in err.value
+    # a finished search's note (the library's words for the command line) names the widget too
+    res = _search_result(0.8)
+    res["methods"]["global_magnitude"]["note"] = ("highest passing sparsity 0.8; stopped at --max-evals before the "
+                                                  "bracket [0.8, 0.9] narrowed to --tol 0.01.")
+    done = s.create_run({"demo": "mnist", "methods": ["global_magnitude"]}, kind="search", title="done")
+    _finish(done, res)
+    at = open_page(at, "pages_/search.py", run=done)
+    assert_clean(at)
+    [note] = [c.value for c in at.caption if c.value.startswith("global_magnitude:")]
+    assert "--" not in note and "stopped at 'Most levels measured per method'" in note, note
 
 
 def test_runs_lists_every_kind_and_opens_each_on_its_page(diag_result, worker_calls):

@@ -407,3 +407,43 @@ def test_a_reload_keeps_the_users_files(server, page, table_files, tmp_path):
     _shows(page, "Run", "people_mlp.pt2 on people.csv")
     no_exception(page)
     screenshot(page, "results_from_sidebar.png")
+
+
+def test_runs_lists_every_kind_and_opens_a_search_on_its_page(server, page):
+    """Item 13: searches and mitigations are listed beside audits, open on their own pages; item 9: a stopped
+    run's message names the setting, not the command-line flag."""
+    from fairprune.run.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    point = {"sparsity": 0.8, "violation": 0.01, "overall_accuracy": 0.9, "overall_drop": 0.01, "worst_group": "a",
+             "feasible": True}
+    found = {"budget": {"max_violation": 0.02}, "best": {"method": "global_magnitude", **point},
+             "methods": {"global_magnitude": {"frontier": [point], "recommended": point, "note": "ok"}}}
+    search = store.create_run({"demo": "mnist", "group": ["population"], "methods": ["global_magnitude"],
+                               "max_violation": 0.02}, kind="search", title="a listed search")
+    mit = store.create_run({"sparsity": 0.9, "demo": "mnist", "method": "reweighted"}, kind="mitigate",
+                           title="a listed repair")
+    for rid in (search, mit):                   # finished here, before the app's worker could take them
+        store.claim_next(worker_pid=os.getpid())
+    store.finish(search, found)
+    store.fail(mit, "reweighted does not fine-tune, so --when before does not apply to it; expected --when after")
+    page.goto(f"{url}/runs")
+    box = _selectbox(page, "Run")
+    box.click()
+    page.locator('[role="option"]').filter(has_text="a listed repair").click()
+    _shows(page, "Run", "mitigation · a listed repair")
+    error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="does not fine-tune")
+    error.wait_for()
+    assert "--when" not in error.inner_text() and "the setting 'when'" in error.inner_text()
+    assert page.get_by_role("button", name="Requeue").count() == 1
+    screenshot(page, "runs_every_kind.png")
+    box.click()
+    page.locator('[role="option"]').filter(has_text="a listed search").click()
+    _shows(page, "Run", "operating point · a listed search")
+    page.wait_for_timeout(1000)
+    page.locator("[data-testid=stBaseButton-secondary]", has_text="Open").first.click()
+    page.wait_for_url(re.compile(r".*/search\?.*run=" + search))
+    _shows(page, "Search run", search)
+    page.get_by_text("Recommended:").first.wait_for()
+    no_exception(page)

@@ -92,10 +92,10 @@ for r in runs:
         violation = 100 * max(x.fairness_violation["accuracy"] for x in measured)
     progress = f"{r.progress_done}/{r.progress_total} steps" if r.active and r.progress_total else ""
     rows.append({"kind": KINDS.get(kind_of(r), r.kind), "status": f"{r.status} {progress}".strip(),
-                 "title": r.title or r.id,
+                 "title": r.title or r.id, "found": summary(r),
                  "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
                  "worst group (top level)": worst or "", "its drop (pts)": drop, "max violation (pts)": violation,
-                 "found": summary(r), "inputs": inputs_of(r), "id": r.id})
+                 "inputs": inputs_of(r), "id": r.id})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="runs-table", column_config={
     "max violation (pts)": st.column_config.NumberColumn(
         help="Audits: the largest accuracy fairness violation over the levels and compression variants of the run. "

@@ -77,7 +77,7 @@ if runs:
                 st.warning("No measured level met the budget.")
             for name, entry in (res.get("methods") or {}).items():
                 if entry.get("note"):
-                    st.caption(f"{name}: {entry['note']}")
+                    st.caption(f"{name}: {widgets.plain(entry['note'])}")
             result_view.chart(plots.search_frontier(res), key="search-frontier",
                               heading="Violation against sparsity per method",
                               help="Shaded: within the violation budget. Crosses: levels over budget. Stars: the "
