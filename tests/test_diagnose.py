@@ -238,6 +238,22 @@ def test_diagnose_per_sample_and_group_figures(table):
         assert d.details[g]["rows"] == min(40, int(rows.sum()))
 
 
+def test_sample_table_takes_outputs_from_the_gradient_norm_pass(table):
+    """The per-sample CSV pays for one pass: its loss, prediction and margin come from the gradient-norm pass's own
+    forward (no group pass, no second forward), in row order, and equal the model's outputs."""
+    df, model, data = table
+    lm = LoadedModel.from_module(copy.deepcopy(model), name="mlp")
+    full = diagnose(lm, data, hessian=False, batch_size=64)
+    lean = diagnose(lm, data, hessian=False, group_norms=False, batch_size=64)
+    for col in ("loss", "margin", "uncertainty", "grad_norm"):
+        assert np.allclose(lean.samples[col], full.samples[col], rtol=1e-5, atol=1e-7), col
+    assert (lean.samples["pred"] == full.samples["pred"]).all()
+    logits = lm.module(data.x).detach()
+    assert (lean.samples["pred"].to_numpy() == logits.argmax(1).numpy()).all()
+    assert all(lean.groups[g]["group_grad_norm"] is None for g in ("a", "b"))
+    assert all(full.groups[g]["group_grad_norm"] > 0 for g in ("a", "b"))
+
+
 def test_boundary_distance_of_a_linear_model_is_known():
     # For logits z = Wx + b, moving x by ε along -sign(w_t - w_o) lowers z_t - z_o by ε‖w_t - w_o‖₁, the
     # fastest any L∞ step can: the distance to the boundary is (z_t - z_o) / ‖w_t - w_o‖₁ (two classes).
@@ -446,6 +462,23 @@ def test_cli_diagnose_pruned_with_boundary_and_errors(table_files, tmp_path, cap
     code = main([str(a) for a in base + ["--sparsity", "1.5"]])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().startswith("error: --sparsity must be a fraction") and len(err.strip().splitlines()) == 1
+
+
+def test_cli_diagnose_prunes_exactly_as_audit_does(table_files, tmp_path, capsys):
+    """diagnose --sparsity S prunes without evaluating the audit's levels, yet its rows are the audit's pruned model:
+    each group's accuracy from the CSV equals the audit's at S."""
+    csv_path, weights, df, _ = table_files
+    model = ["--model", weights, "--arch", "mlp", "--num-classes", "3", "--arch-arg", "in_features=4",
+             "--arch-arg", "hidden=32,16", "--data", csv_path, "--ignore", "sex", "--quiet"]
+    for method in ("global_magnitude", "random"):
+        out, res = tmp_path / f"{method}.csv", tmp_path / f"{method}.json"
+        assert main([str(a) for a in ["diagnose", *model, "--sparsity", "0.8", "--method", method, "--out", out]]) == 0
+        assert main([str(a) for a in ["audit", *model, "--sparsity", "0.8", "--method", method, "--out", res]]) == 0
+        s = pd.read_csv(out)
+        level = json.loads(res.read_text())["levels"][0]["groups"]
+        for g, rows in s.groupby(s["group"].astype(str)):
+            assert (rows["pred"] == rows["label"]).mean() == pytest.approx(level[g]["accuracy"]), (method, g)
+    capsys.readouterr()
 
 
 # ---- exact or say so (issue 12, part 4) -------------------------------------------------------------------

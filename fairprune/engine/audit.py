@@ -15,7 +15,8 @@ loaded once, nothing is re-exported.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -171,7 +172,9 @@ class Auditor:
     def __init__(self, model, data: GroupedDataset, *, method: str = "global_magnitude", finetune_epochs: int = 0,
                  train_data: GroupedDataset | None = None, seed: int = 0, device: str | torch.device | None = None,
                  batch_size: int | None = 256, cancel: Callable[[], bool] | None = None, measure_footprint: bool = True,
-                 measure_latency: bool = False, amp: str = "auto"):
+                 measure_latency: bool = False, amp: str = "auto", evaluate_dense: bool = True):
+        """``evaluate_dense=False``: validate and prepare only (no dense pass, no footprint: ``dense`` is None), for
+        callers that only need the model pruned as the audit prunes it (:meth:`pruned`), e.g. the per-sample CSV."""
         from ..data import validate_labels
         from ..zoo import LoadedModel
 
@@ -208,6 +211,17 @@ class Auditor:
         self.names = self.eval_data.group_names
         self.y = self.eval_data.y.numpy()
         self.groups = self.eval_data.group.astype(str)
+        self.prunable = list(prunable_parameters(self.module))
+        self.example = next(self.eval_data.batches(min(2, self.eval_data.n), self.device))[0]
+        self.masked = MaskedModel(self.module)
+        self._levels: dict[float, LevelResult] = {}
+        self._variants: dict[str, object] = {}            # canonical variant name -> VariantResult
+        self._variant_footprints: dict[str, dict] = {}
+        self.footprint, self._footprints, self.dense, self.dense_footprint = None, {}, None, None
+        if evaluate_dense:
+            self._measure_dense(model, measure_footprint, measure_latency)
+
+    def _measure_dense(self, model, measure_footprint: bool, measure_latency: bool) -> None:
         self.dense_pred = self._evaluate()
         self.dense_pred_full = self.dense_pred        # full precision, whatever _choose_precision decides
         self._choose_precision()
@@ -223,12 +237,6 @@ class Auditor:
         self.dense = DenseResult(d_overall, d_groups, accuracy_gap(d_groups), getattr(dense_fp, "size_bytes", None),
                                  getattr(dense_fp, "latency_ms", None))
         self.dense_footprint = dense_fp
-        self.prunable = list(prunable_parameters(self.module))
-        self.example = next(self.eval_data.batches(min(2, self.eval_data.n), self.device))[0]
-        self.masked = MaskedModel(self.module)
-        self._levels: dict[float, LevelResult] = {}
-        self._variants: dict[str, object] = {}            # canonical variant name -> VariantResult
-        self._variant_footprints: dict[str, dict] = {}
 
     @property
     def batch_size(self) -> int:
@@ -285,6 +293,18 @@ class Auditor:
                                   nm=self.method in NM_METHODS)
         self._footprints[sparsity] = fp
         return fp.size_bytes, fp.latency_ms
+
+    @contextmanager
+    def pruned(self, sparsity: float) -> Iterator[dict]:
+        """The model pruned to ``sparsity`` exactly as :meth:`measure` prunes it (same method, seed and masks), not
+        evaluated; yields the masks (name -> keep-mask) and restores the dense weights on exit."""
+        s = _check_sparsities([sparsity])[0]
+        masks = next(iter(iter_masks(self.module, self.method, [s], seed=self.seed, example_input=self.example)))
+        self.masked.apply(masks)
+        try:
+            yield dict(self.masked.masks)
+        finally:
+            self.masked.restore()
 
     def measure(self, sparsities: Sequence[float], *, on_level: Callable[[LevelResult], None] | None = None,
                 inspect: Callable[[float, object], None] | None = None) -> list[LevelResult]:
@@ -493,7 +513,9 @@ def sample_diagnostics(model, data: GroupedDataset, *, sparsity: float | None = 
     """
     from .diagnose import input_positions, sample_table
 
-    auditor = Auditor(model, data, method=method, seed=seed, device=device, batch_size=batch_size, cancel=cancel)
+    # Validated and pruned as the audit does, but not evaluated: the table's own pass gives the outputs.
+    auditor = Auditor(model, data, method=method, seed=seed, device=device, batch_size=batch_size, cancel=cancel,
+                      measure_footprint=False, evaluate_dense=False)
     index = input_positions(auditor.data)
 
     def run(masks):
@@ -503,8 +525,7 @@ def sample_diagnostics(model, data: GroupedDataset, *, sparsity: float | None = 
     if sparsity is None:
         table = run(None)
     else:
-        held: dict = {}
-        auditor.measure([sparsity], inspect=lambda s, _p: held.setdefault("t", run(dict(auditor.masked.masks))))
-        table = held["t"]
+        with auditor.pruned(sparsity) as masks:
+            table = run(masks)
     table.attrs["warnings"] = list(dict.fromkeys([*auditor.warnings, *table.attrs["warnings"]]))
     return table

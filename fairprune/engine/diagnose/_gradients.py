@@ -18,7 +18,7 @@ from ...core.errors import Cancelled
 from ..evaluate import loss_fn, model_outputs, per_sample
 from ._boundary import uncertainty
 
-__all__ = ["group_grad_norms", "group_pass"]
+__all__ = ["group_grad_norms", "group_pass", "RowOutputs"]
 
 
 def group_pass(model, data, *, batch_size: int = 256, device: torch.device | str = "cpu",
@@ -38,8 +38,7 @@ def group_pass(model, data, *, batch_size: int = 256, device: torch.device | str
             for n, p in named]
     groups = np.asarray(data.group).astype(str)
     bs = model.fixed_batch_size or batch_size
-    stats = {"loss": np.empty(data.n), "pred": np.empty(data.n, dtype=np.int64), "margin": np.empty(data.n),
-             "uncertainty": np.empty(data.n)}
+    stats = RowOutputs(data.n)
     norms = {}
     for g in sorted(set(groups)):
         rows = np.flatnonzero(groups == g)
@@ -56,18 +55,35 @@ def group_pass(model, data, *, batch_size: int = 256, device: torch.device | str
                 grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 for a, gr in zip(acc, grads):
                     a.add_(gr.detach().double())
-            with torch.no_grad():
-                lo, pred, margin = per_sample(logits.detach(), yb)
-                stats["loss"][idx] = lo.double().cpu().numpy()
-                stats["pred"][idx] = pred.cpu().numpy()
-                stats["margin"][idx] = margin.double().cpu().numpy()
-                stats["uncertainty"][idx] = uncertainty(logits.detach()).double().cpu().numpy()
+            stats.add(idx, logits.detach(), yb)
         sq = 0.0
         for a, m in zip(acc, keep):
             mean = a / len(rows)
             sq += float((mean if m is None else mean * m).pow(2).sum())
         norms[g] = sq ** 0.5
-    return norms, stats
+    return norms, stats.columns
+
+
+class RowOutputs:
+    """Per-sample outputs filled batch by batch from logits a pass already computed: ``loss``, ``pred``,
+    ``margin``, ``uncertainty`` (N,) in row order (``columns``)."""
+
+    def __init__(self, n: int):
+        self.columns = {"loss": np.empty(n), "pred": np.empty(n, dtype=np.int64), "margin": np.empty(n),
+                        "uncertainty": np.empty(n)}
+        self._next = 0
+
+    def add(self, rows: np.ndarray | None, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """``rows``: the positions of the batch's rows; None: the next rows in order."""
+        if rows is None:
+            rows = np.arange(self._next, self._next + len(y))
+            self._next += len(y)
+        with torch.no_grad():
+            lo, pred, margin = per_sample(logits, y)
+            self.columns["loss"][rows] = lo.double().cpu().numpy()
+            self.columns["pred"][rows] = pred.cpu().numpy()
+            self.columns["margin"][rows] = margin.double().cpu().numpy()
+            self.columns["uncertainty"][rows] = uncertainty(logits).double().cpu().numpy()
 
 
 def group_grad_norms(model, data, *, batch_size: int = 256, device: torch.device | str = "cpu",

@@ -47,12 +47,15 @@ FALLBACK = (
 
 def per_sample_grad_norms(model, data, *, batch_size: int = 256, device: torch.device | str = "cpu",
                           masks: Mapping[str, torch.Tensor] | None = None,
-                          cancel: Callable[[], bool] | None = None) -> np.ndarray:
+                          cancel: Callable[[], bool] | None = None,
+                          on_logits: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> np.ndarray:
     """‖∇_θ ℓ(f_θ(x_i), y_i)‖₂ for every row of ``data`` (a GroupedDataset), in row order: (N,) float64.
 
     ``model``: a LoadedModel (a program with a fixed batch size gets its last batch padded, the padding
     ignored) or an ``nn.Module``, already on ``device``. ``masks``: parameter name -> bool keep-mask;
     masked-out entries contribute nothing. ``cancel``: checked before each batch (raises Cancelled).
+    ``on_logits(logits, y)``: called for each batch, in row order, with the (B, K) outputs of the forward pass
+    the norms already ran (detached), so a caller that needs the outputs too pays no second pass.
     """
     module, fixed = _unwrap(model)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -65,6 +68,8 @@ def per_sample_grad_norms(model, data, *, batch_size: int = 256, device: torch.d
             if cancel is not None and cancel():
                 raise Cancelled("cancelled")
             out.append(engine.norms_sq(xb, yb).cpu())
+            if on_logits is not None:
+                on_logits(engine.logits, yb)
     return torch.cat(out).clamp_min(0).sqrt().numpy()
 
 
@@ -107,6 +112,7 @@ class _Engine:
         # a program with a fixed batch, which cannot run other sizes)
         self.layouts: dict | None = None
         self._probed = bool(fixed)
+        self.logits: torch.Tensor | None = None      # the last pass's outputs (B, K), detached
 
     #: batch sizes of the probe passes that trace the sample dimension through every covered call
     PROBE_SIZES = (2, 3)
@@ -202,6 +208,7 @@ class _Engine:
                 if logits.shape[0] != n:                  # drop a fixed-batch program's padding rows
                     logits = logits[:n]
                 loss = loss_fn(logits, y.to(logits.device), reduction="sum")
+            self.logits = logits.detach()                 # the batch's outputs, for callers that want them too
         except BaseException:
             tape.release()
             raise

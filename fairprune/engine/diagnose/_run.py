@@ -27,7 +27,7 @@ import torch
 from ...core.errors import Cancelled, InputError
 from ._boundary import BOUNDARY_ATTACKS, boundary_distances
 from ._factors import FACTORS, factor_correlations, factor_values, theory_terms
-from ._gradients import group_pass
+from ._gradients import RowOutputs, group_pass
 from ._gradnorm import per_sample_grad_norms
 from ._hessian import HVP_METHODS, HessianOperator, max_eigenvalue, trace
 
@@ -173,12 +173,14 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
-def _per_sample_grad_norms(model, data, *, batch_size, device, masks, cancel) -> tuple[np.ndarray, list[str]]:
+def _per_sample_grad_norms(model, data, *, batch_size, device, masks, cancel, on_logits=None
+                           ) -> tuple[np.ndarray, list[str]]:
     """The norms and the fallback warnings they gave (recorded, not only shown: the CLI silences Python
     warnings); any other warning is passed on."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        norms = per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+        norms = per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel,
+                                      on_logits=on_logits)
     said = []
     for w in caught:
         if str(w.message).startswith(GRADNORM_WARNING):
@@ -199,13 +201,15 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
              index: np.ndarray | None = None, seed: int = 0, batch_size: int = 256,
              device: torch.device | str = "cpu", cancel: Callable[[], bool] | None = None,
              step: Callable[[str], None] | None = None, keep_vectors: bool = False,
-             hvp: str | None = None) -> ModelDiagnostics:
+             hvp: str | None = None, group_norms: bool = True) -> ModelDiagnostics:
     """Per-sample and per-group diagnostics of ``model`` (a LoadedModel at its current weights) on ``data``.
 
     Args:
         masks: the pruning masks the model's weights carry (name -> bool keep-mask): gradient norms and
             the Hessian are then over the unpruned coordinates only.
         hessian: False skips the Hessian figures (None in DIAG), e.g. for the per-sample CSV.
+        group_norms: False skips ‖g_a‖ (``group_grad_norm`` None in DIAG) and the forward and backward pass it
+            costs; the per-sample outputs then come from the gradient-norm pass's own forward (the per-sample CSV).
         hessian_rows / boundary_rows: group -> row positions to use (default: seeded samples of
             ``config.hessian_rows`` / ``config.boundary_rows`` per group).
         init: group -> start vector for the power iteration (e.g. the dense model's eigenvector).
@@ -226,9 +230,15 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     groups = np.asarray(data.group).astype(str)
     names = data.group_names
 
-    group_norms, out = group_pass(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
-    grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
-                                              cancel=cancel)
+    if group_norms:
+        g_norms, out = group_pass(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+        grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
+                                                  cancel=cancel)
+    else:
+        rows = RowOutputs(data.n)
+        grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
+                                                  cancel=cancel, on_logits=lambda lg, yb: rows.add(None, lg, yb))
+        g_norms, out = {}, rows.columns
     step("gradient norms")
 
     import pandas as pd
@@ -244,7 +254,7 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     diags: dict[str, dict] = {}
     for g in names:
         rows = groups == g
-        diags[g] = {"grad_norm_mean": _mean(grad_norm[rows]), "group_grad_norm": group_norms[g],
+        diags[g] = {"grad_norm_mean": _mean(grad_norm[rows]), "group_grad_norm": g_norms.get(g),
                     "hessian_max_eig": None, "hessian_max_eig_se": None, "hessian_max_eig_converged": None,
                     "hessian_trace": None,
                     "hessian_trace_se": None, "margin_mean": _mean(out["margin"][rows]),
@@ -542,8 +552,8 @@ def sample_table(model, eval_data, *, index, masks=None, boundary: bool | int = 
     if boundary:
         cfg = dataclasses.replace(cfg, boundary=True,
                                   boundary_rows=cfg.boundary_rows if boundary is True else int(boundary))
-    diag = diagnose(model, eval_data, masks=masks, config=cfg, hessian=False, index=index, seed=seed,
-                    batch_size=batch_size, device=device, cancel=cancel)
+    diag = diagnose(model, eval_data, masks=masks, config=cfg, hessian=False, group_norms=False, index=index,
+                    seed=seed, batch_size=batch_size, device=device, cancel=cancel)
     cols = list(SAMPLE_COLUMNS) + (["boundary_distance"] if cfg.boundary else [])
     table = diag.samples[cols].reset_index(drop=True)
     table.attrs["warnings"] = list(diag.warnings)
