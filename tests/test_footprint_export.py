@@ -296,3 +296,23 @@ def test_cli_audit_no_footprint(tmp_path, capsys):
     code, _, err = run(["audit", "--demo", "mnist", "--sparsity", "0.9", "--no-footprint", "--quiet", "--out", out], capsys)
     assert code == 0, err
     assert "size_bytes" not in json.loads(out.read_text())["dense"]
+
+
+def test_serialised_size_is_remembered_by_layout_and_exact():
+    """The remembered size is the file's length for any values: safetensors' length depends only on names, dtypes,
+    shapes and metadata (checked against a real serialisation with other values, and for a new layout)."""
+    from safetensors.torch import save
+
+    from fairprune.engine.footprint import serialised_size
+
+    g = torch.Generator().manual_seed(0)
+    first = {"w": torch.zeros(7, 13), "b": torch.zeros(7, dtype=torch.float64), "i": torch.zeros(3, dtype=torch.int32)}
+    assert serialised_size(first) == len(save(first))
+    for _ in range(3):
+        other = {"w": torch.randn(7, 13, generator=g), "b": torch.randn(7, generator=g).double(),
+                 "i": torch.randint(0, 10**6, (3,), generator=g).int()}
+        assert serialised_size(other) == len(save(other))
+    meta = {"format": "x", "csr": "{}"}
+    assert serialised_size(first, meta) == len(save(first, metadata=meta)) != serialised_size(first)
+    wider = {**first, "w": torch.zeros(7, 14)}
+    assert serialised_size(wider) == len(save(wider)) == serialised_size(first) + 4 * 7

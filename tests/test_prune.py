@@ -125,3 +125,28 @@ def test_structured_couples_residual_channels_in_resnet():
     assert torch.equal(rows("layer1.0.conv2.weight"), stem)
     assert torch.equal(rows("layer1.1.conv2.weight"), stem)
     assert torch.equal(~masks["bn1.weight"], stem)
+
+
+def test_selection_masks_equal_the_stable_sorts():
+    """The CPU's selection-based masks remove exactly the first k of the stable ascending order (ties by position),
+    as the sort does: with heavy ties, k = 0, several levels at once, NaN scores and other dtypes."""
+    from fairprune.engine.prune._methods import _removed_first
+
+    def by_sort(flat, k):
+        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep[torch.sort(flat, stable=True).indices[:k]] = False
+        return keep
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.rand(1000, generator=g), torch.randint(0, 5, (1000,), generator=g).float(),   # heavy ties
+             torch.randint(0, 3, (997,), generator=g).double(), torch.zeros(50),
+             torch.rand(300, generator=g).to(torch.bfloat16)]
+    nan = torch.rand(200, generator=g)
+    nan[::7] = float("nan")
+    cases.append(nan)
+    for flat in cases:
+        n = flat.numel()
+        ks = [0, 1, n // 3, n // 2, n // 2, n - 1]
+        for k, keep in zip(ks, _removed_first(flat, ks)):
+            assert torch.equal(keep, by_sort(flat, k)), (flat.dtype, k)
+            assert int((~keep).sum()) == k

@@ -80,10 +80,25 @@ def keep_once(out: dict[str, torch.Tensor], seen: set[tuple], name: str, t: torc
 
 
 def serialised_size(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> int:
-    """Bytes of ``tensors`` (and ``metadata``) serialised with safetensors: header + payload."""
-    from safetensors.torch import save
+    """Bytes of ``tensors`` (and ``metadata``) serialised with safetensors: header + payload.
 
-    return len(save(dict(tensors), metadata=dict(metadata) if metadata else None))
+    A safetensors file's length depends only on the names, dtypes and shapes (the header) and the payload's byte
+    count, never on the values, so the size is measured once per layout and remembered: a sweep's levels share
+    their dense tensors' layouts, and each is serialised once, not once per level."""
+    layout = (tuple((name, t.dtype, tuple(t.shape)) for name, t in tensors.items()),
+              tuple(metadata.items()) if metadata else ())
+    size = _SIZES.get(layout)
+    if size is None:
+        from safetensors.torch import save
+
+        size = _SIZES[layout] = len(save(dict(tensors), metadata=dict(metadata) if metadata else None))
+        if len(_SIZES) > 4096:                     # a bound, not a policy: layouts of one model number in hundreds
+            _SIZES.pop(next(iter(_SIZES)))
+    return size
+
+
+#: serialised size by layout (names, dtypes, shapes, metadata): see :func:`serialised_size`
+_SIZES: dict[tuple, int] = {}
 
 
 def dense_size(module: nn.Module) -> int:

@@ -102,14 +102,44 @@ def _k_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep
 
 
+def _removed_first(flat: torch.Tensor, ks: list[int]) -> Iterator[torch.Tensor]:
+    """For each k: the bool keep-mask that removes the first k entries of ``flat``'s stable ascending order (the k
+    smallest, ties by position). On the CPU one multi-pivot selection (numpy's introselect) finds every level's
+    threshold in O(N), instead of an O(N log N) sort: entries below the k-th value go, then the first entries equal
+    to it by position, so the masks are exactly the stable sort's. With NaN scores, or on an accelerator (where the
+    sort is fast), the stable sort itself."""
+    if (flat.device.type != "cpu" or flat.dtype not in (torch.float32, torch.float64) or not ks
+            or bool(torch.isnan(flat).any())):
+        order = torch.sort(flat, stable=True).indices
+        for k in ks:
+            keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+            keep[order[:k]] = False
+            yield keep
+        return
+    import numpy as np
+
+    pivots = sorted({k - 1 for k in ks if k > 0})
+    values = np.partition(flat.numpy(), pivots)[pivots] if pivots else []
+    threshold = dict(zip(pivots, values))
+    for k in ks:
+        if k <= 0:
+            yield torch.ones(flat.numel(), dtype=torch.bool)
+            continue
+        v = torch.tensor(threshold[k - 1], dtype=flat.dtype)
+        keep = flat >= v
+        ties = k - int((~keep).sum())
+        if ties:
+            keep[torch.nonzero(flat == v)[:ties, 0]] = False
+        yield keep
+
+
 def _global_masks_many(params, scores, sparsities) -> Iterator[dict[str, torch.Tensor]]:
-    # One threshold over all prunable weights (torch.nn.utils.prune.global_unstructured's recipe).
-    # One stable sort serves every level: level s removes the first round(s * N) entries of the order.
+    # One threshold over all prunable weights (torch.nn.utils.prune.global_unstructured's recipe): level s removes
+    # the first round(s * N) entries of the scores' stable ascending order.
     flat = torch.cat([scores[n].reshape(-1) for n in params])
-    order = torch.sort(flat, stable=True).indices
-    for sparsity in sparsities:
-        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-        keep[order[:round(sparsity * flat.numel())]] = False
+    sparsities = list(sparsities)
+    keeps = _removed_first(flat, [round(s * flat.numel()) for s in sparsities])
+    for keep in keeps:
         out, start = {}, 0
         for n, p in params.items():
             out[n] = keep[start:start + p.numel()].view_as(p)
