@@ -667,3 +667,17 @@ def test_validate_labels_multiclass():
 def test_validate_labels_num_outputs_checked():
     with pytest.raises(ValueError, match="num_outputs"):
         validate_labels(dataset([0]), 0, source="t")
+
+
+def test_reading_an_npz_imports_neither_pandas_nor_pil(tmp_path):
+    """Start-up costs only what the command needs (issue 13): the table and image loaders are imported when a file of
+    their kind is read."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.zeros((4, 3), np.float32), y=np.array([0, 1, 0, 1]), group=np.array(["a", "a", "b", "b"]))
+    code = ("import sys; from fairprune.data import load_dataset; d = load_dataset(sys.argv[1]); "
+            "print(d.n, 'pandas' in sys.modules, 'PIL' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["4", "False", "False"]

@@ -12,7 +12,6 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
-import pandas as pd
 
 from ..core.errors import InputError
 
@@ -155,7 +154,11 @@ def is_missing(values: np.ndarray) -> np.ndarray:
 def _missing(v) -> bool:
     if isinstance(v, (str, bytes)):
         return not v.strip()
-    return v is None or (np.ndim(v) == 0 and bool(pd.isna(v)))  # None, NaN, pd.NA, NaT
+    if v is None:
+        return True
+    import pandas as pd      # here, not at import: reading an NPZ never needs pandas
+
+    return np.ndim(v) == 0 and bool(pd.isna(v))  # NaN, pd.NA, NaT
 
 
 # ---- labels ----------------------------------------------------------------------------------------

@@ -18,10 +18,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ._checks import ZIP_ERRORS, as_names, check_missing_group, fmt_counts, open_zip, parse_normalize
-from ._csv import load_csv
 from ._dataset import GroupedDataset
-from ._imagezip import load_image_zip
-from ._npz import load_npz
 
 __all__ = ["load_dataset", "validate_labels", "FORMATS"]
 
@@ -32,7 +29,17 @@ FORMATS = {
     ".npz": "NumPy arrays x, y, group",
     ".zip": "images named by a metadata.csv",
 }
-_LOADERS = {".csv": load_csv, ".csv.gz": load_csv, ".npz": load_npz, ".zip": load_image_zip}
+#: ending -> (module, loader): imported when a file of that kind is read, so reading an NPZ never pays for pandas
+#: (tables) or PIL (images).
+_LOADERS = {".csv": ("_csv", "load_csv"), ".csv.gz": ("_csv", "load_csv"), ".npz": ("_npz", "load_npz"),
+            ".zip": ("_imagezip", "load_image_zip")}
+
+
+def _loader(suffix: str):
+    import importlib
+
+    module, name = _LOADERS[suffix]
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 UNKNOWN_FORMAT = "{file}: expected a data file ending in {formats}; found {suffix}"
 NOT_FOUND = "{file}: expected a data file at {path}, found {found}"
@@ -110,12 +117,12 @@ def load_dataset(
         raise InputError(NOT_FOUND.format(file=file, path=str(path), found=found))
     common = dict(label=label, groups=groups, missing_group=missing_group, normalize=stats, name=name,
                   max_uncompressed_bytes=max_uncompressed_bytes)
-    if _LOADERS[suffix] is load_csv:
-        return load_csv(path, features=features, ignore=ignore, **common)
+    if _LOADERS[suffix][0] == "_csv":
+        return _loader(suffix)(path, features=features, ignore=ignore, **common)
     for option, value in (("features (--features)", features), ("ignore (--ignore)", ignore)):
         if value is not None:
             raise InputError(CSV_ONLY.format(file=file, option=option, suffix=suffix))
-    return _LOADERS[suffix](path, **common)
+    return _loader(suffix)(path, **common)
 
 
 def validate_labels(data: GroupedDataset, num_outputs: int, *, source: str) -> None:
