@@ -202,9 +202,62 @@ def test_sparse_safetensors_export_round_trips(tmp_path):
 def test_measure_latency_is_a_median_in_ms():
     calls = []
     ms = measure_latency(lambda x: calls.append(x.shape), torch.zeros(3, 2), repeats=7, warmup=2)
-    assert len(calls) == 9 and 0 <= ms < 50
+    # 7 timed runs after at least 2 warm-up runs (more while the 0.1 s warm-up lasts, at most 30)
+    assert 9 <= len(calls) <= 7 + 30 and 0 <= ms < 50
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(lambda x: x, torch.zeros(1), repeats=0)
+
+
+class _Clock:
+    """A fake perf_counter: each forward call advances it by the next duration (seconds)."""
+
+    def __init__(self, durations):
+        self.now, self.durations, self.calls = 0.0, list(durations), 0
+
+    def __call__(self):
+        return self.now
+
+    def forward(self, x):
+        self.now += self.durations[self.calls]
+        self.calls += 1
+
+
+def test_time_forward_warms_up_by_time_and_reports_median_and_spread(monkeypatch):
+    import fairprune.engine.footprint as fp
+
+    # a cold model: the first calls are slow (73 ms, as the issue's dense demo measured), then 10-13 ms with one
+    # 50 ms outlier. Warm-up lasts at least 0.2 s: the three cold calls (0.219 s) are never timed.
+    clock = _Clock([0.073, 0.073, 0.073] + [0.010, 0.012, 0.011, 0.050, 0.013])
+    monkeypatch.setattr(fp.time, "perf_counter", clock)
+    t = fp.time_forward(clock.forward, torch.zeros(2), repeats=5, warmup=2, warmup_s=0.2)
+    assert clock.calls == 8
+    assert t.repeats == 5 and t.median_ms == pytest.approx(12.0)
+    assert t.iqr == pytest.approx([11.0, 13.0])          # inclusive quartiles of 10, 11, 12, 13, 50
+    # a warm-up of a fixed count (2 calls) times a cold 73 ms call: the median still reads 12 ms, a mean would not
+    clock = _Clock([0.073] * 3 + [0.010, 0.012, 0.011, 0.050, 0.013])
+    monkeypatch.setattr(fp.time, "perf_counter", clock)
+    assert fp.time_forward(clock.forward, torch.zeros(2), repeats=5, warmup=2, warmup_s=0.0).median_ms \
+        == pytest.approx(12.0)  # warmup_s=0: 2 warm-up calls, then 73, 10, 12, 11, 50 timed
+    assert fp.Timing.of([0.073, 0.010, 0.012, 0.011, 0.050]).median_ms == pytest.approx(12.0)
+    # the budget stops timed runs early, after at least 5
+    clock = _Clock([0.2] * 40)
+    monkeypatch.setattr(fp.time, "perf_counter", clock)
+    t = fp.time_forward(clock.forward, torch.zeros(2), repeats=20, warmup=1, budget_s=0.5, warmup_s=0.0)
+    assert t.repeats == 5 and t.iqr == pytest.approx([200.0, 200.0])
+
+
+def test_timings_differ_only_when_spreads_do_not_overlap():
+    from fairprune.engine.footprint import Timing
+
+    dense = Timing(48.8, 21.0, 72.9, 20)     # the issue's dense demo model, identical runs
+    level = Timing(22.6, 20.8, 25.0, 20)
+    assert not dense.differs(level) and not level.differs(dense)
+    fast = Timing(10.0, 9.5, 10.4, 20)
+    assert fast.differs(level) and level.differs(fast)
+    one = Timing.of([0.004])
+    assert (one.median_ms, one.p25_ms, one.p75_ms, one.repeats) == (4.0, 4.0, 4.0, 1)
+    with pytest.raises(ValueError, match="at least one"):
+        Timing.of([])
 
 
 def _images(n=96, seed=0):
@@ -229,6 +282,11 @@ def test_audit_reports_size_and_latency_per_level():
     assert [lv["timed"] for lv in d["footprint"]["levels"]] == ["masked"] * 3
     assert d["footprint"]["levels"][2]["storage"] == "csr"
     assert "dense speed" in d["footprint"]["latency"] or "zeros" in d["footprint"]["latency"]
+    assert "no speed-up expected without sparse kernels" in d["footprint"]["latency"]
+    # every timed model carries its spread and how many runs were timed
+    for part in [d["footprint"]["dense"], *d["footprint"]["levels"]]:
+        lo, hi = part["latency_ms_iqr"]
+        assert lo <= part["latency_ms"] <= hi and 5 <= part["latency_repeats"] <= d["footprint"]["repeats"]
 
     # sizes are reproducible; only the wall-clock figures differ between two runs
     again = audit(model, data, sparsities=[0.5, 0.8, 0.95], measure_latency=True).to_dict()
@@ -236,6 +294,9 @@ def test_audit_reports_size_and_latency_per_level():
     # without --latency the whole JSON is reproducible, sizes included
     plain = [audit(model, data, sparsities=[0.5, 0.95]).to_json() for _ in range(2)]
     assert plain[0] == plain[1] and "latency_ms" not in json.loads(plain[0])["dense"]
+    assert "latency_ms_iqr" not in plain[0] and "latency_repeats" not in plain[0]
+    bare = without_timings(d)["footprint"]
+    assert not any(k.startswith("latency_") for part in [bare["dense"], *bare["levels"]] for k in part)
     assert "latency_ms" not in without_timings(d)["dense"] and "latency_ms" in d["dense"]
 
     off = audit(model, data, sparsities=[0.5], measure_footprint=False).to_dict()
@@ -316,3 +377,21 @@ def test_serialised_size_is_remembered_by_layout_and_exact():
     assert serialised_size(first, meta) == len(save(first, metadata=meta)) != serialised_size(first)
     wider = {**first, "w": torch.zeros(7, 14)}
     assert serialised_size(wider) == len(save(wider)) == serialised_size(first) + 4 * 7
+
+
+def test_csr_layout_sizes_like_the_real_csr():
+    """Sizing with zero tensors of the CSR layout gives the bytes of the real CSR serialisation."""
+    from safetensors.torch import save
+
+    from fairprune.engine.footprint import sparse_tensors
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 5))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            m.weight.mul_((torch.rand_like(m.weight) > 0.9).float())
+    real, meta = sparse_tensors(net)
+    lay, meta2 = sparse_tensors(net, layout_only=True)
+    assert meta == meta2 and meta                           # both weights chosen for CSR, the same way
+    assert {k: (v.dtype, v.shape) for k, v in real.items()} == {k: (v.dtype, v.shape) for k, v in lay.items()}
+    assert len(save(real, metadata=meta)) == len(save(lay, metadata=meta2))

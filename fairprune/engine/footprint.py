@@ -14,7 +14,10 @@ ship, measured by serialising them, never by assuming:
   positions (:func:`fairprune.engine.prune.pack_2_4`, :func:`nm_tensors`), everything else dense.
 
 Latency (``latency_ms``) is the median over repeated runs (after warm-up) of one forward pass of one
-fixed batch of evaluation rows, on the audit's device (CUDA synchronised around each run). Unstructured
+fixed batch of evaluation rows, on the audit's device (CUDA synchronised around each run), with its
+spread: ``latency_ms_iqr`` = [25th, 75th percentile] over ``latency_repeats`` timed runs (:class:`Timing`).
+A wall-clock timing on a shared machine moves by tens of percent between identical runs, so a difference
+between two models is only a difference when their spreads do not overlap (:func:`Timing.differs`). Unstructured
 zeros are computed like any other number by dense kernels, so a level pruned without structure is timed
 as the masked dense model runs, at dense speed, which is honest; a structured level is timed as the
 compacted model, which is where structured pruning buys speed.
@@ -34,7 +37,7 @@ from torch import nn
 __all__ = ["CSR_FORMAT", "NM_FORMAT", "NM_METHODS", "STRUCTURED_METHODS", "Footprint", "FootprintMeter", "state_tensors",
            "serialised_size", "nm_tensors",
            "dense_size", "csr_components", "csr_nbytes", "sparse_tensors", "sparse_size", "measure_latency",
-           "LATENCY_NOTE", "without_timings"]
+           "LATENCY_NOTE", "without_timings", "Timing", "time_forward"]
 
 #: safetensors metadata "format" of a file holding CSR weights (see :func:`sparse_tensors`).
 CSR_FORMAT = "fairprune.csr/1"
@@ -48,9 +51,11 @@ STRUCTURED_METHODS = frozenset({"structured_l1"})
 #: Pruning methods whose masks follow the 2:4 pattern: their levels are measured with 2:4 weights packed.
 NM_METHODS = frozenset({"nm_2_4"})
 
-LATENCY_NOTE = ("median ms of one forward pass of one batch on the audit device; unstructured levels run the "
-                "masked dense model (zeros cost as much as any weight in dense kernels), structured levels run "
-                "the compacted model")
+LATENCY_NOTE = ("median ms of one forward pass of one batch on the audit device, after warm-up, with its spread "
+                "(latency_ms_iqr: 25th to 75th percentile over latency_repeats timed runs; two models differ only "
+                "where their spreads do not overlap); unstructured and 2:4 levels run the masked dense model "
+                "(zeros cost as much as any weight in dense kernels: no speed-up expected without sparse kernels), "
+                "structured levels run the compacted model")
 
 
 # --- size ----------------------------------------------------------------------------------------
@@ -136,8 +141,23 @@ def csr_nbytes(shape: tuple[int, ...] | torch.Size, nnz: int, dtype: torch.dtype
     return (rows + 1 + nnz) * isz + nnz * torch.empty((), dtype=dtype).element_size()
 
 
-def sparse_tensors(module: nn.Module, names: list[str] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def csr_layout(weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Zero tensors with the names, dtypes and shapes of :func:`csr_components` of ``weight``, without building
+    the CSR arrays: what sizing needs (a safetensors file's length depends only on the layout)."""
+    rows = weight.shape[0]
+    cols = weight.numel() // max(1, rows)
+    nnz = int(torch.count_nonzero(weight))
+    idx = _index_dtype(rows, cols, nnz)
+    return {"crow_indices": torch.zeros(rows + 1, dtype=idx), "col_indices": torch.zeros(nnz, dtype=idx),
+            "values": torch.zeros(nnz, dtype=weight.dtype)}
+
+
+def sparse_tensors(module: nn.Module, names: list[str] | None = None, *,
+                   layout_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors (and safetensors metadata) of the module's weights stored as they would ship.
+
+    ``layout_only``: the CSR parts are zero tensors of the right layout (:func:`csr_layout`), for measuring the
+    size only; what is stored in CSR, and so the size, are the same.
 
     Each weight in ``names`` (default: :func:`fairprune.engine.prune.prunable_parameters`) that serialises
     smaller in CSR than dense (header entries included) is stored as ``NAME.crow_indices``, ``NAME.col_indices``,
@@ -160,7 +180,7 @@ def sparse_tensors(module: nn.Module, names: list[str] | None = None) -> tuple[d
         nnz = int(torch.count_nonzero(w))
         if csr_nbytes(w.shape, nnz, w.dtype) >= w.numel() * w.element_size():
             continue   # the payload alone is not smaller
-        parts = {f"{n}.{part}": t for part, t in csr_components(w).items()}
+        parts = {f"{n}.{part}": t for part, t in (csr_layout(w) if layout_only else csr_components(w)).items()}
         # three header entries and a metadata entry instead of one: on a small weight they can eat the saving
         if serialised_size(parts) + len(json.dumps({n: list(w.shape)})) >= serialised_size({n: w}):
             continue
@@ -211,16 +231,54 @@ def sparse_size(module: nn.Module, names: list[str] | None = None) -> int:
 
 # --- latency -------------------------------------------------------------------------------------
 
-def measure_latency(forward: Callable[[torch.Tensor], object], x: torch.Tensor, *, repeats: int = 20,
-                    warmup: int = 3, budget_s: float = 0.5) -> float:
-    """Median milliseconds of ``forward(x)`` over ``repeats`` runs after ``warmup`` runs.
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock timings of one forward pass: the median and its spread, in milliseconds.
 
-    Stops early once ``budget_s`` seconds of timed runs have passed (after at least 5), so a slow
-    model on a slow machine still answers promptly. On CUDA the device is synchronised before the
+    ``p25_ms`` / ``p75_ms``: the 25th and 75th percentiles of the ``repeats`` timed runs (inclusive
+    method; equal to the median when only one run was timed)."""
+
+    median_ms: float
+    p25_ms: float
+    p75_ms: float
+    repeats: int
+
+    @property
+    def iqr(self) -> list[float]:
+        """[p25, p75] in ms, as the result JSON stores it (``latency_ms_iqr``)."""
+        return [self.p25_ms, self.p75_ms]
+
+    @classmethod
+    def of(cls, times_s: list[float]) -> "Timing":
+        """From timed runs in seconds."""
+        if not times_s:
+            raise ValueError("a Timing needs at least one timed run; got none")
+        ms = sorted(1000.0 * t for t in times_s)
+        if len(ms) == 1:
+            return cls(ms[0], ms[0], ms[0], 1)
+        q1, q2, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+        return cls(q2, q1, q3, len(ms))
+
+    def differs(self, other: "Timing") -> bool:
+        """True when the two spreads ([p25, p75]) do not overlap: only then is one model measurably faster."""
+        return self.p75_ms < other.p25_ms or other.p75_ms < self.p25_ms
+
+
+def time_forward(forward: Callable[[torch.Tensor], object], x: torch.Tensor, *, repeats: int = 20,
+                 warmup: int = 3, budget_s: float = 0.5, warmup_s: float = 0.1) -> Timing:
+    """The :class:`Timing` of ``forward(x)`` over up to ``repeats`` runs after warm-up.
+
+    Warm-up: at least ``warmup`` runs and at least ``warmup_s`` seconds (at most 10 x ``warmup`` + 10
+    runs): first calls pay for allocator growth, kernel selection and caches, which is what made a
+    dense model time 73 ms in one run and 21 ms in the next. Timed runs stop early once ``budget_s``
+    seconds have passed (after at least 5), so a slow model on a slow machine still answers promptly.
+    The garbage collector is paused while timing. On CUDA the device is synchronised before the
     clock starts and before it stops (kernels run asynchronously).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+    import gc
+
     cuda = x.is_cuda
 
     def sync():
@@ -228,21 +286,36 @@ def measure_latency(forward: Callable[[torch.Tensor], object], x: torch.Tensor, 
             torch.cuda.synchronize(x.device)
 
     times: list[float] = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            forward(x)
-        sync()
-        spent = 0.0
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            forward(x)
-            sync()
-            dt = time.perf_counter() - t0
-            times.append(dt)
-            spent += dt
-            if spent > budget_s and len(times) >= min(5, repeats):
-                break
-    return 1000.0 * statistics.median(times)
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            t_warm, runs = time.perf_counter(), 0
+            while runs < warmup or (time.perf_counter() - t_warm < warmup_s and runs < 10 * warmup + 10):
+                forward(x)
+                sync()
+                runs += 1
+            spent = 0.0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                forward(x)
+                sync()
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                spent += dt
+                if spent > budget_s and len(times) >= min(5, repeats):
+                    break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing.of(times)
+
+
+def measure_latency(forward: Callable[[torch.Tensor], object], x: torch.Tensor, *, repeats: int = 20,
+                    warmup: int = 3, budget_s: float = 0.5) -> float:
+    """Median milliseconds of ``forward(x)``: :func:`time_forward`'s median."""
+    return time_forward(forward, x, repeats=repeats, warmup=warmup, budget_s=budget_s).median_ms
 
 
 # --- one model, dense and per level --------------------------------------------------------------
@@ -264,11 +337,16 @@ class Footprint:
     timed: str
     parameters: int
     note: str | None = None
+    latency: Timing | None = None     # the timing's spread; only written when latency was measured
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        del d["latency"]
         if d["note"] is None:
             del d["note"]
+        if self.latency is not None:   # without --latency the dict is what it always was
+            d["latency_ms_iqr"] = self.latency.iqr
+            d["latency_repeats"] = self.latency.repeats
         return d
 
 
@@ -284,12 +362,14 @@ class FootprintMeter:
         self.model, self.batch, self.latency = model, batch, latency
         self.repeats, self.warmup, self.budget_s = repeats, warmup, budget_s
 
-    def _latency(self, forward) -> float | None:
+    def _latency(self, forward) -> dict:
+        """``latency_ms`` and ``latency`` (its Timing) for a Footprint; both None when not asked for."""
         # Latency is a wall-clock timing, the one figure two runs of the same command cannot reproduce;
         # sizes are exact. So latency is measured only when asked for (the dashboard and search ask).
         if not self.latency:
-            return None
-        return measure_latency(forward, self.batch, repeats=self.repeats, warmup=self.warmup, budget_s=self.budget_s)
+            return {"latency_ms": None, "latency": None}
+        t = time_forward(forward, self.batch, repeats=self.repeats, warmup=self.warmup, budget_s=self.budget_s)
+        return {"latency_ms": t.median_ms, "latency": t}
 
     def _masked_forward(self, x):
         from .evaluate import model_outputs
@@ -298,8 +378,8 @@ class FootprintMeter:
 
     def dense(self) -> Footprint:
         module = self.model.module
-        return Footprint(dense_size(module), self._latency(self._masked_forward), "dense", "dense",
-                         _n_params(module))
+        return Footprint(dense_size(module), storage="dense", timed="dense", parameters=_n_params(module),
+                         **self._latency(self._masked_forward))
 
     def level(self, masks: Mapping[str, torch.Tensor], *, structured: bool, example_input: torch.Tensor,
               nm: bool = False) -> Footprint:
@@ -314,19 +394,21 @@ class FootprintMeter:
         if nm:
             dense = state_tensors(module)
             tensors, metadata = nm_tensors(dense, list(prunable_parameters(module)))
-            return Footprint(serialised_size(tensors, metadata), self._latency(self._masked_forward),
-                             "nm24" if metadata else "dense", "masked", _n_params(module),
-                             None if metadata else "no weight follows the 2:4 pattern smaller than dense")
+            return Footprint(serialised_size(tensors, metadata), storage="nm24" if metadata else "dense",
+                             timed="masked", parameters=_n_params(module),
+                             note=None if metadata else "no weight follows the 2:4 pattern smaller than dense",
+                             **self._latency(self._masked_forward))
         if structured:
             try:
                 small = compact(module, masks, example_input)
             except InputError as err:
                 note = f"not compacted: {err}"
             else:
-                return Footprint(dense_size(small), self._latency(small), "compacted", "compacted", _n_params(small))
-        tensors, metadata = sparse_tensors(module)
-        return Footprint(serialised_size(tensors, metadata), self._latency(self._masked_forward),
-                         "csr" if metadata else "dense", "masked", _n_params(module), note)
+                return Footprint(dense_size(small), storage="compacted", timed="compacted", parameters=_n_params(small),
+                                 **self._latency(small))
+        tensors, metadata = sparse_tensors(module, layout_only=True)
+        return Footprint(serialised_size(tensors, metadata), storage="csr" if metadata else "dense", timed="masked",
+                         parameters=_n_params(module), note=note, **self._latency(self._masked_forward))
 
     def section(self, dense: Footprint, levels: Mapping[float, Footprint]) -> dict:
         """The ``footprint`` section of the result JSON: how size and latency were measured."""
@@ -350,7 +432,7 @@ def _n_params(module: nn.Module) -> int:
 
 def without_timings(result: Mapping) -> dict:
     """A result JSON dict without its wall-clock figures (``latency_ms`` of the dense model, of each
-    level, of each compression variant and in the ``footprint`` section): the part two runs of the same
+    level, of each compression variant and in the ``footprint`` section, with its spread): the part two runs of the same
     command reproduce exactly."""
     d = json.loads(json.dumps(result))
     compression = d.get("compression") if isinstance(d.get("compression"), list) else []
@@ -359,5 +441,6 @@ def without_timings(result: Mapping) -> dict:
     fp = d.get("footprint")
     if isinstance(fp, dict):
         for part in [fp.get("dense", {}), *fp.get("levels", []), *fp.get("compression", [])]:
-            part.pop("latency_ms", None)
+            for key in ("latency_ms", "latency_ms_iqr", "latency_repeats"):
+                part.pop(key, None)
     return d
