@@ -39,6 +39,8 @@ bench: venv
 	$(PY) bench/hessian.py
 	$(PY) bench/throughput.py
 	$(PY) bench/compression.py
+	$(PY) bench/startup.py
+	$(PY) bench/calibration.py
 
 # The CUDA paths in one short run (mixed precision, out-of-memory back-off, int4 / 2:4 kernels, the 10k-image
 # audit goal, Ray GPU tasks); prints PASS / FAIL / REFUSED per check; does nothing without a GPU.
