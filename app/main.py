@@ -34,6 +34,7 @@ pages = {
 }
 page = st.navigation(pages, position="sidebar")
 try:
+    widgets.warm_up(widgets.store())   # before any page draws: the worker imports torch while the visitor reads
     widgets.restore_session()   # a reload: the chosen model and data of the session named in the address
     sid = files.session_id()    # this browser session's private upload folder (and a sweep of stale ones)
     widgets.name_session(sid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,14 +55,14 @@ def friendly_errors(what: str = "This step") -> Iterator[None]:
     try:
         yield
     except InputError as err:
-        st.error(plain(str(err)), icon=":material/error:")
+        st.error(message(str(err)), icon=":material/error:")
     except Exception as err:  # an internal error: say so plainly, keep the traceback in the server log
         log.exception("%s failed", what)
         show_unexpected(what, err)
 
 
 def show_unexpected(what: str, err: BaseException) -> None:
-    st.error(f"{UNEXPECTED}: {what} failed with {type(err).__name__}: {err}. "
+    st.error(f"{UNEXPECTED}: {what} failed with {type(err).__name__}: {escape_markdown(str(err))}. "
              "This is a fairprune bug, not your input; the server log has the details.", icon=":material/warning:")
 
 
@@ -113,6 +114,26 @@ def plain(message: str) -> str:
     return _FLAG.sub(flag, out)
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#|~$])")
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` shown as written: st.error and st.markdown read markdown, where ``__init__`` turns bold, ``*`` italic
+    and ``$...$`` into formulas."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def message(text: str) -> str:
+    """A library message as the pages show it: :func:`plain` words (widgets, not flags), markdown escaped."""
+    return escape_markdown(plain(text))
+
+
+def next_button(label: str, page: str, *, key: str) -> None:
+    """The next step as a button (a link was easy to miss), opening ``PAGES[page]``."""
+    if st.button(label, key=key, type="primary", icon=":material/arrow_forward:"):
+        st.switch_page(PAGES[page])
+
+
 # ---- store and worker -------------------------------------------------------------------------------
 def store() -> RunStore:
     """The run store in $FAIRPRUNE_HOME, shared by every browser session (cheap: no open handle)."""
@@ -127,6 +148,34 @@ def start_worker(s: RunStore) -> None:
         log.exception("could not start a worker")
         st.warning(f"Could not start the background worker ({type(err).__name__}: {err}); the run stays "
                    "queued until one runs: whoever runs this server can start one.")
+
+
+#: what the server imports once, in the background, while its first visitor reads the start page: what the
+#: results page draws with (plotly is the slow one), so the first chart is not held up by imports
+SERVER_WARM_IMPORTS = ("pandas", "plotly.graph_objects", "plotly.io", "fairprune.present.plots",
+                       "fairprune.present.reading", "fairprune.present.report", "fairprune.core.result")
+_server_warm = threading.Event()
+
+
+def _import_quietly(modules: tuple[str, ...]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - warming only: the page that needs it reports the error
+            log.warning("warm-up: could not import %s", name, exc_info=True)
+
+
+def warm_up(s: RunStore) -> None:
+    """Ready in seconds (the router calls this before every page): a background worker is alive, started with the
+    server's first page and warm (it imports torch and the engine before its first run), and once per server
+    process the results page's imports are done in a background thread."""
+    start_worker(s)
+    if not _server_warm.is_set():
+        _server_warm.set()
+        threading.Thread(target=_import_quietly, args=(SERVER_WARM_IMPORTS,), name="fairprune-warm-up",
+                         daemon=True).start()
 
 
 def get_run(s: RunStore, run_id: str | None) -> Run | None:
@@ -400,7 +449,7 @@ def pick_run(runs: list[Run], *, label: str, key: str) -> Run | None:
     if run.active:
         progress_panel(run.id)
     elif run.status != "done":
-        st.error(plain(run.error or f"The run was {run.status}."), icon=":material/error:")
+        st.error(message(run.error or f"The run was {run.status}."), icon=":material/error:")
     return run if run.status == "done" else None
 
 

@@ -235,15 +235,20 @@ def test_bad_csv_shows_the_library_message(tmp_path, worker_calls):
     assert_clean(at)
     at.file_uploader(key="data-upload").set_value(("bad.csv", content, "text/csv")).run()
     assert_clean(at)
-    # the message is the library's own, for the same file and the app's default choices
+    # issue 14.8: no alarm before the user could choose; the page asks for the group column first
+    assert not at.error, [e.value for e in at.error]
+    assert any("Choose the group column(s) above" in i.value for i in at.info), [i.value for i in at.info]
+    assert at.selectbox(key="data-label").value == "label" and at.multiselect(key="data-group").value == []
+    # once chosen, the file is checked and a wrong choice gets the library's own message, for the same file
     (tmp_path / "bad.csv").write_bytes(content)
     with pytest.raises(InputError) as err:
-        load_dataset(tmp_path / "bad.csv", label="label", group="group")
-    assert "'group'" in str(err.value)
-    assert str(err.value) in [e.value for e in at.error]
-    # picking the file's own group column fixes it
-    assert "team" in at.multiselect(key="data-group").options
-    at.multiselect(key="data-group").set_value(["team"]).run()
+        load_dataset(tmp_path / "bad.csv", label="f1", group="team")
+    at.multiselect(key="data-group").set_value(["team"])
+    at.selectbox(key="data-label").set_value("f1").run()
+    assert "label column 'f1' must hold integer class indices" in str(err.value)
+    assert [e.value for e in at.error] == [str(err.value)]
+    # picking the file's own label column fixes it
+    at.selectbox(key="data-label").set_value("label").run()
     assert_clean(at)
     assert not at.error
     assert charts(at), "a valid dataset shows its group sizes"

@@ -156,6 +156,8 @@ def test_try_the_demo_shows_results(server, page):
 
 
 def test_bad_csv_shows_its_message_on_the_data_page(server, page, tmp_path):
+    """Issue 14.8: a CSV without a 'group' column first gets a question, not a red alarm; the library's message
+    comes once a choice is made, and the file's own column fixes it."""
     url, _ = server
     bad = tmp_path / "no_group.csv"
     bad.write_text("f0,f1,label,team\n0.1,0.2,1,a\n0.3,0.1,0,b\n")
@@ -163,10 +165,17 @@ def test_bad_csv_shows_its_message_on_the_data_page(server, page, tmp_path):
     page.get_by_text("My own model and data").click()
     uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Data file")
     uploader.locator('input[type="file"]').set_input_files(str(bad))
+    page.get_by_text("Choose the group column(s) above").wait_for()
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    screenshot(page, "csv_asks_first.png")
+    _selectbox(page, "Label column").click()
+    page.locator('[role="option"]').filter(has_text=re.compile("^f1$")).click()
+    page.locator('[data-testid="stMultiSelect"]').filter(has_text="Group column(s)").locator("input").click()
+    page.locator('[role="option"]').filter(has_text=re.compile("^team$")).click()
+    page.keyboard.press("Escape")
     error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="no_group.csv")
     error.wait_for()
-    assert "expected group column 'group'" in error.inner_text()
-    assert "team" in error.inner_text()                  # the columns it found
+    assert "label column 'f1' must hold integer class indices" in error.inner_text()
     no_exception(page)
     screenshot(page, "bad_csv.png")
 

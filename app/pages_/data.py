@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import streamlit as st
@@ -129,36 +128,47 @@ def demo_section() -> None:
         with widgets.friendly_errors("Loading the demo model"):
             files.show_model_summary(_demo_summary(name),
                                      caption=f"{info.arch} with the shipped weights ({info.weights.name}).")
-    st.page_link(widgets.PAGES["audit"], label="Next: choose sparsity levels and run",
-                 icon=":material/content_cut:")
+    widgets.next_button("Next: choose sparsity levels and run", "audit", key="data-next-demo")
 
 
-#: The command-line options library messages name, and where the same choice is made on this page.
-_WHERE = {
-    "--arch": "choose the architecture in the list under the model file",
-    "--num-classes": "set the number of classes under the architecture",
-    "--arch-arg": "add KEY=VALUE lines under the architecture",
-    "--ignore": "open 'More options' under the data file and pick the columns that are not model inputs",
-    "--group": "pick the group column(s) under the data file",
-    "--label": "pick the label column under the data file",
-    "--missing-group": "open 'More options' and choose what to do with rows without a group",
+#: Hints that help with a refusal, keyed by words of the library's message: what to do on this page.
+_HINTS = {
+    "pickled Python object": "This page cannot open a pickled model, whatever architecture is chosen: convert it "
+                             "where you trust it, as the message says, then upload the .pt2 file (or the "
+                             ".safetensors file and choose its architecture in the list).",
+    "TorchScript archive": "Re-export the model as a .pt2 file where you trust it, as the message says, and upload "
+                           "that instead.",
+    "no architecture": "Choose the architecture in the 'Architecture (bare weights only)' list under the model file; "
+                       "its arguments appear below it.",
+    "expected group column": "Pick the column that says which group each row belongs to under 'Group column(s)'.",
+    "expected label column": "Pick the column that holds each row's true class under 'Label column'.",
 }
 
 
 def show_input_error(err: InputError, *paths: Path) -> None:
-    """The library's message, with this session's private upload folder shortened to the file's name, and
-    where on this page to make the choice it refers to by its command-line name."""
+    """The library's message in the dashboard's words (:func:`widgets.message`: widgets, not flags; markdown
+    escaped), this session's private upload folder shortened to the file's name, and a hint that helps."""
     msg = str(err)
     for p in paths:
         msg = msg.replace(str(p), p.name)
-    st.error(msg, icon=":material/error:")
-    hints = [where for flag, where in _WHERE.items() if re.search(re.escape(flag) + r"\b", msg)]
+    st.error(widgets.message(msg), icon=":material/error:")
+    hints = [hint for words, hint in _HINTS.items() if words in msg]
     if hints:
-        st.caption("On this page: " + "; ".join(hints) + ".")
+        st.caption(" ".join(hints))
 
 
 def _origin(kind: str) -> str:
     return st.session_state.get(f"{kind}-origin", "upload")
+
+
+def arch_args_placeholder(arguments: dict[str, str]) -> str:
+    """The text box's example, from the chosen architecture's registry entry: its own arguments with their
+    defaults (the number of classes has its own box), or that none are needed."""
+    lines = [f"{k}={'…' if v == 'required' else v.strip('()').replace(' ', '')}"
+             for k, v in arguments.items() if k not in ("num_classes", "...")]
+    if lines:
+        return "\n".join(lines)
+    return "none needed" + (" (any keyword torchvision accepts)" if "..." in arguments else "")
 
 
 # ---- the user's own files ----------------------------------------------------------------------------
@@ -168,7 +178,7 @@ def model_section(prev: dict) -> dict | None:
     try:
         torchscript = files.torchscript_allowed()
     except InputError as err:
-        st.error(str(err), icon=":material/error:")
+        st.error(widgets.message(str(err)), icon=":material/error:")
         return None
     kinds = "TorchScript, " if torchscript else ""
     path = _pick_file("model", files.MODEL_TYPES,
@@ -189,7 +199,7 @@ def model_section(prev: dict) -> dict | None:
                                       key="model-classes", placeholder="as the architecture's default")
         text = st.text_area("Further arguments (one KEY=VALUE per line)", key="model-args",
                             value=prev.get("arch_args_text", ""),
-                            placeholder="hidden=64,32", height=80)
+                            placeholder=arch_args_placeholder(info.arguments), height=80)
         with widgets.friendly_errors("Reading the architecture arguments"):
             arch_args = parse_arch_args([ln for ln in text.splitlines() if ln.strip()])
     if path is None:
@@ -226,6 +236,7 @@ def data_section(prev: dict) -> dict | None:
                              index=columns.index(lab_default) if lab_default else None,
                              help="The true class of each row, as integer class indices 0..K-1.")
         grp_default = [g for g in (prev.get("group") or ["group"]) if g in columns]
+        # asked, not guessed: only a column named as the library's default (or chosen before) is preselected
         group = st.multiselect("Group column(s)", columns, default=grp_default, key="data-group",
                                placeholder="Choose one or more group columns",
                                help="The groups whose accuracy is compared. Several columns make intersectional "
@@ -244,8 +255,14 @@ def data_section(prev: dict) -> dict | None:
         label, group, ignore, missing = None, [], [], "error"
     out = {"path": str(path), "name": path.name, "label": label, "group": list(group), "origin": _origin("data"),
            "ignore": list(ignore) or None, "missing_group": missing, "valid": False}
+    unchosen = [what for what, v in (("the label column", label), ("the group column(s)", group)) if not v]
+    if columns and unchosen:
+        # ask first: no alarm before the user could choose; the file is checked once the choices are made
+        st.info(f"Choose {' and '.join(unchosen)} above; {path.name} is checked once "
+                f"{'they are' if len(unchosen) > 1 else 'it is'} chosen.", icon=":material/touch_app:")
+        return out
     try:
-        # Nothing picked yet: check with the library's defaults, so its message says what is missing.
+        # NPZ and image zips name their arrays themselves: the library's defaults
         data = _load_data(str(path), path.stat().st_mtime, label or "label", tuple(group) or ("group",),
                           tuple(ignore) or None, missing)
     except InputError as err:
@@ -290,7 +307,7 @@ def files_section() -> None:
             part.pop("loaded", None)
     st.session_state["inputs"] = {"source": "files", "model": model, "data": data, "fits": fits}
     if fits:
-        st.page_link(widgets.PAGES["audit"], label="Next: choose sparsity levels and run", icon=":material/content_cut:")
+        widgets.next_button("Next: choose sparsity levels and run", "audit", key="data-next-files")
 
 
 if source == "demo":

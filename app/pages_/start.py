@@ -37,8 +37,5 @@ with own_col:
         st.page_link(widgets.PAGES["data"], label="Choose data & model", icon=":material/folder_open:")
         st.page_link(widgets.PAGES["runs"], label="See earlier runs", icon=":material/history:")
 
-# Start the background worker now: it imports torch while the visitor reads, so the demo starts at once.
-widgets.start_worker(widgets.store())
-
 st.caption("Method after Tran et al., *Pruning has a disparate impact on model accuracy*, NeurIPS 2022. "
            "Nothing leaves this machine: files and results stay in the server's run store.")

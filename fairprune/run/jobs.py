@@ -42,7 +42,7 @@ from pathlib import Path
 from ..core.errors import Cancelled, InputError, is_out_of_memory
 from .store import Run, RunStore
 
-__all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main",
+__all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main", "warm_up",
            "apply_memory_limit", "is_out_of_memory"]
 
 log = logging.getLogger("fairprune.jobs")
@@ -62,6 +62,12 @@ IMPORTS_ENV = "FAIRPRUNE_WORKER_IMPORTS"
 MEMORY_ENV = "FAIRPRUNE_WORKER_MEMORY_MB"
 #: without ``$FAIRPRUNE_WORKER_MEMORY_MB``, a worker on a machine without an NVIDIA driver may use this share of RAM
 DEFAULT_MEMORY_FRACTION = 0.8
+#: what a worker imports when it starts, before it takes its first run, so that a run queued at once (the
+#: dashboard's demo, clicked as soon as the start page shows) does not pay for them: torch, the loaders and the
+#: audit pipeline with the modules it imports lazily (pandas, safetensors, the local executor)
+WARM_IMPORTS = ("torch", "pandas", "safetensors.torch", "fairprune.zoo", "fairprune.data", "fairprune.data.demos",
+                "fairprune.engine.audit", "fairprune.engine.evaluate", "fairprune.engine.prune",
+                "fairprune.engine.footprint", "fairprune.run.executors")
 #: workers this process started: kept so they can be waited for (no zombies, no ResourceWarning)
 _STARTED: list[subprocess.Popen] = []
 
@@ -318,6 +324,26 @@ def apply_memory_limit(env: dict | None = None) -> int | None:
     return memory_limit_mb()
 
 
+def warm_up(modules: tuple[str, ...] = WARM_IMPORTS) -> float:
+    """Import ``modules`` and run one tiny forward pass (CPU kernels set up), so that the worker's first run
+    starts computing at once; returns the seconds it took. A module that fails to import is logged and skipped:
+    the run that needs it reports the error itself."""
+    start = time.perf_counter()
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:   # noqa: BLE001 - warming is an optimisation, never a reason not to serve
+            log.warning("warm-up: could not import %s", name, exc_info=True)
+    try:
+        import torch
+
+        with torch.no_grad():
+            torch.nn.functional.conv2d(torch.ones(1, 1, 4, 4), torch.ones(1, 1, 3, 3)).relu().sum().item()
+    except Exception:   # noqa: BLE001
+        log.warning("warm-up: the first forward pass failed", exc_info=True)
+    return time.perf_counter() - start
+
+
 def _record(method, *args) -> None:
     """Write a run's ending; if even that fails (database gone), log it: reap will find the run."""
     try:
@@ -465,6 +491,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     try:
         _import_plugins(args.imports)
         store = RunStore(args.home)
+        store.heartbeat(os.getpid())          # live for the app while it warms up
+        log.info("worker %d warmed up in %.1f s", os.getpid(), warm_up())
         log.info("worker %d serving %s (kinds: %s; memory limit: %s)", os.getpid(), store.home,
                  ", ".join(sorted(EXECUTORS)), f"{limit:,} MiB" if limit else "none")
         run_worker(store, poll=args.poll, once=args.once, idle_exit=args.idle_exit)
