@@ -135,3 +135,71 @@ def test_size_axis_puts_levels_and_compression_variants_on_one_axis():
     assert fig.layout.xaxis.type == "log" and len(fig.data) == 3        # no latency measured: one panel
     with pytest.raises(ValueError, match="size_bytes"):
         plots.size_axis(_result())
+
+
+def test_size_axis_labels_every_log_tick():
+    from dataclasses import replace
+
+    r = _result()
+    r = replace(r, dense=replace(r.dense, size_bytes=4_000_000),
+                levels=[replace(r.levels[0], size_bytes=2_000_000), replace(r.levels[1], size_bytes=800_000)])
+    fig = plots.size_axis(r)
+    # 0.8 to 4 MB: plotly alone labels only "1" in that range; every tick is named, 1-2-5 per decade
+    assert list(fig.layout.xaxis.tickvals) == [1.0, 2.0] and list(fig.layout.xaxis.ticktext) == ["1", "2"]
+    assert fig.layout.xaxis.title.text == "stored size (MB, log scale)"
+    assert plots.log_ticks([0.03, 0.9, 40, 2500]) == ([0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+                                                      200.0, 500.0, 1000.0, 2000.0],
+                                                     ["0.05", "0.1", "0.2", "0.5", "1", "2", "5", "10", "20", "50",
+                                                      "100", "200", "500", "1,000", "2,000"])
+    assert plots.log_ticks([12.0, 13.0]) == ([12.0, 13.0], ["12", "13"])       # inside one step: the values
+    assert plots.log_ticks([]) == ([], [])
+
+
+def test_group_colours_stay_distinct_with_many_groups():
+    names = [f"g{i}" for i in range(40)]
+    colours = plots.group_colors(names)
+    assert len(set(colours.values())) == 40
+    assert colours["g0"] == "#0072B2"                                     # the colour-blind-safe palette first
+    assert all(len(c) == 7 and c.startswith("#") for c in colours.values())
+
+
+def _timed(result, dense, levels, timed="masked"):
+    from dataclasses import replace
+
+    fp = {"dense": {"latency_ms": dense[0], "latency_ms_iqr": list(dense[1:]), "latency_repeats": 20, "timed": "dense"},
+          "levels": [{"sparsity": s, "latency_ms": t[0], "latency_ms_iqr": list(t[1:]), "latency_repeats": 20,
+                      "timed": timed} for s, t in levels.items()]}
+    return replace(result, dense=replace(result.dense, size_bytes=1000, latency_ms=dense[0]),
+                   levels=[replace(lv, size_bytes=500, latency_ms=levels[lv.sparsity][0]) for lv in result.levels],
+                   sections={"footprint": fp})
+
+
+def test_latency_bars_carry_their_spread_and_claim_no_speed_up_they_cannot_show():
+    from fairprune.present.reading import NO_SPEEDUP
+
+    # the chart: dense 48.8 ms drawn against 31.7 ms read as a 35% speed-up; their spreads overlap
+    r = _timed(_result(), (48.8, 22.6, 72.9), {0.5: (31.7, 20.8, 45.0), 0.9: (10.0, 9.5, 10.5)})
+    fig = plots.footprint_vs_sparsity(r)
+    lat = _trace(fig, "latency (ms per batch)")
+    assert list(lat.y) == [48.8, 31.7, 10.0]
+    assert list(lat.error_y.array) == pytest.approx([24.1, 13.3, 0.5])
+    assert list(lat.error_y.arrayminus) == pytest.approx([26.2, 10.9, 0.5])
+    assert list(lat.text) == ["48.8 ms", "31.7 ms (≈ dense)", "10 ms (-80%)"]
+    assert "no measurable difference from dense" in lat.hovertext[1] and NO_SPEEDUP in lat.hovertext[1]
+    assert "80% faster than dense" in lat.hovertext[2]
+    notes = [a.text for a in fig.layout.annotations]
+    assert f"unstructured / 2:4 levels: {NO_SPEEDUP}" in notes
+    # structured levels are timed compacted: no such label
+    r = _timed(_result(), (20.0, 19.0, 21.0), {0.5: (15.0, 14.0, 16.0), 0.9: (13.0, 12.5, 13.5)}, timed="compacted")
+    fig = plots.footprint_vs_sparsity(r)
+    assert not any(NO_SPEEDUP in (a.text or "") for a in fig.layout.annotations)
+    assert not any(NO_SPEEDUP in h for h in _trace(fig, "latency (ms per batch)").hovertext)
+
+
+def test_mitigation_chart_keeps_its_axis_title_clear_of_the_legend():
+    section = {"sparsity": 0.9, "method": "constrained_loss", "recommended": "constrained_loss",
+               "before": {"groups": {"a": {"accuracy_drop": 0.1}, "b": {"accuracy_drop": 0.3}}},
+               "after": {"groups": {"a": {"accuracy_drop": 0.05}, "b": {"accuracy_drop": 0.08}}}}
+    fig = plots.mitigation_by_group(section)
+    assert fig.layout.xaxis.title.text == "accuracy drop (points, dense − model)"
+    assert fig.layout.legend.y >= 1 and fig.layout.legend.yanchor == "bottom"      # above the bars, not on the title

@@ -12,6 +12,8 @@ crowd near 100%, and evenly spaced categories keep every level readable.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -82,8 +84,39 @@ def sparsity_label(s: float) -> str:
 
 
 def group_colors(groups: Sequence[str]) -> dict[str, str]:
-    """A stable colour per group, in the order given (the result's order: largest group first)."""
-    return {g: _PALETTE[i % len(_PALETTE)] for i, g in enumerate(groups)}
+    """A stable colour per group, in the order given (the result's order: largest group first): the palette's
+    16 colours, then hues spaced by the golden angle (never a repeat, however many groups)."""
+    import colorsys
+
+    out = {}
+    for i, g in enumerate(groups):
+        if i < len(_PALETTE):
+            out[g] = _PALETTE[i]
+            continue
+        k = i - len(_PALETTE)
+        r, gr, b = colorsys.hls_to_rgb((0.11 + 0.381966 * k) % 1.0, 0.38 + 0.14 * (k % 3), 0.75 - 0.15 * (k // 3 % 2))
+        out[g] = f"#{round(255 * r):02X}{round(255 * gr):02X}{round(255 * b):02X}"
+    return out
+
+
+def log_ticks(values: Sequence[float]) -> tuple[list[float], list[str]]:
+    """Tick positions and labels for a log axis over ``values``: 1-2-5 steps per decade, at least two inside
+    the data's range (else the values themselves), every one labelled ("0.2", "5", "1,000")."""
+    vals = sorted(v for v in values if v is not None and v > 0)
+    if not vals:
+        return [], []
+    lo, hi = vals[0], vals[-1]
+    e0, e1 = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks = [m * 10.0 ** e for e in range(e0, e1 + 1) for m in (1, 2, 5) if lo / 1.05 <= m * 10.0 ** e <= hi * 1.05]
+    if len(ticks) < 2:
+        ticks = sorted({float(f"{v:.2g}") for v in vals})
+    return ticks, [_tick_text(t) for t in ticks]
+
+
+def _tick_text(t: float) -> str:
+    if t >= 1000:
+        return f"{t:,.0f}"
+    return f"{t:.3g}"
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -314,25 +347,53 @@ def footprint_vs_sparsity(result: AuditResult) -> go.Figure:
             text.append(f"{s / scale:.1f} {unit} ({s / dense - 1:+.0%})")
         else:
             text.append(f"{s / scale:.1f} {unit}")
+    from .reading import NO_SPEEDUP, latencies, latency_reading
+
+    timings = latencies(result)
+    spreads = [timings.get(0.0)] + [timings.get(lv.sparsity) for lv in result.levels]
     latency = [p.latency_ms for p in parts]
     timed = any(v is not None for v in latency)
     fig = make_subplots(rows=1, cols=2 if timed else 1, horizontal_spacing=0.12,
-                        subplot_titles=[f"stored size ({unit})"] + (["latency (ms per batch)"] if timed else []))
+                        subplot_titles=[f"stored size ({unit})"] + (["latency (ms per batch): median, 25th–75th "
+                                                                      "percentile"] if timed else []))
     fig.add_trace(go.Bar(x=cats, y=[None if s is None else s / scale for s in sizes], name=f"stored size ({unit})",
                          marker_color="#56B4E9", text=text, textposition="outside", cliponaxis=False, showlegend=False,
                          hovertext=[f"{c}: {t}" for c, t in zip(cats, text)], hoverinfo="text"), row=1, col=1)
     fig.update_yaxes(range=[0, 1.2 * max(known) / scale], row=1, col=1)
     if timed:
-        ms = [v for v in latency if v is not None]
+        dense_t = timings.get(0.0)
+        texts, hover, up, down = [], [], [], []
+        for c, t in zip(cats, spreads):
+            if t is None:
+                texts.append("not measured"), hover.append(f"{c}: not measured"), up.append(0), down.append(0)
+                continue
+            up.append(t.iqr[1] - t.median_ms if t.iqr else 0)
+            down.append(t.median_ms - t.iqr[0] if t.iqr else 0)
+            reading = "" if c == "dense" or dense_t is None else latency_reading(dense_t, t)
+            if c == "dense" or dense_t is None or dense_t.iqr is None or t.iqr is None:
+                short = ""
+            elif "no measurable difference" in reading:
+                short = " (≈ dense)"
+            else:
+                short = f" ({t.median_ms / dense_t.median_ms - 1:+.0%})"
+            texts.append(f"{t.median_ms:.3g} ms{short}")
+            hover.append(f"<b>{c}</b>: {t.spread_text()}" + (f"<br>{reading}" if reading else "")
+                         + (f"<br>{NO_SPEEDUP}" if t.no_speedup and NO_SPEEDUP not in reading else ""))
         fig.add_trace(go.Bar(x=cats, y=latency, name="latency (ms per batch)", marker_color="#E69F00", showlegend=False,
-                             text=[f"{v:.1f} ms" if v is not None else "not measured" for v in latency],
-                             textposition="outside", cliponaxis=False,
-                             hovertext=[f"{c}: {v:.2f} ms per batch" if v is not None else f"{c}: not measured"
-                                        for c, v in zip(cats, latency)], hoverinfo="text"), row=1, col=2)
-        fig.update_yaxes(range=[0, 1.2 * max(ms)], row=1, col=2)
+                             text=texts, textposition="outside", cliponaxis=False,
+                             error_y=dict(type="data", symmetric=False, array=up, arrayminus=down, visible=any(up + down),
+                                          color="#444444", thickness=1.5, width=6),
+                             hovertext=hover, hoverinfo="text"), row=1, col=2)
+        top = max((t.iqr[1] if t.iqr else t.median_ms) for t in spreads if t is not None)
+        fig.update_yaxes(range=[0, 1.25 * top], row=1, col=2)
+        if any(t is not None and t.no_speedup for t in spreads):
+            fig.add_annotation(text=f"unstructured / 2:4 levels: {NO_SPEEDUP}", xref="x2 domain", yref="paper",
+                               x=0.5, y=-0.3, showarrow=False, font=dict(size=12, color="#555555"))
     fig.update_xaxes(title_text="sparsity", type="category", categoryorder="array", categoryarray=cats)
     fig.update_annotations(font_size=14)
-    return _layout(fig, title="What pruning saves: stored size and latency", height=400)
+    fig = _layout(fig, title="What pruning saves: stored size and latency", height=420)
+    fig.update_layout(margin_b=90)
+    return fig
 
 
 #: the per-group diagnostics drawn, in order: (DIAG key, panel title, standard-error key)
@@ -421,10 +482,12 @@ def mitigation_by_group(section: Mapping) -> go.Figure:
         ))
     fig.add_vline(x=0, line=dict(color="#BBBBBB", width=1))
     fig.update_yaxes(type="category", autorange="reversed")
-    fig.update_xaxes(title_text="accuracy drop on held-out rows (points; dense − model)")
+    fig.update_xaxes(title_text="accuracy drop (points, dense − model)", automargin=True)
     fig = _layout(fig, title=f"Repair at {sparsity_label(section.get('sparsity', 0) or 0)} sparsity: accuracy drop "
-                             "per group, before and after", height=160 + len(groups) * (26 * len(runs) + 30))
-    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="top", y=-0.18, x=0), margin=dict(b=120))
+                             "per group, before and after", height=190 + len(groups) * (26 * len(runs) + 30))
+    # the legend above the bars: under them it covered the axis title ("dense − mode…")
+    fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+                      margin=dict(t=110, b=70))
     return fig
 
 
@@ -633,8 +696,10 @@ def size_axis(result: AuditResult | Mapping) -> go.Figure:
                             showscale=col == 1 and i == 0,
                             colorbar=dict(title=dict(text="violation<br>(points)"), x=1.02)),
                 hovertext=hover, hoverinfo="text"), row=1, col=col)
-        fig.update_xaxes(type="log", title_text="stored size (MB, log)" if key == "size_bytes" else
-                         "latency (ms per batch, log)", row=1, col=col)
+        tickvals, ticktext = log_ticks([r[key] / 1e6 if key == "size_bytes" else r[key] for r in sub])
+        fig.update_xaxes(type="log", title_text="stored size (MB, log scale)" if key == "size_bytes" else
+                         "latency (ms per batch, median, log scale)", tickvals=tickvals, ticktext=ticktext,
+                         row=1, col=col)
     fig.update_yaxes(title_text="group accuracy (%)", row=1, col=1)
     fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0))
     return _layout(fig, title="Every model on one size axis: per-group accuracy, violation as colour", height=480)

@@ -6,9 +6,17 @@ definitions in :mod:`fairprune.engine.metrics`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from ..core.result import AuditResult, LevelResult
 
-__all__ = ["worst_group", "headline", "text_table", "HEADLINE_NOTE"]
+__all__ = ["worst_group", "headline", "text_table", "HEADLINE_NOTE", "meaning", "meaning_parts", "Latency",
+           "latencies", "latency_reading", "NO_SPEEDUP", "PlacedWarnings", "placed_warnings", "collapsed"]
+
+#: Said wherever the latency of a level timed as the masked dense model is shown (unstructured, 2:4).
+NO_SPEEDUP = "no speed-up expected without sparse kernels"
 
 #: What the headline's figures are, for the caption under it (never contradicts the sentence).
 HEADLINE_NOTE = ("Points are percentage points of accuracy. The group's CI is its own 95% interval, not adjusted for "
@@ -42,12 +50,13 @@ def headline(result: AuditResult, level: LevelResult | None = None) -> str:
         if not entries:
             return "No sparsity level was measured."
         entry = max(entries, key=lambda e: (e["fairness_violation"]["accuracy"], e["method"]))
-        return _sentence(f"Under {entry['method']}", LevelResult.from_dict(entry))
+        return _sentence(f"Under {entry['method']}", LevelResult.from_dict(entry), collapsed(result, entry["method"]))
     lv = level or result.levels[-1]
-    return _sentence(f"At {100 * lv.sparsity:.0f}% sparsity", lv)
+    return _sentence(f"At {100 * lv.sparsity:g}% sparsity", lv, collapsed(result, lv.sparsity))
 
 
-def _sentence(where: str, lv: LevelResult) -> str:
+def _sentence(where: str, lv: LevelResult, broken: str | None = None) -> str:
+    """``broken``: why this model's drops describe a collapsed model (see :func:`collapsed`), or None."""
     g = worst_group(lv)
     m = lv.groups[g]
     lo, hi = m.accuracy_drop_ci95
@@ -57,7 +66,9 @@ def _sentence(where: str, lv: LevelResult) -> str:
     s = (f"{where} group {g} {verb} {_pts(abs(m.accuracy_drop))} points of accuracy "
          f"(95% CI {_pts(lo)} to {_pts(hi)}) while overall accuracy {o_verb} {_pts(abs(overall))}")
     notes = []
-    if m.unreliable:
+    if broken:
+        notes.append(broken)
+    elif m.unreliable:
         notes.append(f"only {m.n} samples in that group, so treat it as unreliable")
     elif m.significant:
         notes.append(f"its drop differs from the other groups' beyond chance, Holm-adjusted for {len(lv.groups)} groups")
@@ -103,3 +114,243 @@ def text_table(result: AuditResult) -> str:
     if _variants(result):
         lines.append("compression variants after the levels; size = bytes of the weights as stored")
     return "\n".join(lines)
+
+
+# ---- sanity warnings, placed beside the figures they concern -----------------------------------------
+# The engine (fairprune.engine.sanity) words each warning; these patterns read which model or group a
+# warning names, so the pages can show it next to that model's chart (tests/test_report.py runs the
+# engine's own sentences through them).
+
+_CHANCE = re.compile(r"^at or below chance, (?P<where>the majority-class rate \(.*?\)): (?P<models>.*?); "
+                     r"(?:this model has|these models have) collapsed")
+_DENSE_CHANCE = re.compile(r"^the dense model's accuracy \((?P<acc>[^)]*)\) is at or below chance, "
+                           r"(?P<where>the majority-class rate \(.*?\))")
+_GROUP = re.compile(r"^group (['\"])(?P<group>.*?)\1 \(")
+
+
+def _model_label(where: float | str) -> str:
+    """How the engine names a model in its warnings: a level '90% sparsity', a variant by its method."""
+    return f"{100 * where:g}% sparsity" if isinstance(where, (int, float)) else str(where)
+
+
+@dataclass(frozen=True)
+class PlacedWarnings:
+    """A result's warnings sorted by what they concern.
+
+    ``models``: per level (its sparsity) or variant (its method), the sentences about that model;
+    ``groups``: per group, the sentences about it (binary rates undefined); ``general``: the rest
+    (single-class labels, the dense model at chance, precision, diagnostics), in the result's order.
+    Every warning of the result is in exactly one place, except the dense model at chance, which is
+    also repeated for every level (every drop is measured from it)."""
+
+    general: list[str]
+    models: dict[float | str, list[str]]
+    groups: dict[str, list[str]]
+
+    def at(self, where: float | str) -> list[str]:
+        return self.models.get(where, [])
+
+
+def placed_warnings(result: AuditResult) -> PlacedWarnings:
+    """Where each of ``result.warnings`` belongs: beside a level's or variant's figures, a group's, or general."""
+    names: list[float | str] = [lv.sparsity for lv in result.levels] + [v.method for v in result.compression]
+    general: list[str] = []
+    models: dict[float | str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
+    for w in result.warnings:
+        m = _CHANCE.match(w)
+        if m:
+            listed = [x.strip() for x in m.group("models").split(",")]
+            hit = False
+            for where in names:
+                label = _model_label(where)
+                for item in listed:
+                    if item.startswith(label + " ") and item[len(label) + 1:].endswith("%"):
+                        acc = item[len(label) + 1:]
+                        what = f"At {label}" if isinstance(where, float) else f"Under {label}"
+                        models.setdefault(where, []).append(
+                            f"{what} the model's accuracy ({acc}) is at or below chance, {m.group('where')}: it has "
+                            "collapsed, so its group drops (and any drop that differs beyond chance) describe a "
+                            "broken model, not who pays for pruning.")
+                        hit = True
+            if not hit:
+                general.append(w)
+            continue
+        if _DENSE_CHANCE.match(w):
+            general.append(w)
+            for where in names:
+                models.setdefault(where, []).append(
+                    "The dense model itself is at or below chance: every drop here is measured from a model that "
+                    "does not do the task.")
+            continue
+        g = _GROUP.match(w)
+        if g and g.group("group") in result.group_names:
+            groups.setdefault(g.group("group"), []).append(w)
+            continue
+        general.append(w)
+    return PlacedWarnings(general, models, groups)
+
+
+def collapsed(result: AuditResult, where: float | str) -> str | None:
+    """Why the level at sparsity ``where`` (or the variant named ``where``) describes a collapsed model, in
+    words for the headline (the sanity check found it, or the dense model, at or below chance); None when
+    it did not."""
+    for w in result.warnings:
+        if _DENSE_CHANCE.match(w):
+            return "but the dense model is at or below chance, so no drop here says who pays for pruning"
+        m = _CHANCE.match(w)
+        if m and any(x.strip().startswith(_model_label(where) + " ") for x in m.group("models").split(",")):
+            return (f"but this model is at or below chance, {m.group('where')}: it has collapsed, so its drops "
+                    "describe a broken model, not who pays for pruning")
+    return None
+
+
+# ---- latency: a median with its spread; a difference only where the spreads do not overlap -------------
+
+@dataclass(frozen=True)
+class Latency:
+    """One model's timing as recorded: ``median_ms`` (``latency_ms``), ``iqr`` ([p25, p75] ms, None in results
+    written before the spread was recorded), ``repeats``, and ``timed`` ('dense', 'masked', 'compacted', or
+    None): a model timed as the masked dense model ('masked') cannot be faster than dense in dense kernels."""
+
+    label: str
+    median_ms: float
+    iqr: tuple[float, float] | None
+    repeats: int | None
+    timed: str | None
+
+    @property
+    def no_speedup(self) -> bool:
+        return self.timed == "masked"
+
+    def spread_text(self) -> str:
+        """'12.3 ms (11.8–13.0, 20 runs)' or '12.3 ms (no spread recorded)'."""
+        if self.iqr is None:
+            return f"{self.median_ms:.3g} ms (no spread recorded)"
+        runs = f", {self.repeats} runs" if self.repeats else ""
+        return f"{self.median_ms:.3g} ms ({self.iqr[0]:.3g}–{self.iqr[1]:.3g}{runs})"
+
+
+def latencies(result: AuditResult) -> dict[float, Latency]:
+    """The timed models: 0.0 for the dense model, then each level's sparsity; spread and ``timed`` from the
+    ``footprint`` section. Empty when latency was not measured."""
+    fp = result.sections.get("footprint") if isinstance(result.sections.get("footprint"), Mapping) else {}
+    how: dict[float, Mapping] = {0.0: fp.get("dense") or {}}
+    for x in fp.get("levels") or []:
+        if isinstance(x, Mapping) and isinstance(x.get("sparsity"), (int, float)):
+            how[float(x["sparsity"])] = x
+    out: dict[float, Latency] = {}
+    for s, part in [(0.0, result.dense), *((lv.sparsity, lv) for lv in result.levels)]:
+        if part.latency_ms is None:
+            continue
+        h = how.get(s) or {}
+        iqr = h.get("latency_ms_iqr")
+        out[s] = Latency("dense" if s == 0 else f"{100 * s:g}%", float(part.latency_ms),
+                         (float(iqr[0]), float(iqr[1])) if isinstance(iqr, (list, tuple)) and len(iqr) == 2 else None,
+                         h.get("latency_repeats"), h.get("timed"))
+    return out
+
+
+def latency_reading(dense: Latency, level: Latency) -> str:
+    """How a level's latency compares with the dense model's, claiming a difference only where the two
+    spreads ([p25, p75]) do not overlap: 'no measurable difference from dense', '41% faster than dense',
+    '2.1x slower than dense'; with 'no speed-up expected without sparse kernels' for a masked level."""
+    if dense.iqr is None or level.iqr is None:
+        text = "no spread recorded, so no difference from dense can be read"
+    elif dense.iqr[1] < level.iqr[0] or level.iqr[1] < dense.iqr[0]:
+        r = level.median_ms / dense.median_ms
+        if r < 1:
+            text = f"{1 - r:.0%} faster than dense"
+        else:
+            text = f"{r:.1f}x slower than dense" if r >= 2 else f"{r - 1:.0%} slower than dense"
+        text += " (the spreads do not overlap)"
+    else:
+        text = "no measurable difference from dense (the spreads overlap)"
+    return f"{text}; {NO_SPEEDUP}" if level.no_speedup else text
+
+
+# ---- what this means: the paragraph the report and the Results page both open with ----------------------
+
+def _join(names: list[str]) -> str:
+    """['a'] -> 'a'; ['a', 'b', 'c'] -> 'a, b and c'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def meaning_parts(result: AuditResult) -> list[str]:
+    """The plain-words reading of the highest level, sentence by sentence (see :func:`meaning`); empty when
+    the result has no levels."""
+    if not result.levels:
+        return []
+    lv = result.levels[-1]
+    groups = lv.groups
+    g = worst_group(lv)
+    best = min(groups, key=lambda k: (groups[k].accuracy_drop, -groups[k].n, k))
+    o = lv.overall.accuracy_drop
+    simultaneous = any(getattr(x, "interval_method", None) for x in result.levels)
+    compared = "the other groups'" if any(getattr(x, "significance_test", None) for x in result.levels) \
+        else "the overall drop"
+    broken = collapsed(result, lv.sparsity)
+    parts = [f"Pruning removes {100 * lv.sparsity:g}% of the model's prunable weights. Over the whole test set "
+             f"accuracy {'drops' if o >= 0 else 'rises'} by {_pts(abs(o))} points"]
+    if len(groups) > 1:
+        b = groups[best].accuracy_drop
+        parts[0] += (f", but the groups do not pay equally: {g} loses {_pts(groups[g].accuracy_drop)} points while "
+                     f"{best} {'loses' if b >= 0 else 'gains'} {_pts(abs(b))}.")
+        v = lv.fairness_violation["accuracy"]
+        ci = lv.fairness_violation_ci95.get("accuracy")
+        where = f", simultaneous over the {len(groups)} groups" if simultaneous else ""
+        parts.append(f"The difference between the group that loses most and the one that loses least, the fairness "
+                     f"violation, is {_pts(v)} points"
+                     + (f" (95% interval {_pts(ci[0])} to {_pts(ci[1])}{where})" if ci else "")
+                     + "; 0 would mean every group paid the same.")
+        if broken:
+            parts.append(f"Read none of this as who pays for pruning: at {100 * lv.sparsity:g}% sparsity the sanity "
+                         f"check found {broken.removeprefix('but ')}.")
+        else:
+            p = (lv.fairness_violation_p_value or {}).get("accuracy")
+            if p is not None and p < 0.05:
+                parts.append(f"A violation this large would be unlikely if every group's drop were the same ({_p(p)})"
+                             + ("; the interval, which holds for all groups at once, is the more cautious of the two "
+                                "and reaches 0." if ci and ci[0] <= 0 else "."))
+            elif p is not None:
+                parts.append(f"A violation this large could arise by chance even if every group's drop were the same "
+                             f"({_p(p)}).")
+            sig = [k for k, m in groups.items() if m.significant]
+            if sig:
+                parts.append(f"For {_join(sig)} the drop differs from {compared} by more than chance would "
+                             f"explain, after correcting for testing {len(groups)} groups.")
+            else:
+                parts.append(f"No group's drop differs from {compared} by more than chance at this sample "
+                             f"size, after correcting for testing {len(groups)} groups.")
+        gainers = [k for k, m in groups.items() if m.accuracy_drop < 0]
+        if gainers and not broken:
+            parts.append(f"{_join(gainers)} even {'gains' if len(gainers) == 1 else 'gain'} accuracy: pruning can "
+                         "favour the groups the model already serves well (the paper's \u201crich get richer\u201d effect).")
+    else:
+        parts[0] += "."
+        if broken:
+            parts.append(f"The sanity check found {broken.removeprefix('but ')}.")
+    small = [k for k, m in groups.items() if m.unreliable]
+    if small:
+        parts.append(f"Groups with fewer than 30 samples ({_join(small)}) are shown but too small to act on.")
+    if len(result.levels) > 1 and len(groups) > 1:
+        gentle = min(result.levels[:-1], key=lambda x: (x.fairness_violation["accuracy"], -x.sparsity))
+        change = -gentle.overall.accuracy_drop
+        parts.append(f"At {100 * gentle.sparsity:g}% sparsity the violation is {_pts(gentle.fairness_violation['accuracy'])} "
+                     f"points and overall accuracy changes by {100 * change:+.1f} points.")
+    parts.append("Before shipping, decide whether this difference is acceptable for the people the model serves; "
+                 "if not, prune less, or repair the pruned model with fairness-constrained fine-tuning (fairprune's "
+                 "mitigation step) and check the repair on held-out rows.")
+    return parts
+
+
+def meaning(result: AuditResult) -> str:
+    """"What this means": the plain-words paragraph the report's summary and the dashboard's Results page both
+    open with. Who pays at the highest level and by how much, whether the difference could be chance, which
+    groups differ beyond chance (never about a model the sanity check found at or below chance), the gentler
+    level if there is one, and what to decide. Empty when the result has no levels."""
+    return " ".join(meaning_parts(result))

@@ -41,7 +41,8 @@ from markupsafe import Markup
 from .. import __version__
 from . import plots
 from ..core.errors import InputError
-from .reading import headline, worst_group
+from .reading import (NO_SPEEDUP, headline, latencies, latency_reading, meaning, placed_warnings,
+                      worst_group)
 from ..core.result import SCHEMA, AuditResult, LevelResult
 
 __all__ = ["render_html", "write_report", "load_source", "redact", "SAMPLE_KEYS", "CHART_CLASS", "RESULT_SCRIPT_ID"]
@@ -225,15 +226,17 @@ class _Charts:
     def __init__(self):
         self.count = 0
 
-    def add(self, fig, *, heading: str, caption: str, margin_top: int = 30) -> dict:
+    def add(self, fig, *, heading: str, caption: str, margin_top: int = 30, warnings: list[str] = ()) -> dict:
+        """``warnings``: sanity warnings about what this chart shows, printed beside it."""
         from plotly.io import to_html
 
         self.count += 1
         # the heading replaces the figure's own title (long titles do not fit a printed page)
-        fig.update_layout(title_text="", margin_t=margin_top)
+        legend_on_top = fig.layout.legend.y is not None and fig.layout.legend.y >= 1
+        fig.update_layout(title_text="", margin_t=max(margin_top, 70) if legend_on_top else margin_top)
         div = to_html(fig, full_html=False, include_plotlyjs=False, config=CHART_CONFIG,
                       div_id=f"fp-chart-{self.count}", default_width="100%")
-        return {"heading": heading, "html": _trusted(div), "caption": caption}
+        return {"heading": heading, "html": _trusted(div), "caption": caption, "warnings": list(warnings)}
 
 
 # ---- the statistics' own words ------------------------------------------------------------------------
@@ -326,60 +329,6 @@ def _violation_cells(lv: LevelResult, stats: _Stats) -> list[str]:
 
 # ---- sections: each returns the data its template under templates/sections/ shows -----------------------
 
-def _meaning(result: AuditResult, stats: _Stats) -> str:
-    """The plain-words reading of the highest level, and the gentler option if there is one."""
-    lv = result.levels[-1]
-    groups = lv.groups
-    g = worst_group(lv)
-    best = min(groups, key=lambda k: (groups[k].accuracy_drop, -groups[k].n, k))
-    o = lv.overall.accuracy_drop
-    parts = [f"Pruning removes {100 * lv.sparsity:g}% of the model's prunable weights. Over the whole test set "
-             f"accuracy {'drops' if o >= 0 else 'rises'} by {_pts(abs(o))} points"]
-    if len(groups) > 1:
-        b = groups[best].accuracy_drop
-        parts[0] += (f", but the groups do not pay equally: {g} loses {_pts(groups[g].accuracy_drop)} points while "
-                     f"{best} {'loses' if b >= 0 else 'gains'} {_pts(abs(b))}.")
-        v = lv.fairness_violation["accuracy"]
-        ci = lv.fairness_violation_ci95.get("accuracy")
-        where = f", simultaneous over the {len(groups)} groups" if stats.simultaneous else ""
-        parts.append(f"The difference between the group that loses most and the one that loses least, the fairness "
-                     f"violation, is {_pts(v)} points"
-                     + (f" (95% interval {_pts(ci[0])} to {_pts(ci[1])}{where})" if ci else "")
-                     + "; 0 would mean every group paid the same.")
-        p = _violation_p(lv)
-        if p is not None and p < 0.05:
-            parts.append(f"A violation this large would be unlikely if every group's drop were the same ({_p(p)})"
-                         + ("; the interval, which holds for all groups at once, is the more cautious of the two "
-                            "and reaches 0." if ci and ci[0] <= 0 else "."))
-        elif p is not None:
-            parts.append(f"A violation this large could arise by chance even if every group's drop were the same "
-                         f"({_p(p)}).")
-        sig = [k for k, m in groups.items() if m.significant]
-        if sig:
-            parts.append(f"For {_join(sig)} the drop differs from {stats.compared_with()} by more than chance would "
-                         f"explain, after correcting for testing {len(groups)} groups.")
-        else:
-            parts.append(f"No group's drop differs from {stats.compared_with()} by more than chance at this sample "
-                         f"size, after correcting for testing {len(groups)} groups.")
-        gainers = [k for k, m in groups.items() if m.accuracy_drop < 0]
-        if gainers:
-            parts.append(f"{_join(gainers)} even {'gains' if len(gainers) == 1 else 'gain'} accuracy: pruning can "
-                         "favour the groups the model already serves well (the paper's \u201crich get richer\u201d effect).")
-    else:
-        parts[0] += "."
-    small = [k for k, m in groups.items() if m.unreliable]
-    if small:
-        parts.append(f"Groups with fewer than 30 samples ({_join(small)}) are shown but too small to act on.")
-    if len(result.levels) > 1 and len(groups) > 1:
-        gentle = min(result.levels[:-1], key=lambda x: (x.fairness_violation["accuracy"], -x.sparsity))
-        parts.append(f"At {100 * gentle.sparsity:g}% sparsity the violation is {_pts(gentle.fairness_violation['accuracy'])} "
-                     f"points and overall accuracy changes by {_pts(-gentle.overall.accuracy_drop, True)} points.")
-    parts.append("Before shipping, decide whether this difference is acceptable for the people the model serves; "
-                 "if not, prune less, or repair the pruned model with fairness-constrained fine-tuning "
-                 "(fairprune mitigate) and check the repair on held-out rows.")
-    return " ".join(parts)
-
-
 def _violation_note(lv: LevelResult, stats: _Stats) -> str:
     ci = lv.fairness_violation_ci95.get("accuracy")
     if not ci:
@@ -412,7 +361,7 @@ def _summary(result: AuditResult | None, mitigation: Mapping | None, stats: _Sta
             cards.append(_card("Stored size", f"{_size(result.dense.size_bytes)} → {_size(lv.size_bytes)}",
                                f"{lv.size_bytes / result.dense.size_bytes - 1:+.0%}"))
         out["cards"] = cards
-        out["meaning"] = _meaning(result, stats)
+        out["meaning"] = meaning(result)
     elif result is not None and result.compression:
         out["headline"] = headline(result)
         out["note"] = "No sparsity level was measured: the compression variants below were."
@@ -432,9 +381,11 @@ def _group_charts(result: AuditResult, charts: _Charts, stats: _Stats) -> list[d
                 "not adjusted for the number of groups). Dotted grey lines: groups with fewer than 30 samples.")]
     drop_caption = (DEF["accuracy_drop"] + " Whiskers: " + stats.whiskers() + " Dashed line: the whole test set. "
                     "Outlined bars with *: " + stats.flagged(n))
+    placed = placed_warnings(result)
     for i, lv in enumerate(reversed(result.levels)):   # the highest level first: it is the one the summary reads
         out.append(charts.add(plots.drop_by_group(result, lv.sparsity), margin_top=50,
                               caption=drop_caption if i == 0 else "As above, at this level.",
+                              warnings=placed.at(lv.sparsity),
                               heading=f"Accuracy drop per group at {plots.sparsity_label(lv.sparsity)} sparsity"))
     out.append(charts.add(
         plots.violation_vs_sparsity(result), heading="Fairness violation: how unequally pruning hurts the groups",
@@ -478,7 +429,10 @@ def _full_table(result: AuditResult, stats: _Stats) -> dict:
              f"'significant' and p are Holm-adjusted for testing {n} groups"
              + ("; the violation's interval is simultaneous over the groups" if stats.simultaneous else "")
              + ". '(overall)' is the whole test set.")
+    placed = placed_warnings(result)
     return {"intro": intro, "groups": _table(head, rows, left=(0, 1, 10), cls="groups"),
+            "warnings": list(dict.fromkeys([w for g in result.group_names for w in placed.groups.get(g, [])]
+                                           + [w for lv in result.levels for w in placed.at(lv.sparsity)])),
             "levels": _table(["sparsity", "violation, accuracy (pts)", stats.violation_ci_head(),
                               *(["p (equal drops)"] if stats.has_p else []), "accuracy gap (pts)",
                               "violation ξ, loss (nats)", "achieved sparsity", "‖θ̄ − θ*‖₂"], level_rows, left=(0,))}
@@ -492,21 +446,32 @@ def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> dict | None:
     how = {plots.sparsity_label(x.get("sparsity", 0)): x for x in fp.get("levels", []) if isinstance(x, dict)}
     how["dense"] = fp.get("dense") or {}
     dense = result.dense.size_bytes
-    rows = [[name, _size(p.size_bytes), f"{p.size_bytes / dense - 1:+.0%}" if dense and p.size_bytes else "—",
-             how.get(name, {}).get("storage", "—"),
-             f"{p.latency_ms:.2f}" if p.latency_ms is not None else "not measured", how.get(name, {}).get("timed", "—")]
-            for name, p in parts]
+    timings = latencies(result)
+    spreads = [timings.get(0.0)] + [timings.get(lv.sparsity) for lv in result.levels]
+    rows = []
+    for (name, p), t in zip(parts, spreads):
+        if t is None:
+            latency, versus = "not measured", "—"
+        else:
+            latency = t.spread_text()
+            versus = "reference" if name == "dense" else (
+                latency_reading(timings[0.0], t) if 0.0 in timings else (NO_SPEEDUP if t.no_speedup else "—"))
+        rows.append([name, _size(p.size_bytes), f"{p.size_bytes / dense - 1:+.0%}" if dense and p.size_bytes else "—",
+                     how.get(name, {}).get("storage", "—"), latency, versus, how.get(name, {}).get("timed", "—")])
     return {
         "charts": [
             charts.add(plots.footprint_vs_sparsity(result), heading="What pruning saves",
-                       caption="Stored size of the weights as they would ship; latency of one batch where measured."),
+                       caption="Stored size of the weights as they would ship; latency of one batch where measured: "
+                               "the bar is the median, the whisker the 25th to 75th percentile of the timed runs. A "
+                               "level differs from dense only where the whiskers do not overlap; unstructured and 2:4 "
+                               f"levels run as the masked dense model: {NO_SPEEDUP}."),
             charts.add(plots.size_axis(d), heading="Every model on one size axis",
                        caption="Each group's accuracy against each model's stored size (and latency where timed): "
                                "the dense model, every sparsity level and every quantized or N:M variant; colour "
                                "is the model's accuracy fairness violation (largest minus smallest group drop)."),
         ],
-        "table": _table(["model", "stored size", "change", "storage", "latency (ms per batch)", "model timed"], rows,
-                        left=(0, 3, 5)),
+        "table": _table(["model", "stored size", "change", "storage", "latency per batch: median (25th–75th pct, runs)",
+                         "latency vs dense", "model timed"], rows, left=(0, 3, 5, 6)),
         "notes": [(k, fp[k]) for k in ("size", "latency", "device", "batch_size") if fp.get(k) is not None],
     }
 
@@ -531,8 +496,10 @@ def _compression(result: AuditResult, charts: _Charts, stats: _Stats) -> dict | 
     notes = sorted({v.details.get("kernel") for v in variants} - {None})
     notes += sorted({v.details.get("diagnostics_note") for v in variants} - {None})
     notes += sorted({(v.details.get("nm_2_4") or {}).get("sparse_kernel_note") for v in variants} - {None})
+    placed = placed_warnings(result)
     chart_list = [charts.add(plots.drop_by_variant(result), heading="Who pays for each compression variant",
-                             caption=DEF["accuracy_drop"] + " Whiskers: " + stats.whiskers())]
+                             caption=DEF["accuracy_drop"] + " Whiskers: " + stats.whiskers(),
+                             warnings=list(dict.fromkeys(w for v in variants for w in placed.at(v.method))))]
     if not result.levels and dense is not None:      # with levels, the size axis is in the size section
         chart_list.append(charts.add(plots.size_axis(result), heading="Every model on one size axis",
                                      caption="Each group's accuracy against each model's stored size; colour is the "
