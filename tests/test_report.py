@@ -496,3 +496,72 @@ def test_recommendation_says_where_it_was_chosen(result):
     text = render_html(result, mitigation=new)
     assert "chosen on 1,234 selection rows; the figures shown are on 5,678 held-out rows" in text
     assert "flatters the winner" not in text
+
+
+# ---- issue 14: one "What this means", warnings beside their figures, latency with its spread -------------
+
+def _figure_of(page: str, heading: str) -> str:
+    """The <figure> whose heading is ``heading``."""
+    m = re.search(r"<figure class=\"%s\"><h3>%s</h3>(.*?)</figure>" % (CHART_CLASS, re.escape(str(escape(heading)))),
+                  page, re.S)
+    assert m, f"no figure headed {heading!r}"
+    return m.group(1)
+
+
+def test_what_this_means_is_the_reading_modules_paragraph(result, page_html):
+    from fairprune.present.reading import meaning
+
+    para = re.search(r'<p class="meaning">(.*?)</p>', page_html, re.S).group(1)
+    assert para == str(escape(meaning(result))) and len(para) > 200
+    assert "(fairprune mitigate)" not in para
+
+
+def test_a_collapsed_levels_warning_is_beside_its_chart(result):
+    from dataclasses import replace
+
+    from fairprune.engine.sanity import sanity_warnings
+
+    names = result.group_names
+    lv = result.levels[-1]
+    y = np.zeros(100, dtype=int)
+    y[:3] = 1                                                   # chance 97%: the 90% level is below it
+    groups = np.array([names[i % len(names)] for i in range(100)], dtype=object)
+    models = [(f"{100 * x.sparsity:g}% sparsity", x.overall if x is not lv else replace(x.overall, accuracy=0.1))
+              for x in result.levels]
+    warned = replace(result, warnings=sanity_warnings(y, groups, names, 10, replace(result.dense.overall, accuracy=0.99),
+                                                      models))
+    page = render_html(warned)
+    at90 = _figure_of(page, "Accuracy drop per group at 90% sparsity")
+    assert "At 90% sparsity the model&#39;s accuracy (10.0%) is at or below chance" in at90
+    at50 = _figure_of(page, "Accuracy drop per group at 50% sparsity")
+    assert ("At 50% sparsity the model&#39;s accuracy" in at50) == (result.levels[0].overall.accuracy <= 0.97)
+    # the summary still lists every warning, and the headline does not call the 90% drops beyond chance
+    head = re.search(r'<p class="fp-headline">(.*?)</p>', page, re.S).group(1)
+    assert "beyond chance" not in head and "at or below chance" in head
+
+
+def test_footprint_table_reads_latency_with_its_spread(result):
+    from dataclasses import replace
+
+    from fairprune.present.reading import NO_SPEEDUP
+
+    fp = {"latency": "median ms ...", "dense": {"storage": "dense", "timed": "dense", "latency_ms": 48.8,
+                                                "latency_ms_iqr": [22.6, 72.9], "latency_repeats": 20},
+          "levels": [{"sparsity": 0.5, "storage": "csr", "timed": "masked", "latency_ms": 31.7,
+                      "latency_ms_iqr": [20.8, 45.0], "latency_repeats": 20},
+                     {"sparsity": 0.9, "storage": "csr", "timed": "masked", "latency_ms": 10.0,
+                      "latency_ms_iqr": [9.5, 10.5], "latency_repeats": 12}]}
+    timed = replace(result, dense=replace(result.dense, size_bytes=600_000, latency_ms=48.8),
+                    levels=[replace(lv, size_bytes=300_000, latency_ms=ms)
+                            for lv, ms in zip(result.levels, (31.7, 10.0))],
+                    sections={**result.sections, "footprint": fp})
+    page = render_html(timed)
+    section = re.search(r'<section id="footprint">(.*?)</section>', page, re.S).group(1)
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", section, re.S)]
+    rows = [r for r in rows if r]
+    assert [r[0] for r in rows] == ["dense", "50%", "90%"]
+    assert rows[0][4:6] == ["48.8 ms (22.6–72.9, 20 runs)", "reference"]
+    assert rows[1][4:6] == ["31.7 ms (20.8–45, 20 runs)",
+                            f"no measurable difference from dense (the spreads overlap); {NO_SPEEDUP}"]
+    assert rows[2][5] == f"80% faster than dense (the spreads do not overlap); {NO_SPEEDUP}"
+    assert NO_SPEEDUP in _figure_of(page, "What pruning saves")

@@ -846,8 +846,9 @@ def render_html(result: AuditResult | None, *, redact_samples: bool = False, tit
 
     from plotly.offline import get_plotlyjs
 
-    subtitle = (f"{res.model.name} · {res.data.name} ({res.data.n:,} samples, groups by "
-                f"{' & '.join(res.provenance.group_columns)}) · {res.config.method} · rendered {rendered}"
+    cols = res.provenance.group_columns if res is not None else []
+    subtitle = (f"{res.model.name} · {res.data.name} ({res.data.n:,} samples in {len(res.group_names)} groups; "
+                f"group column{'s' * (len(cols) > 1)}: {' & '.join(cols)}) · {res.config.method} · rendered {rendered}"
                 if res is not None else f"mitigation report · rendered {rendered}")
     return _env().get_template("report.html.j2").render(
         **page, title=title, subtitle=subtitle, toc=toc, redacted=redact_samples, version=__version__,
