@@ -23,6 +23,7 @@ from fairprune.engine.diagnose import (DIAG_KEYS, MIN_GROUPS, SAMPLE_COLUMNS, Di
                                 group_grad_norms, hvp_double_backward, hvp_forward_over_reverse,
                                 hvp_reverse_over_forward, max_eigenvalue,
                                 theory_terms, trace, uncertainty)
+from fairprune.engine.diagnose._factors import compare_groups, theory_reading
 from fairprune.engine.diagnose._hessian import flatten
 from fairprune.core.errors import Cancelled, InputError
 from fairprune.engine.evaluate import loss_fn
@@ -312,13 +313,62 @@ def test_factor_reading_negative_and_weak():
                                  "with 5 groups this could be chance (p = 0.10).")
 
 
-def test_factor_reading_cannot_judge_with_three_groups():
+def test_factor_reading_compares_three_groups_directly():
     groups = ["a", "b", "c"]
     corr = factor_correlations(factor_values(_dense_diag(dict(zip(groups, [1.0, 2.0, 3.0]))), dict.fromkeys(groups, 5)),
                                dict(zip(groups, [0.1, 0.2, 0.3])))
     assert MIN_GROUPS == 4
     assert all(v is None for v in corr["spearman"].values())
-    assert corr["sentence"].startswith("With only 3 groups, a rank correlation cannot judge")
+    assert corr["sentence"] == (
+        "With 3 groups a rank correlation cannot judge (it needs at least 4), so the group that lost most is compared "
+        "with the one that lost least. Group c lost more accuracy than group a (30.0 vs 10.0 points). Group c has a "
+        "larger mean gradient norm (3 vs 1, 3.0×), the same mean margin (0.5) and the same loss curvature λ_max (2): "
+        "mean gradient norm as Theorem 1 expects of the group that loses more; mean margin and loss curvature λ_max "
+        "cannot tell the two groups apart.")
+
+
+def test_two_groups_compared_in_words_with_their_uncertainty():
+    """Issue 14.10: with two groups, which has the larger gradient norm, the smaller margin, the larger λ_max, by
+    how much, and λ_max's difference judged against its standard errors."""
+    dense = {"inverted": {"grad_norm_mean": 0.83, "margin_mean": 0.41, "hessian_max_eig": 12.4},
+             "standard": {"grad_norm_mean": 0.29, "margin_mean": 0.78, "hessian_max_eig": 4.0}}
+    drops = {"inverted": 0.357, "standard": 0.042}
+    values = factor_values(dense, {})
+    clear = compare_groups(values, drops, {"hessian_max_eig_se": {"inverted": 0.8, "standard": 0.3}})
+    assert clear == ("Group inverted lost more accuracy than group standard (35.7 vs 4.2 points). Group inverted has "
+                     "a larger mean gradient norm (0.83 vs 0.29, 2.9×), a smaller mean margin (0.41 vs 0.78, 1.9×) "
+                     "and a larger loss curvature λ_max (12.4 ± 0.8 vs 4 ± 0.3, ± SE, 3.1×: beyond the "
+                     "uncertainty): all as Theorem 1 expects of the group that loses more.")
+    # the stored reading (no standard errors at hand) says the same without them
+    assert factor_correlations(values, drops)["sentence"] == clear.replace(" ± 0.8", "").replace(" ± 0.3, ± SE", "") \
+        .replace(": beyond the uncertainty", "")
+    # λ_max within 2 SE of each other, a gradient norm the other way
+    dense["standard"].update(hessian_max_eig=11.9, grad_norm_mean=0.9)
+    mixed = compare_groups(factor_values(dense, {}), drops, {"hessian_max_eig_se": {"inverted": 0.8, "standard": 0.9}})
+    assert mixed.endswith("a smaller mean gradient norm (0.83 vs 0.9), a smaller mean margin (0.41 vs 0.78, 1.9×) and "
+                          "a larger loss curvature λ_max (12.4 ± 0.8 vs 11.9 ± 0.9, ± SE: within the uncertainty): "
+                          "mean margin as Theorem 1 expects, mean gradient norm the other way; loss curvature λ_max "
+                          "cannot tell the two groups apart."), mixed
+    assert compare_groups(values, {"inverted": 0.1, "standard": 0.1}) == \
+        "All 2 groups lost the same accuracy here, so no factor can explain a difference."
+
+
+def test_theory_reading_says_the_bound_is_loose_and_what_to_read():
+    dense = {"inverted": {"group_grad_norm": 0.5, "hessian_max_eig": 12.4},
+             "standard": {"group_grad_norm": 0.1, "hessian_max_eig": 4.0}}
+    text = theory_reading(theory_terms(dense, {"inverted": 0.3, "standard": 0.05}, 2.0))
+    # bounds 1 + 24.8 = 25.8 and 0.2 + 8 = 8.2: 86× and 164× the measured losses; curvature 96% and 98%
+    assert text == ("The bound is an upper limit, and a loose one: it is 86× to 164× the measured excessive loss R(a), "
+                    "so read it for which term and which group it points at, not for its size. The curvature term "
+                    "½λ_max·d² dominates for every group (96–98% of the bound): the weights moved far enough that "
+                    "the loss surface's sharpness matters more than its slope. Group inverted has the largest gradient "
+                    "and curvature terms, and it is also the group whose measured loss grew most: the bound ranks the "
+                    "groups as measured.")
+    swapped = theory_reading(theory_terms(dense, {"inverted": 0.05, "standard": 0.3}, 0.01))
+    assert "The gradient term ‖g_a‖·d dominates for every group" in swapped
+    assert "but group standard's measured loss grew most: here the bound does not rank the groups as measured" in swapped
+    assert theory_reading(theory_terms({"a": {"group_grad_norm": 1.0, "hessian_max_eig": None}}, {"a": 0.1}, 1.0)) \
+        .startswith("Theorem 1's bound could not be computed here")
 
 
 def test_theory_terms():
@@ -421,7 +471,9 @@ def test_cli_audit_diagnostics_mnist_demo_shows_the_papers_finding(tmp_path, cap
     assert dense["inverted"]["group_grad_norm"] > dense["standard"]["group_grad_norm"]
     # ... and it is the one pruning hurts
     assert r["levels"][0]["groups"]["inverted"]["accuracy_drop"] > r["levels"][0]["groups"]["standard"]["accuracy_drop"]
-    assert dg["factors"]["levels"][0]["sentence"].startswith("With only 2 groups")
+    sentence = dg["factors"]["levels"][0]["sentence"]   # two groups: compared directly, in words (issue 14.10)
+    assert sentence.startswith("Group inverted lost more accuracy than group standard"), sentence
+    assert "a larger mean gradient norm" in sentence and "a smaller mean margin" in sentence, sentence
     flips = dg["flips"]["levels"][0]
     assert flips["groups"]["inverted"]["n"] > flips["groups"]["standard"]["n"]
     assert flips["precision_at_k"]["grad_norm"] > flips["precision_at_k"]["random"]
