@@ -74,7 +74,7 @@ with right:
                 "one level.", icon=":material/info:")
     c1, c2 = st.columns(2)
     seed = c1.number_input("Seed", min_value=0, value=0, step=1, key="audit-seed",
-                           help="Seeds the random choices (random pruning, the bootstrap intervals).")
+                           help="Seeds the random choices (random pruning, the permutations behind the violation's p-value).")
     import torch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -28,7 +28,7 @@ use_drop = c[1].checkbox("Bound the overall drop", value=False, key="search-used
 max_drop = c[1].number_input("Max overall drop (points)", min_value=0.0, max_value=100.0, value=2.0, step=0.5,
                              key="search-maxdrop", disabled=not use_drop)
 confident = c[2].checkbox("Read the 95% upper bound", value=False, key="search-conf",
-                          help="Pass only levels whose 95% bootstrap interval stays within the budget.")
+                          help="Pass only levels whose 95% intervals stay within the budget (each group's own interval; for the violation, the interval that holds for all groups at once).")
 chosen = st.multiselect("Pruning methods", names, default=names[:1], key="search-methods")
 GRID = coarse_grid()        # the levels measured first: the least a search may measure
 evals = st.number_input("Most levels measured per method", min_value=len(GRID), max_value=30, value=max(8, len(GRID)),

@@ -156,7 +156,7 @@ def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
 
 
 def _level_seed(seed: int, sparsity: float) -> int:
-    """A level's own seed (bootstrap, fine-tuning): the same level gets the same numbers whatever other
+    """A level's own seed (the violation's permutation p-value, fine-tuning): the same level gets the same numbers whatever other
     levels are measured beside it, so a search can reuse an audit's levels."""
     return seed + round(sparsity * 1_000_000)
 

@@ -1,7 +1,7 @@
 """Split an :class:`~fairprune.engine.audit.AuditSpec` into independent units and merge their results.
 
 A unit is the same spec with one sparsity level. Units are independent because everything random in a
-level is seeded by :func:`fairprune.engine.audit._level_seed` (bootstrap, fine-tuning) or by the audit's own seed
+level is seeded by :func:`fairprune.engine.audit._level_seed` (the violation's permutation p-value, fine-tuning) or by the audit's own seed
 (random masks score every weight once, the same for every level; diagnostics sample their rows with the
 audit's seed): a level gets the same numbers whatever other levels are measured beside it. So the
 results of the units, merged by :func:`merge_results`, are the result of the whole spec, to the byte.
