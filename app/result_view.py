@@ -11,8 +11,11 @@ import html
 import pandas as pd
 import streamlit as st
 
+from app import widgets
+
 from fairprune.present import plots
-from fairprune.present.reading import HEADLINE_NOTE, headline, worst_group
+from fairprune.present.reading import (HEADLINE_NOTE, NO_SPEEDUP, headline, latencies, latency_reading, meaning,
+                                       placed_warnings, worst_group)
 from fairprune.present.report import render_html
 from fairprune.core.result import AuditResult, LevelResult
 
@@ -30,6 +33,22 @@ def pick_level(result: AuditResult, key: str) -> LevelResult:
     s = st.radio("Sparsity level to read", options, index=len(options) - 1, horizontal=True, key=f"{key}-level",
                  format_func=plots.sparsity_label, help=DEF["sparsity"])
     return result.level(s)
+
+
+def show_meaning(result: AuditResult) -> None:
+    """The report's "What this means" paragraph (fairprune.present.reading.meaning: one source for both)."""
+    text = meaning(result)
+    if not text:
+        return
+    st.markdown("#### What this means")
+    st.markdown(f"<div class='fp-meaning' style='font-size:1.05rem;line-height:1.6'>{html.escape(text)}</div>",
+                unsafe_allow_html=True)
+
+
+def show_warnings(items: list[str], *, key: str) -> None:
+    """Sanity warnings beside the figures they concern."""
+    for i, w in enumerate(items):
+        st.warning(widgets.message(w), icon=":material/warning:")
 
 
 def show_headline(result: AuditResult, lv: LevelResult) -> None:
@@ -75,7 +94,8 @@ def chart(fig, *, key: str, heading: str, help: str) -> None:
     """A figure from fairprune.present.plots under a heading that carries its definition (the figure's own title is
     dropped: the heading replaces it and long titles do not fit narrow columns)."""
     st.markdown(f"**{heading}**", help=help)
-    fig.update_layout(title_text="", margin_t=30)
+    legend_on_top = fig.layout.legend.y is not None and fig.layout.legend.y >= 1
+    fig.update_layout(title_text="", margin_t=70 if legend_on_top else 30)
     st.plotly_chart(fig, key=key, theme=None, config=CHART_CONFIG)
 
 
@@ -100,6 +120,8 @@ def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
         small = [g for g, m in lv.groups.items() if m.unreliable]
         if small:
             st.caption(f"Unreliable (fewer than 30 samples): {', '.join(small)}.")
+        for w in placed_warnings(result).at(lv.sparsity):
+            st.caption(f":material/warning: {widgets.message(w)}")
     with cols[1]:
         chart(plots.violation_vs_sparsity(result), key=f"{key}-viol",
               heading="Fairness violation: how unequally pruning hurts the groups", help=VIOL_HELP)
@@ -108,10 +130,31 @@ def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
               heading="What pruning buys: size as shipped and latency",
               help="size: bytes of the weights serialised as they would ship (unstructured levels in CSR where "
                    "smaller, structured levels physically compacted). latency: median of repeated forward passes "
-                   "of one batch; unstructured sparsity runs at dense speed in dense kernels, structured levels are "
-                   "timed on the compacted model. Read it beside the fairness violation above.")
+                   "of one batch after warm-up; the whisker spans the 25th to 75th percentile, and a level differs "
+                   f"from dense only where the whiskers do not overlap. Unstructured and 2:4 levels: {NO_SPEEDUP} "
+                   "(they run at dense speed in dense kernels); structured levels are timed on the compacted "
+                   "model. Read it beside the fairness violation above.")
+        t = latency_table(result)
+        if t is not None:
+            st.table(t.set_index("model"))
+            st.caption("Latency per batch: the median ms of one forward pass, with the 25th to 75th percentile and the "
+                       "number of timed runs in brackets. 'vs dense' states a difference only where the two spreads "
+                       f"do not overlap. Unstructured and 2:4 levels: {NO_SPEEDUP}.")
         chart(plots.size_axis(result), key=f"{key}-sizeaxis",
               heading="Every model on one size axis: who pays for each byte saved", help=SIZE_AXIS_HELP)
+
+
+def latency_table(result: AuditResult) -> pd.DataFrame | None:
+    """Each timed model's latency with its spread and how it compares with dense; None when none was timed."""
+    t = latencies(result)
+    if not t:
+        return None
+    rows = []
+    for s, x in t.items():
+        versus = "reference" if s == 0 else (latency_reading(t[0.0], x) if 0.0 in t else
+                                             (NO_SPEEDUP if x.no_speedup else "—"))
+        rows.append({"model": plots.sparsity_label(s), "latency per batch": x.spread_text(), "vs dense": versus})
+    return pd.DataFrame(rows)
 
 
 SIZE_AXIS_HELP = ("One marker per group and model (dense, each sparsity level, each quantized or N:M variant): the "
@@ -119,55 +162,70 @@ SIZE_AXIS_HELP = ("One marker per group and model (dense, each sparsity level, e
                   "Colour: the model's accuracy fairness violation — " + DEF["fairness_violation_accuracy"]
                   + " Pick the leftmost model whose markers are light enough.")
 
+NOT_FOR_DENSE = "— on the dense model's rows: it is the reference every drop is measured from."
+
 GROUP_COLUMNS = {
-    "sparsity": st.column_config.NumberColumn("sparsity", help=DEF["sparsity"], format="%.3g"),
+    "sparsity": st.column_config.TextColumn("sparsity", help=DEF["sparsity"] + " 'dense': the original model."),
     "group": st.column_config.TextColumn("group", help="'(overall)' is the whole test set."),
     "n": st.column_config.NumberColumn("n", help=DEF["n"]),
     "accuracy %": st.column_config.NumberColumn("accuracy %", help=DEF["accuracy"], format="%.2f"),
     "drop (pts)": st.column_config.NumberColumn("drop (pts)", help=DEF["accuracy_drop"], format="%+.2f"),
-    "CI low": st.column_config.NumberColumn("CI low", help=DEF["accuracy_drop_ci95"], format="%+.2f"),
-    "CI high": st.column_config.NumberColumn("CI high", help=DEF["accuracy_drop_ci95"], format="%+.2f"),
+    "95% CI of drop": st.column_config.TextColumn("95% CI of drop", help=DEF["accuracy_drop_ci95"] + " "
+                                                  + NOT_FOR_DENSE),
     "loss": st.column_config.NumberColumn("loss", help=DEF["loss"], format="%.4f"),
     "excessive loss R(a)": st.column_config.NumberColumn("excessive loss R(a)", help=DEF["excessive_loss"],
                                                          format="%+.4f"),
-    "significant": st.column_config.CheckboxColumn("significant", help=DEF["significant"]),
-    "p (Holm)": st.column_config.NumberColumn("p (Holm)", help=DEF["p_value"], format="%.3g"),
+    "significant": st.column_config.TextColumn("significant", help=DEF["significant"] + " " + NOT_FOR_DENSE),
+    "p (Holm)": st.column_config.TextColumn("p (Holm)", help=DEF["p_value"] + " " + NOT_FOR_DENSE),
     "unreliable": st.column_config.CheckboxColumn("unreliable", help=DEF["unreliable"]),
+    "tpr": st.column_config.TextColumn("TPR", help="True positive rate of the group (binary tasks). — where the "
+                                       "group has no positive labels: the rate is undefined."),
+    "fpr": st.column_config.TextColumn("FPR", help="False positive rate of the group (binary tasks). — where the "
+                                       "group has no negative labels: the rate is undefined."),
+    "selection_rate": st.column_config.NumberColumn("selection rate", help="Share of the group predicted "
+                                                    "positive (binary tasks).", format="%.3f"),
     "achieved sparsity": st.column_config.NumberColumn("achieved sparsity", help=DEF["achieved_sparsity"],
                                                        format="%.4f"),
 }
 
 
+def _fmt(x, fmt: str, missing: str = "—") -> str:
+    return missing if x is None or (isinstance(x, float) and x != x) else format(x, fmt)
+
+
 def group_table(result: AuditResult) -> pd.DataFrame:
-    """result.table() in display units: accuracy in %, drops and their CI in points."""
-    t = result.table()
-    ci = t["accuracy_drop_ci95"] if "accuracy_drop_ci95" in t else pd.Series([None] * len(t))
-    out = pd.DataFrame({
-        "sparsity": t["sparsity"], "group": t["group"], "n": t["n"], "accuracy %": 100 * t["accuracy"],
-        "drop (pts)": 100 * t["accuracy_drop"] if "accuracy_drop" in t else None,
-        "CI low": [100 * c[0] if isinstance(c, (list, tuple)) else None for c in ci],
-        "CI high": [100 * c[1] if isinstance(c, (list, tuple)) else None for c in ci],
-        "loss": t["loss"],
-        "excessive loss R(a)": t["excessive_loss"] if "excessive_loss" in t else None,
-        "significant": t["significant"] if "significant" in t else None,
-        "p (Holm)": t["p_value"] if "p_value" in t else None,
-        "unreliable": t["unreliable"] if "unreliable" in t else None,
-        "achieved sparsity": t["achieved_sparsity"],
-    })
-    for extra in ("tpr", "fpr", "selection_rate"):
-        if extra in t:
-            out[extra] = t[extra]
-    return out.astype({c: float for c in ("drop (pts)", "CI low", "CI high", "excessive loss R(a)", "p (Holm)")})
+    """Every group at every model in display units: accuracy in %, drops and their CI in points; the dense
+    model's drop and R(a) are 0 by definition, its CI, test and p "—" (it is the reference)."""
+    rows = []
+    for label, part, is_dense in [("dense", result.dense, True),
+                                  *((plots.sparsity_label(lv.sparsity), lv, False) for lv in result.levels)]:
+        for g, m in {"(overall)": part.overall, **part.groups}.items():
+            ci = m.accuracy_drop_ci95
+            row = {"sparsity": label, "group": g, "n": m.n, "accuracy %": round(100 * m.accuracy, 2),
+                   "drop (pts)": 0.0 if is_dense else (None if m.accuracy_drop is None
+                                                       else round(100 * m.accuracy_drop, 2)),
+                   "95% CI of drop": "—" if is_dense or not ci else f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}",
+                   "loss": round(m.loss, 4),
+                   "excessive loss R(a)": 0.0 if is_dense else (None if m.excessive_loss is None
+                                                                else round(m.excessive_loss, 4)),
+                   "significant": "—" if is_dense or m.significant is None else ("yes" if m.significant else "no"),
+                   "p (Holm)": "—" if is_dense else _fmt(m.p_value, ".3g"),
+                   "unreliable": bool(m.unreliable or (m.n < 30 and g != "(overall)")),
+                   "achieved sparsity": part.achieved_sparsity if not is_dense else 0.0}
+            if result.dense.overall.selection_rate is not None:
+                row.update(tpr=_fmt(m.tpr, ".3f"), fpr=_fmt(m.fpr, ".3f"), selection_rate=m.selection_rate)
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 LEVEL_COLUMNS = {
     "sparsity": GROUP_COLUMNS["sparsity"],
+    "95% CI (simultaneous)": st.column_config.TextColumn("95% CI (simultaneous)", help=DEF["fairness_violation_ci95"]
+                                                         + " " + NOT_FOR_DENSE),
     "violation acc (pts)": st.column_config.NumberColumn("violation acc (pts)",
                                                          help=DEF["fairness_violation_accuracy"], format="%.2f"),
-    "CI low": st.column_config.NumberColumn("CI low", help=DEF["fairness_violation_ci95"], format="%.2f"),
-    "CI high": st.column_config.NumberColumn("CI high", help=DEF["fairness_violation_ci95"], format="%.2f"),
-    "p (equal drops)": st.column_config.NumberColumn("p (equal drops)", help=DEF["fairness_violation_p_value"],
-                                                     format="%.3g"),
+    "p (equal drops)": st.column_config.TextColumn("p (equal drops)", help=DEF["fairness_violation_p_value"] + " "
+                                                   + NOT_FOR_DENSE),
     "violation loss ξ": st.column_config.NumberColumn("violation loss ξ", help=DEF["fairness_violation_loss"],
                                                       format="%.4f"),
     "accuracy gap (pts)": st.column_config.NumberColumn("accuracy gap (pts)", help=DEF["accuracy_gap"],
@@ -178,22 +236,27 @@ LEVEL_COLUMNS = {
 
 
 def level_table(result: AuditResult) -> pd.DataFrame:
-    rows = [{"sparsity": 0.0, "violation acc (pts)": None, "CI low": None, "CI high": None, "p (equal drops)": None,
-             "violation loss ξ": None,
-             "accuracy gap (pts)": 100 * result.dense.accuracy_gap, "‖θ̄ − θ*‖": 0.0, "achieved sparsity": 0.0}]
+    """One row per model: the dense model (violations 0 by definition, interval and p "—"), then each level."""
+    rows = [{"sparsity": "dense", "violation acc (pts)": 0.0, "95% CI (simultaneous)": "—", "p (equal drops)": "—",
+             "violation loss ξ": 0.0, "accuracy gap (pts)": round(100 * result.dense.accuracy_gap, 2),
+             "‖θ̄ − θ*‖": 0.0, "achieved sparsity": 0.0}]
     for lv in result.levels:
-        lo, hi = lv.fairness_violation_ci95.get("accuracy", (None, None))
-        rows.append({"sparsity": lv.sparsity, "violation acc (pts)": 100 * lv.fairness_violation["accuracy"],
-                     "CI low": None if lo is None else 100 * lo, "CI high": None if hi is None else 100 * hi,
-                     "p (equal drops)": (lv.fairness_violation_p_value or {}).get("accuracy"),
-                     "violation loss ξ": lv.fairness_violation["loss"], "accuracy gap (pts)": 100 * lv.accuracy_gap,
-                     "‖θ̄ − θ*‖": lv.weight_distance, "achieved sparsity": lv.achieved_sparsity})
-    return pd.DataFrame(rows).astype(float)
+        ci = lv.fairness_violation_ci95.get("accuracy")
+        rows.append({"sparsity": plots.sparsity_label(lv.sparsity),
+                     "violation acc (pts)": round(100 * lv.fairness_violation["accuracy"], 2),
+                     "95% CI (simultaneous)": "—" if not ci else f"{100 * ci[0]:.1f} to {100 * ci[1]:.1f}",
+                     "p (equal drops)": _fmt((lv.fairness_violation_p_value or {}).get("accuracy"), ".3g"),
+                     "violation loss ξ": round(lv.fairness_violation["loss"], 4),
+                     "accuracy gap (pts)": round(100 * lv.accuracy_gap, 2),
+                     "‖θ̄ − θ*‖": round(lv.weight_distance, 3), "achieved sparsity": round(lv.achieved_sparsity, 4)})
+    return pd.DataFrame(rows)
 
 
 def tables(result: AuditResult, key: str) -> None:
-    st.markdown("#### Every figure", help="Click a column header to sort. Hover a header for its definition. "
-                "Sparsity 0 is the dense model.")
+    st.markdown("#### Every figure", help="Click a column header to sort. Hover a header for its definition; "
+                "'—' marks a figure that does not apply (the header says why).")
+    placed = placed_warnings(result)
+    show_warnings([w for g in result.group_names for w in placed.groups.get(g, [])], key=f"{key}-groups")
     t = group_table(result)
     st.dataframe(t, column_config=GROUP_COLUMNS, hide_index=True, key=f"{key}-groups", width="stretch",
                  height=_height(len(t)))
@@ -213,7 +276,8 @@ def provenance(result: AuditResult) -> None:
     st.markdown(
         f"- **Model:** {result.model.name} — {result.model.parameters:,} parameters, "
         f"{result.model.prunable_parameters:,} prunable\n"
-        f"- **Data:** {result.data.name} — {result.data.n:,} test samples; label `{p.label}`, groups by "
+        f"- **Data:** {result.data.name} — {result.data.n:,} test samples; label `{p.label}`; "
+        f"{len(result.group_names)} groups from the column{'s' * (len(p.group_columns) > 1)} "
         f"{' & '.join(p.group_columns)}: " + ", ".join(f"{g} ({n:,})" for g, n in result.data.groups.items()) + "\n"
         f"- **Pruning:** {c.method} at {', '.join(plots.sparsity_label(s) for s in c.sparsities)}; "
         f"fine-tuning epochs {c.finetune_epochs}; seed {c.seed}; device {c.device}\n"
@@ -240,13 +304,14 @@ def compression_table(result: AuditResult) -> pd.DataFrame:
         cal = v.details.get("calibration") or {}
         rows.append({
             "variant": v.method, "setting": v.setting,
-            "size (kB)": None if v.size_bytes is None else v.size_bytes / 1e3,
-            "size vs dense": None if not (dense and v.size_bytes) else v.size_bytes / dense,
-            "latency (ms)": v.latency_ms, "quantized": v.quantized_fraction,
+            "size (kB)": _fmt(None if v.size_bytes is None else v.size_bytes / 1e3, ",.1f"),
+            "size vs dense": _fmt(None if not (dense and v.size_bytes) else v.size_bytes / dense, ".2f") + (
+                "x" if dense and v.size_bytes else ""),
+            "latency (ms)": _fmt(v.latency_ms, ".3g", "— (not timed)"), "quantized": v.quantized_fraction,
             "accuracy %": 100 * lv.overall.accuracy, "drop (pts)": 100 * lv.overall.accuracy_drop,
             "worst group": g, "its drop (pts)": 100 * lv.groups[g].accuracy_drop,
             "violation acc (pts)": 100 * lv.fairness_violation["accuracy"],
-            "CI low": None if lo is None else 100 * lo, "CI high": None if hi is None else 100 * hi,
+            "95% CI (simultaneous)": "—" if lo is None else f"{100 * lo:.1f} to {100 * hi:.1f}",
             "violation loss ξ": lv.fairness_violation["loss"],
             "calibration": ", ".join(f"{k} {n}" for k, n in (cal.get("groups") or {}).items()) or "—",
             "kernel": v.details.get("kernel") or "—",
@@ -255,19 +320,20 @@ def compression_table(result: AuditResult) -> pd.DataFrame:
 
 
 COMPRESSION_COLUMNS = {
-    "size (kB)": st.column_config.NumberColumn("size (kB)", help="Bytes of what the variant stores, in kB.",
-                                               format="%.1f"),
-    "size vs dense": st.column_config.NumberColumn("size vs dense", help="Stored size / the dense model's.",
-                                                   format="%.2fx"),
+    "size (kB)": st.column_config.TextColumn("size (kB)", help="Bytes of what the variant stores, in kB; — where "
+                                             "the size was not measured (footprint off)."),
+    "size vs dense": st.column_config.TextColumn("size vs dense", help="Stored size / the dense model's; — where "
+                                                 "either was not measured."),
     "quantized": st.column_config.NumberColumn("quantized", help="Share of the model's parameters (by count) "
                                                "actually quantized.", format="%.2f"),
     "variant": st.column_config.TextColumn("variant", help="The compression steps, applied left to right to a copy "
                                            "of the dense model (options after a colon)."),
     "setting": st.column_config.TextColumn("setting", help="What the variant stores and computes with (W: weights, "
                                            "A: activations)."),
-    "latency (ms)": st.column_config.NumberColumn("latency (ms)", help="Median time of one batch through the "
-                                                  "variant, where measured (audits from the dashboard time them).",
-                                                  format="%.2f"),
+    "latency (ms)": st.column_config.TextColumn("latency (ms)", help="Median time of one batch through the "
+                                                "variant, where measured (audits from the dashboard time them); "
+                                                "variants record no spread, so compare them with care. 2:4 "
+                                                f"variants: {NO_SPEEDUP}."),
     "worst group": st.column_config.TextColumn("worst group", help="The group with the largest accuracy drop under "
                                                "this variant."),
     "kernel": st.column_config.TextColumn("kernel", help="The kernels the variant ran with here (e.g. torch's "
@@ -276,7 +342,7 @@ COMPRESSION_COLUMNS = {
     "drop (pts)": GROUP_COLUMNS["drop (pts)"],
     "its drop (pts)": st.column_config.NumberColumn("its drop (pts)", help=DEF["accuracy_drop"], format="%+.2f"),
     "violation acc (pts)": LEVEL_COLUMNS["violation acc (pts)"],
-    "CI low": LEVEL_COLUMNS["CI low"], "CI high": LEVEL_COLUMNS["CI high"],
+    "95% CI (simultaneous)": LEVEL_COLUMNS["95% CI (simultaneous)"],
     "violation loss ξ": LEVEL_COLUMNS["violation loss ξ"],
     "calibration": st.column_config.TextColumn("calibration", help="int8_static: calibration rows per group (a set "
                                                "with few rows of a group is itself a cause worth seeing)."),
@@ -288,6 +354,9 @@ def compression_section(result: AuditResult, key: str) -> None:
     if not result.compression:
         return
     st.subheader("Beyond pruning: quantization and 2:4 sparsity", help=COMPRESSION_HELP)
+    placed = placed_warnings(result)
+    show_warnings(list(dict.fromkeys(w for v in result.compression for w in placed.at(v.method))),
+                  key=f"{key}-variant-warnings")
     chart(plots.drop_by_variant(result), key=f"{key}-variants",
           heading="Who pays for each compression variant", help=COMPRESSION_HELP + " Whiskers: "
           + DEF["accuracy_drop_ci95"])
@@ -305,13 +374,15 @@ def render_result(result: AuditResult, *, key: str, run_id: str | None = None) -
     if not result.levels and not result.compression:
         st.warning("This result has no sparsity levels and no compression variants.")
         return
+    show_meaning(result)
+    placed = placed_warnings(result)
+    show_warnings(placed.general, key=f"{key}-general")
     if result.levels:
         lv = pick_level(result, key)
         show_headline(result, lv)
+        show_warnings(placed.at(lv.sparsity), key=f"{key}-level")
     else:
         show_headline(result, None)
-    for w in result.warnings:
-        st.warning(w)
     if result.levels:
         show_figures(result, lv)
         charts(result, lv, key)
@@ -325,18 +396,18 @@ def render_result(result: AuditResult, *, key: str, run_id: str | None = None) -
         provenance(result)
     st.download_button("Download the result (JSON)", data=result.to_json(), mime="application/json",
                        file_name=f"fairprune-{run_id or 'result'}.json", key=f"{key}-download", icon=":material/download:",
-                       help="The full result in fairprune's schema (fairprune.audit/1); "
-                            "`fairprune report` and the CLI read it.")
+                       help="The full result in fairprune's schema (fairprune.audit/1), every figure on this page; "
+                            "keep it to make the report again later or compare it with another audit.")
     redact = st.checkbox("Leave out per-sample content (for a report that leaves the team)", key=f"{key}-redact",
                          help="Row indices of flipped and at-risk samples, rows and images are left out of the page "
-                              "and its embedded JSON; every aggregate is kept (`fairprune report --redact-samples`).")
+                              "and its embedded JSON; every aggregate is kept.")
     # data as a callable: the report (plotly's JavaScript inlined, ~5 MB) is rendered only when clicked
     st.download_button("Download report (HTML)", data=lambda: render_html(result, redact_samples=redact),
                        mime="text/html", file_name=f"fairprune-report-{run_id or 'result'}.html", key=f"{key}-report",
                        on_click="ignore", icon=":material/description:",
                        help="One self-contained HTML file for stakeholders: the reading first, the charts (interactive, "
                             "works offline), every figure, the definitions, the inputs' SHA-256 and the JSON. "
-                            "Prints to PDF. `fairprune report RUN_ID --out report.html` writes the same file.")
+                            "Prints to PDF.")
 
 
 def render_compact(result: AuditResult, *, key: str) -> None:

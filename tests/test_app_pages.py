@@ -62,8 +62,20 @@ def test_why_shows_the_diagnostics(diag_result, worker_calls):
     assert at.selectbox(key="why-run").value == run_id
     assert len(charts(at)) >= 5          # grad norm, margin, Hessian, three scatter views (some may be missing)
     assert len(at.dataframe) == 2        # Theorem 1 vs measurement, flipped samples per group
-    sentence = diag_result["diagnostics"]["factors"]["levels"][0]["sentence"]
-    assert sentence in texts(at)
+    # issue 14.10: two groups are compared in words, λ_max with its standard errors (the library's sentence)
+    from app.widgets import escape_markdown
+    from fairprune.engine.diagnose._factors import compare_groups, factor_values, theory_reading
+
+    dg = diag_result["diagnostics"]
+    drops = {g: v["accuracy_drop"] for g, v in diag_result["levels"][0]["groups"].items()}
+    ses = {"hessian_max_eig_se": {g: d["hessian_max_eig_se"] for g, d in dg["dense"].items()}}
+    sentence = compare_groups(factor_values(dg["dense"], diag_result["data"]["groups"]), drops, ses)
+    assert sentence.startswith("Group inverted lost more accuracy than group standard") and "± SE" in sentence
+    assert "rank correlation cannot judge" not in texts(at)
+    assert f"**{escape_markdown(sentence)}**" in [m.value for m in at.markdown]
+    # the Theorem 1 table says what to read from it; the size view says the evaluation rows are balanced by design
+    assert escape_markdown(theory_reading(dg["theory"][0])) in [m.value for m in at.markdown]
+    assert "The evaluation rows are balanced by design (750 per group)" in texts(at)
 
 
 def test_why_offers_a_rerun_with_diagnostics(diag_result, worker_calls):
@@ -283,7 +295,7 @@ def test_why_shows_the_diagnostics_run_once_it_is_done(diag_result, worker_calls
     assert_clean(at)
     assert at.selectbox(key="why-run").value == queued.id
     assert "run without diagnostics" not in texts(at)
-    assert diag_result["diagnostics"]["factors"]["levels"][0]["sentence"] in texts(at)
+    assert "Group inverted lost more accuracy than group standard" in texts(at)   # the new run's diagnostics
 
 
 @pytest.mark.parametrize("data", [None, {"name": "bad.csv", "valid": False}])
@@ -389,3 +401,94 @@ def test_runs_lists_every_kind_and_opens_each_on_its_page(diag_result, worker_ca
     at.button(key="runs-delete").click().run()
     at.button(key="runs-delete-yes").click().run()
     assert search not in [r.id for r in s.list()]
+
+
+# ---- Results and Runs (issue 14: items 6, 11, 12 and polish) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def timed_result() -> dict:
+    """A real demo audit with latency timed, and the engine's chance warning for its 90% level (chance 97%)."""
+    import numpy as np
+
+    from fairprune.core.result import AuditResult
+    from fairprune.engine.sanity import sanity_warnings
+
+    res = run_spec(AuditSpec(sparsities=(0.5, 0.9), demo="mnist", group=("population",), latency=True))
+    names = res.group_names
+    y = np.zeros(100, dtype=int)
+    y[:3] = 1
+    groups = np.array([names[i % len(names)] for i in range(100)], dtype=object)
+    from dataclasses import replace
+    models = [("50% sparsity", replace(res.levels[0].overall, accuracy=0.99)),
+              ("90% sparsity", replace(res.levels[1].overall, accuracy=0.10))]
+    d = res.to_dict()
+    d["warnings"] = sanity_warnings(y, groups, names, 10, replace(res.dense.overall, accuracy=0.99), models)
+    assert len(d["warnings"]) == 1 and AuditResult.from_dict(d).warnings == d["warnings"]
+    return d
+
+
+def test_results_open_with_what_this_means_and_show_warnings_beside_the_level(timed_result, worker_calls):
+    from fairprune.core.result import AuditResult
+    from fairprune.present.reading import meaning
+
+    rid = finished(AuditSpec(sparsities=(0.5, 0.9), demo="mnist", group=("population",)).to_dict(), timed_result,
+                   "timed demo")
+    at = open_page(new_app().run(), "pages_/results.py", run=rid)
+    assert_clean(at)
+    md = [m.value for m in at.markdown]
+    # the page opens with the report's paragraph, word for word (one source: reading.meaning)
+    i = md.index("#### What this means")
+    assert "fp-meaning" in md[i + 1] and html_text(md[i + 1]) == meaning(AuditResult.from_dict(timed_result))
+    # the 90% level (shown first: the highest) is at or below chance: said beside its headline and its chart
+    warns = [w.value for w in at.warning]
+    assert any(w.startswith("At 90% sparsity the model's accuracy (10.0%) is at or below chance") for w in warns)
+    assert any("At 90% sparsity the model's accuracy (10.0%) is at or below chance" in c.value for c in at.caption)
+    head = next(m for m in md if "fp-headline" in m)
+    assert "beyond chance" not in head and "at or below chance" in head
+    # the 50% level is not: its warning is not shown when it is read
+    at.radio(key="res-level").set_value(0.5).run()
+    assert not any(w.value.startswith("At 90% sparsity") for w in at.warning)
+    # tables: no "None", sparsity as "90%", undefined figures "—"
+    frames = {f.key if hasattr(f, "key") else i: f.value for i, f in enumerate(at.dataframe)}
+    for t in frames.values():
+        assert not t.isna().any().any(), t[t.isna().any(axis=1)]
+        assert not (t.astype(str) == "None").any().any()
+    groups = at.dataframe[-2].value
+    assert groups["sparsity"].tolist()[:1] == ["dense"] and "90%" in groups["sparsity"].tolist()
+    assert set(groups.loc[groups["sparsity"] == "dense", "95% CI of drop"]) == {"—"}
+    # latency: a median with its spread, read against dense, masked levels labelled
+    lat = next(t.value for t in at.table if "latency per batch" in t.value.columns)
+    assert lat.index.tolist() == ["dense", "50%", "90%"]
+    assert all(" ms (" in x and " runs)" in x for x in lat["latency per batch"])
+    assert all("no speed-up expected without sparse kernels" in x for x in lat["vs dense"][1:])
+    # no command line on the page
+    assert "fairprune report" not in texts(at) and "--redact-samples" not in str(at.checkbox[0].help)
+    assert "fairprune report" not in " ".join(str(b.help) for b in at.get("download_button"))
+
+
+def html_text(markup: str) -> str:
+    import html as _html
+    import re as _re
+
+    return _html.unescape(_re.sub(r"<[^>]+>", "", markup))
+
+
+def test_runs_table_says_why_a_figure_is_blank_and_marks_a_collapsed_model(timed_result, worker_calls):
+    audit = finished(AuditSpec(sparsities=(0.5, 0.9), demo="mnist", group=("population",)).to_dict(), timed_result,
+                     "collapsed demo")
+    s = RunStore()
+    search = s.create_run({"demo": "mnist", "group": ["population"], "methods": ["global_magnitude"],
+                           "max_violation": 0.02}, kind="search", title="a search")
+    _finish(search, _search_result(0.8))
+    mit = s.create_run({"sparsity": 0.9, "demo": "mnist", "method": "reweighted"}, kind="mitigate", title="a repair")
+    at = open_page(new_app().run(), "pages_/runs.py")
+    assert_clean(at)
+    t = at.dataframe[0].value.set_index("title")
+    assert not t.isna().any().any() and not (t.astype(str) == "None").any().any()
+    assert t.loc["a search", "max violation (pts)"] == "— (a search: its finding is under 'found')"
+    assert t.loc["a repair", "its drop (pts)"] == "— (a mitigation: its finding is under 'found')"
+    v = timed_result["levels"][-1]["fairness_violation"]["accuracy"]
+    assert t.loc["collapsed demo", "max violation (pts)"].startswith(f"{100 * max(lv['fairness_violation']['accuracy'] for lv in timed_result['levels']):.1f}")
+    assert t.loc["collapsed demo", "max violation (pts)"].endswith("⚠ at or below chance") == (
+        v >= max(lv["fairness_violation"]["accuracy"] for lv in timed_result["levels"]))
+    assert mit and audit

@@ -11,7 +11,7 @@ import streamlit as st
 from app import result_view, widgets
 from fairprune.present import plots
 from fairprune.present.plots import DEFINITIONS
-from fairprune.present.reading import worst_group
+from fairprune.present.reading import collapsed, worst_group
 from fairprune.core.result import AuditResult
 from fairprune.run.store import REQUEUEABLE
 
@@ -79,30 +79,60 @@ def inputs_of(run) -> str:
     return what
 
 
+def why_blank(run) -> str:
+    """Why an audit's figures are blank ("—") for this run: they belong to finished audits only."""
+    if run.kind != "audit":
+        return {"search": "— (a search: its finding is under 'found')",
+                "mitigate": "— (a mitigation: its finding is under 'found')"}.get(run.kind, "—")
+    return "—" if run.status == "done" else f"— ({run.status})"
+
+
+def audit_figures(res: AuditResult | None) -> tuple[str | None, str | None, str | None]:
+    """(worst group at the top level, its drop, the largest violation) as the table shows them, or Nones.
+
+    The violation is the largest accuracy fairness violation over the levels and variants, in points:
+    the largest group drop minus the smallest (a gain counts as a negative drop), so one group losing 90
+    points while another gains 11.5 is a violation of 101.5 points. A figure from a model the sanity check found
+    at or below chance is marked ⚠: it describes a collapsed model, not who pays for pruning."""
+    measured = [] if res is None else [(lv.sparsity, lv) for lv in res.levels] + [
+        (v.method, v.level) for v in res.compression]
+    if not measured:
+        return None, None, None
+    lv = res.levels[-1] if res.levels else max((x for _, x in measured), key=lambda x: x.fairness_violation["accuracy"])
+    worst = worst_group(lv)
+    where, top = max(measured, key=lambda wx: wx[1].fairness_violation["accuracy"])
+    violation = f"{100 * top.fairness_violation['accuracy']:.1f}"
+    if collapsed(res, where):
+        violation += " ⚠ at or below chance"
+    return worst, f"{100 * lv.groups[worst].accuracy_drop:+.1f}", violation
+
+
 results = {r.id: _result(r) for r in runs}
 rows = []
 for r in runs:
     res = results[r.id]
-    worst, drop, violation = None, None, None
-    measured = [] if res is None else res.levels + [v.level for v in res.compression]
-    if measured:
-        lv = res.levels[-1] if res.levels else max(measured, key=lambda x: x.fairness_violation["accuracy"])
-        worst = worst_group(lv)
-        drop = 100 * lv.groups[worst].accuracy_drop
-        violation = 100 * max(x.fairness_violation["accuracy"] for x in measured)
+    worst, drop, violation = audit_figures(res)
+    blank = why_blank(r)
     progress = f"{r.progress_done}/{r.progress_total} steps" if r.active and r.progress_total else ""
     rows.append({"kind": KINDS.get(kind_of(r), r.kind), "status": f"{r.status} {progress}".strip(),
                  "title": r.title or r.id, "found": summary(r),
                  "created": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created)),
-                 "worst group (top level)": worst or "", "its drop (pts)": drop, "max violation (pts)": violation,
+                 "worst group (top level)": worst or blank, "its drop (pts)": drop or blank,
+                 "max violation (pts)": violation or blank,
                  "inputs": inputs_of(r), "id": r.id})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="runs-table", column_config={
-    "max violation (pts)": st.column_config.NumberColumn(
-        help="Audits: the largest accuracy fairness violation over the levels and compression variants of the run. "
-             + DEFINITIONS["fairness_violation_accuracy"], format="%.1f"),
+    "max violation (pts)": st.column_config.TextColumn(
+        help="Audits: the largest accuracy fairness violation over the levels and compression variants of the run, "
+             "in percentage points: the largest group drop minus the smallest, where a gain counts as a negative "
+             "drop, so it can pass 100 (one group loses 90 points while another gains 11.5: 101.5). ⚠ at or below "
+             "chance: the model it comes from is at or below chance (the sanity check's warning), so the figure "
+             "describes a broken model. — for searches and mitigations (see 'found') and unfinished runs. "
+             + DEFINITIONS["fairness_violation_accuracy"]),
     "worst group (top level)": st.column_config.TextColumn(help="Audits: the group with the largest accuracy drop "
-                                                           "at the run's highest sparsity."),
-    "its drop (pts)": st.column_config.NumberColumn(help=DEFINITIONS["accuracy_drop"], format="%+.1f"),
+                                                           "at the run's highest sparsity. — for searches and "
+                                                           "mitigations (see 'found') and unfinished runs."),
+    "its drop (pts)": st.column_config.TextColumn(help=DEFINITIONS["accuracy_drop"] + " — for searches and "
+                                                  "mitigations and unfinished runs."),
     "found": st.column_config.TextColumn(help="Searches and mitigations: what the run recommends."),
 })
 if any(r.active for r in runs):
