@@ -8,7 +8,11 @@ import streamlit as st
 from app import result_view, widgets
 from fairprune.present import plots
 from fairprune.engine.audit import AuditSpec
+from fairprune.engine.diagnose._factors import MIN_GROUPS, compare_groups, factor_values, theory_reading
 from fairprune.core.result import AuditResult
+
+#: what an empty cell of the tables means
+NOT_MEASURED = "—"
 
 HELP = {
     "theorem": "Theorem 1 (Tran et al. 2022): a group's excessive loss R(a) is bounded by ‖g_a‖·‖θ̄ − θ*‖ + "
@@ -54,8 +58,44 @@ def _follow_queued() -> None:
         st.session_state["why-run"] = q.id
         st.session_state.pop("why-queued", None)
     else:
-        st.error(widgets.plain(q.error or f"The diagnostics run was {q.status}."), icon=":material/error:")
+        st.error(widgets.message(q.error or f"The diagnostics run was {q.status}."), icon=":material/error:")
         st.session_state.pop("why-queued", None)
+
+
+def _num(v) -> str:
+    """A table cell: three significant figures, or '—' where the figure was not measured."""
+    return NOT_MEASURED if v is None else f"{v:.3g}"
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _training_sizes(demo: str, group: tuple[str, ...]) -> dict[str, int]:
+    """Samples per group in a demo's training rows (its evaluation rows may be balanced by design)."""
+    from fairprune.data.demos import demo_dataset
+
+    return dict(demo_dataset(demo, group=group).part("train").group_sizes)
+
+
+def _size_view(spec: dict, evaluated: dict[str, int]) -> tuple[dict[str, int], str, str]:
+    """(sizes, axis title, note) for the group-size view: the paper's group size is the training rows'; a demo
+    knows them, other runs show the evaluation rows' and say when those are balanced by design."""
+    same = len(set(evaluated.values())) == 1 and len(evaluated) > 1
+    n_each = next(iter(evaluated.values()), 0)
+    if spec.get("demo"):
+        try:
+            train = _training_sizes(spec["demo"], tuple(spec.get("group") or ()))
+        except Exception:  # noqa: BLE001 - an older demo or grouping: fall back to the evaluation rows
+            train = {}
+        if train and set(train) >= set(evaluated):
+            note = (f"Sizes of the training rows, where the groups were unequal. The evaluation rows are balanced "
+                    f"by design ({n_each:,} per group), so that every group is measured as precisely."
+                    if same else "Sizes of the training rows (the paper's group size is the training one).")
+            return {g: train[g] for g in evaluated}, "training samples of the group", note
+    if same:
+        return (evaluated, "evaluation samples of the group",
+                f"The evaluation rows are balanced ({n_each:,} per group), by design of the test set: here group size "
+                f"cannot explain a difference. The paper's group size is the training rows', which this run did not "
+                f"record.")
+    return evaluated, "evaluation samples of the group", "Sizes of the evaluation rows."
 
 
 if not runs:
@@ -119,10 +159,21 @@ with widgets.friendly_errors("Reading the diagnostics"):
         lv, level_diag, sentence = variant.level, variant.details["diagnostics"], None
         st.caption(variant.details.get("diagnostics_note") or "")
         idx = len(result.levels) + len(variants)     # past every per-level list below: those are pruning's
+    if is_level and 1 < len(dense) < MIN_GROUPS:
+        # too few groups to rank: compare them directly, in words, with λ_max's standard errors (the library's
+        # reading of the same figures; the stored sentence has no SEs at hand)
+        drops = {g: lv.groups[g].accuracy_drop for g in dense if g in lv.groups}
+        ses = {"hessian_max_eig_se": {g: d.get("hessian_max_eig_se") for g, d in dense.items()}}
+        sentence = compare_groups(factor_values(dense, dict(result.data.groups)), drops, ses)
+        how = ("With fewer than 4 groups a rank correlation cannot judge; the groups' own figures (dense model) are "
+               "compared instead. Theorem 1 ties a larger gradient norm, a smaller margin and a larger λ_max to a "
+               "larger loss after pruning. λ_max counts as different only beyond 2 standard errors.")
+    else:
+        how = ("Spearman rank correlation, across groups, between each factor of the dense model and the groups' "
+               "accuracy drops at this level.")
     if sentence:
         with st.container(border=True):
-            st.markdown(f"**{sentence}**", help="Spearman rank correlation, across groups, between each factor of the "
-                        "dense model and the groups' accuracy drops at this level.")
+            st.markdown(f"**{widgets.escape_markdown(sentence)}**", help=how)
 
     cols = st.columns(2, gap="large")
     with cols[0]:
@@ -145,33 +196,45 @@ with widgets.friendly_errors("Reading the diagnostics"):
     st.caption(HELP["boundary"])
 
     st.markdown("#### The paper's views")
-    sizes = dict(result.data.groups)
+    sizes, size_title, size_note = _size_view(run.spec, dict(result.data.groups))
     v = st.columns(3)
     with v[0]:
         result_view.chart(plots.group_scatter({g: (sizes.get(g), d.get("grad_norm_mean")) for g, d in dense.items()},
-                                              x_title="group size (samples)", y_title="mean gradient norm"),
+                                              x_title=size_title, y_title="mean gradient norm"),
                           key="why-size", heading="Group size vs gradient norm",
-                          help="Smaller groups are often fitted less well and have larger gradients.")
+                          help="Smaller groups are often fitted less well and have larger gradients (Prop. 1).")
+        st.caption(size_note)
     with v[1]:
         result_view.chart(plots.group_scatter(
             {g: (d.get("grad_norm_mean"), 100 * lv.groups[g].accuracy_drop if g in lv.groups else None)
-             for g, d in dense.items()}, x_title="mean gradient norm", y_title=f"accuracy drop at {name} (pts)"),
+             for g, d in dense.items()}, x_title="mean gradient norm",
+            y_title=f"accuracy drop at {name} (points)"),
             key="why-drop", heading="Accuracy drop vs gradient norm", help=plots.DEFINITIONS["accuracy_drop"])
     with v[2]:
         result_view.chart(plots.group_scatter({g: (d.get("margin_mean"), d.get("hessian_max_eig"))
                                                for g, d in dense.items()},
-                                              x_title="mean margin", y_title="λ_max(H_a)"),
+                                              x_title="mean margin (true class minus the strongest other)",
+                                              y_title="loss curvature λ_max"),
                           key="why-lam", heading="λ_max vs margin",
                           help="Samples near the decision boundary (small margin) make the loss surface sharper.")
 
     theory = diag.get("theory") or []
     if idx < len(theory) and theory[idx]:
         st.markdown("#### Theorem 1: bound vs measurement", help=HELP["theorem"])
-        t = pd.DataFrame([{"group": g, "grad term ‖g_a‖·d": r.get("grad_term"),
-                           "Hessian term ½λ_max·d²": r.get("hessian_term"), "bound": r.get("bound"),
-                           "measured excessive loss R(a)": r.get("excessive_loss"),
-                           "d = ‖θ̄ − θ*‖": r.get("weight_distance")} for g, r in theory[idx].items()])
-        st.dataframe(t, hide_index=True, key="why-theory", width="stretch")
+        st.markdown(widgets.escape_markdown(theory_reading(theory[idx])))
+        t = pd.DataFrame([{"group": g, "gradient term ‖g_a‖·d": _num(r.get("grad_term")),
+                           "curvature term ½λ_max·d²": _num(r.get("hessian_term")), "bound": _num(r.get("bound")),
+                           "measured excessive loss R(a)": _num(r.get("excessive_loss")),
+                           "d = ‖θ̄ − θ*‖": _num(r.get("weight_distance"))} for g, r in theory[idx].items()])
+        why_empty = f"{NOT_MEASURED}: not measured for this group (its λ_max or ‖g_a‖ could not be computed)."
+        st.dataframe(t, hide_index=True, key="why-theory", width="stretch", column_config={
+            "gradient term ‖g_a‖·d": st.column_config.TextColumn(help="‖g_a‖ times the distance d the pruning moved "
+                                                                  "the weights. " + why_empty),
+            "curvature term ½λ_max·d²": st.column_config.TextColumn(help="Half λ_max times d squared. " + why_empty),
+            "bound": st.column_config.TextColumn(help="The sum of the two terms: an upper limit on R(a) (without "
+                                                      "its third-order remainder). " + why_empty),
+            "measured excessive loss R(a)": st.column_config.TextColumn(help=plots.DEFINITIONS["excessive_loss"]),
+        })
 
     if not is_level:
         st.caption("Theorem 1's terms and the flipped samples are measured for the sparsity levels; for a compression "
@@ -181,7 +244,7 @@ with widgets.friendly_errors("Reading the diagnostics"):
         fl = flips[idx]
         st.markdown(f"#### Flipped samples at {name}: {fl.get('n_flips', 0)} flipped, {fl.get('n_fixed', 0)} fixed",
                     help=HELP["flips"])
-        t = pd.DataFrame([{"group": g, "flipped": r.get("n"), "fixed (wrong → right)": r.get("fixed"),
+        t = pd.DataFrame([{"group": g, "flipped": r.get("n") or 0, "fixed (wrong → right)": r.get("fixed") or 0,
                            "row indices (first ones)": ", ".join(map(str, (r.get("indices") or [])[:50]))}
                           for g, r in (fl.get("groups") or {}).items()])
         st.dataframe(t, hide_index=True, key="why-flips", width="stretch")

@@ -532,19 +532,21 @@ def mitigation_methods(section: Mapping) -> go.Figure:
 def diagnostic_dense_vs_level(dense: Mapping[str, Mapping[str, float | None]],
                               level: Mapping[str, Mapping[str, float | None]] | None, key: str, *,
                               level_name: str = "pruned", title: str = "") -> go.Figure:
-    """One diagnostic (``key`` of DIAG) per group: the dense model's bar beside the pruned level's."""
+    """One diagnostic (``key`` of DIAG) per group: the dense model's bar beside the pruned level's; the axis says
+    the figure in words (:data:`DIAG_PANELS`), not its field name."""
     groups = list(dense)
+    words = next((p[1] for p in DIAG_PANELS if p[0] == key), key.replace("_", " "))
     fig = go.Figure()
     series = [("dense", dense, UNRELIABLE_COLOR)] + ([(level_name, level, _PALETTE[0])] if level else [])
     for name, diag, color in series:
         vals = [(diag.get(g) or {}).get(key) for g in groups]
         fig.add_trace(go.Bar(y=groups, x=vals, orientation="h", name=name, marker_color=color,
-                             hovertext=[f"<b>{g}</b> · {name}<br>{key} = {v:.4g}" if v is not None
+                             hovertext=[f"<b>{g}</b> · {name}<br>{words} = {v:.4g}" if v is not None
                                         else f"{g} · {name}: not measured" for g, v in zip(groups, vals)],
                              hoverinfo="text"))
     fig.update_yaxes(type="category", autorange="reversed")
-    fig.update_xaxes(title_text=key)
-    fig = _layout(fig, title=title or key, height=140 + len(groups) * 26 * max(len(series), 1) + 40)
+    fig.update_xaxes(title_text=words)
+    fig = _layout(fig, title=title or words, height=140 + len(groups) * 26 * max(len(series), 1) + 40)
     fig.update_layout(barmode="group", legend=dict(orientation="h", yanchor="top", y=-0.25, x=0), margin=dict(b=100))
     return fig
 
@@ -560,10 +562,19 @@ def group_scatter(points: Mapping[str, tuple[float | None, float | None]], *, x_
         fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers+text", text=[g], textposition="top center", name=g,
                                  marker=dict(size=13, color=colors[g], line=dict(color="#000000", width=1)),
                                  hovertext=[f"<b>{g}</b><br>{x_title}: {x:.4g}<br>{y_title}: {y:.4g}"],
-                                 hoverinfo="text", showlegend=False))
+                                 hoverinfo="text", showlegend=False, cliponaxis=False))
+    # labels are drawn past the points: pad both axes so the outermost labels stay inside the plot
+    for axis, vals in (("x", [points[g][0] for g in groups]), ("y", [points[g][1] for g in groups])):
+        if vals:
+            lo, hi = min(vals), max(vals)
+            pad = (hi - lo) * 0.25 or abs(hi) * 0.25 or 1.0
+            top = 1.6 if axis == "y" else 1.0          # room above the highest point for its label
+            getattr(fig, f"update_{axis}axes")(range=[lo - pad, hi + top * pad])
     fig.update_xaxes(title_text=x_title)
     fig.update_yaxes(title_text=y_title)
-    return _layout(fig, title=title or f"{y_title} against {x_title}", height=380)
+    fig = _layout(fig, title=title or f"{y_title} against {x_title}", height=380)
+    fig.update_layout(margin=dict(l=70, r=50, t=70, b=60))
+    return fig
 
 
 def multipliers_over_time(section: Mapping) -> go.Figure:
