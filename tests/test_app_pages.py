@@ -492,3 +492,32 @@ def test_runs_table_says_why_a_figure_is_blank_and_marks_a_collapsed_model(timed
     assert t.loc["collapsed demo", "max violation (pts)"].endswith("⚠ at or below chance") == (
         v >= max(lv["fairness_violation"]["accuracy"] for lv in timed_result["levels"]))
     assert mit and audit
+
+
+def test_mitigate_shows_a_before_after_table_per_group(worker_calls):
+    """Issue 14 polish: per group, accuracy before (pruned, no repair), after the recommended method, change."""
+    def out(acc_a, acc_b, overall):
+        return {"overall": {"n": 100, "accuracy": overall}, "fairness_violation": {"accuracy": abs(acc_a - acc_b)},
+                "groups": {"a": {"n": 60, "accuracy": acc_a, "accuracy_drop": 0.9 - acc_a},
+                           "b": {"n": 40, "accuracy": acc_b, "accuracy_drop": 0.9 - acc_b}}}
+    sec = {"method": "constrained_loss", "sparsity": 0.9, "before": out(0.80, 0.60, 0.72),
+           "methods": {"constrained_loss": out(0.84, 0.79, 0.82), "plain": out(0.86, 0.62, 0.764)},
+           "dense": {"overall": {"accuracy": 0.9}, "groups": {"a": {"accuracy": 0.9}, "b": {"accuracy": 0.9}}},
+           "recommended": "constrained_loss", "n_eval": 100}
+    s = RunStore()
+    rid = s.create_run({"sparsity": 0.9, "demo": "mnist"}, kind="mitigate", title="m")
+    s.claim_next(worker_pid=0)
+    s.finish(rid, {"mitigation": sec})
+    at = open_page(new_app().run(), "pages_/mitigate.py")
+    assert_clean(at)
+    [table] = [d.value for d in at.dataframe if "change (points)" in d.value.columns]
+    assert list(table.columns) == ["group", "rows", "dense", "pruned, no repair", "after constrained_loss",
+                                   "change (points)"]
+    assert table.to_dict("records") == [
+        {"group": "overall", "rows": "100", "dense": "90.0%", "pruned, no repair": "72.0%",
+         "after constrained_loss": "82.0%", "change (points)": "+10.0"},
+        {"group": "a", "rows": "60", "dense": "90.0%", "pruned, no repair": "80.0%", "after constrained_loss": "84.0%",
+         "change (points)": "+4.0"},
+        {"group": "b", "rows": "40", "dense": "90.0%", "pruned, no repair": "60.0%", "after constrained_loss": "79.0%",
+         "change (points)": "+19.0"}]
+    assert any("Before and after, per group: constrained\\_loss at 90%" in m.value for m in at.markdown)

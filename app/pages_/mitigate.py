@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from app import result_view, widgets
 from fairprune.present import plots
 from fairprune.engine.mitigate import list_mitigations, recommend
+
+NOT_MEASURED = "—"
+
+
+def _pct(v) -> str:
+    return NOT_MEASURED if v is None else f"{100 * v:.1f}%"
+
+
+def _change(before, after, *, sign: int = 1) -> str:
+    if before is None or after is None:
+        return NOT_MEASURED
+    d = sign * 100 * (after - before)
+    return f"{d:+.1f}".replace("-", "−")
+
+
+def before_after(sec: dict, method: str) -> tuple[pd.DataFrame, str]:
+    """Per group (and overall), on the held-out rows: accuracy of the pruned model without repair, with ``method``,
+    and the change in points (or, for a result without accuracies, the accuracy drops); and a caption."""
+    after = ((sec.get("methods") or {}).get(method) or (sec.get("after") if method == sec.get("method") else None)
+             or {})
+    before = sec.get("before") or {}
+    dense = sec.get("dense") or {}
+    rows = []
+    names = list((before.get("groups") or {}) or (after.get("groups") or {}))
+    has_acc = any("accuracy" in ((before.get("groups") or {}).get(g) or {}) for g in names)
+    for g, b, a, d in ([("overall", before.get("overall") or {}, after.get("overall") or {}, dense.get("overall") or {})]
+                       + [(g, (before.get("groups") or {}).get(g) or {}, (after.get("groups") or {}).get(g) or {},
+                           (dense.get("groups") or {}).get(g) or {}) for g in names]):
+        if has_acc:
+            row = {"group": g, "rows": b.get("n") or a.get("n"), "dense": _pct(d.get("accuracy")),
+                   "pruned, no repair": _pct(b.get("accuracy")), f"after {method}": _pct(a.get("accuracy")),
+                   "change (points)": _change(b.get("accuracy"), a.get("accuracy"))}
+        else:
+            row = {"group": g, "rows": b.get("n") or a.get("n"), "drop, no repair": _pct(b.get("accuracy_drop")),
+                   f"drop after {method}": _pct(a.get("accuracy_drop")),
+                   "change (points)": _change(b.get("accuracy_drop"), a.get("accuracy_drop"), sign=-1)}
+        if g == "overall" and row.get("rows") is None:
+            row["rows"] = sum(((before.get("groups") or {}).get(x) or {}).get("n") or 0 for x in names) or None
+        rows.append(row)
+    t = pd.DataFrame(rows)
+    t["rows"] = [NOT_MEASURED if v is None or v != v else f"{int(v):,}" for v in t["rows"]]
+    what = ("accuracy on the held-out rows" if has_acc else "accuracy drop (dense − model) on the held-out rows")
+    return t, (f"{what.capitalize()}: the pruned model without repair, then with {method}. Change: positive means "
+               f"the repair gave the group back accuracy. {NOT_MEASURED}: not in this result.")
+
 
 LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
              "missing_group", "normalize", "train_data")
@@ -83,7 +129,14 @@ if mitigations:
                            f"on (a run from before selection rows were kept apart), so those figures flatter it. "
                            f"Run the mitigation again to choose on separate rows.", icon=":material/warning:")
             for w in sec.get("warnings") or []:
-                st.warning(widgets.plain(w))
+                st.warning(widgets.message(w))
+            shown = rec if rec in (sec.get("methods") or {}) else sec.get("method")
+            if shown and (sec.get("before") or {}).get("groups"):
+                table, caption = before_after(sec, shown)
+                st.markdown(f"#### Before and after, per group: {widgets.escape_markdown(shown)} at "
+                            f"{plots.sparsity_label(float(sec.get('sparsity') or run.spec.get('sparsity') or 0))}")
+                st.dataframe(table, hide_index=True, key="mit-before-after", width="stretch")
+                st.caption(caption)
             cols = st.columns(2, gap="large")
             with cols[0]:
                 result_view.chart(plots.mitigation_by_group(sec), key="mit-groups",
