@@ -166,7 +166,7 @@ NOT_FOR_DENSE = "— on the dense model's rows: it is the reference every drop i
 
 GROUP_COLUMNS = {
     "sparsity": st.column_config.TextColumn("sparsity", help=DEF["sparsity"] + " 'dense': the original model."),
-    "group": st.column_config.TextColumn("group", help="'(overall)' is the whole test set."),
+    "group": st.column_config.TextColumn("group", help="'(overall)' is the whole test set.", width="medium"),
     "n": st.column_config.NumberColumn("n", help=DEF["n"]),
     "accuracy %": st.column_config.NumberColumn("accuracy %", help=DEF["accuracy"], format="%.2f"),
     "drop (pts)": st.column_config.NumberColumn("drop (pts)", help=DEF["accuracy_drop"], format="%+.2f"),

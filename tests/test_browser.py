@@ -457,3 +457,104 @@ def test_runs_lists_every_kind_and_opens_a_search_on_its_page(server, page):
     _shows(page, "Search run", search)
     page.get_by_text("Recommended:").first.wait_for()
     no_exception(page)
+
+
+# ---- issue 14, items 6, 11, 12: Results opens with "What this means"; warnings where the numbers are; latency ----
+
+def _finished_with_warnings(home: Path, title: str) -> tuple[str, dict]:
+    """A real audit of the MNIST demo with every digit a group (10 groups) and latency timed, finished in the
+    store with the engine's own chance warning for its 90% level (chance 97% on these labels)."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from fairprune.engine.audit import AuditSpec, run_spec
+    from fairprune.engine.sanity import sanity_warnings
+    from fairprune.run.store import RunStore
+
+    spec = AuditSpec(sparsities=(0.5, 0.9), demo="mnist", group=("label",), latency=True)
+    res = run_spec(spec)
+    names = res.group_names
+    y = np.zeros(100, dtype=int)
+    y[:3] = 1
+    groups = np.array([names[i % len(names)] for i in range(100)], dtype=object)
+    models = [("50% sparsity", replace(res.levels[0].overall, accuracy=0.99)),
+              ("90% sparsity", replace(res.levels[1].overall, accuracy=0.10))]
+    d = res.to_dict()
+    d["warnings"] = sanity_warnings(y, groups, names, 10, replace(res.dense.overall, accuracy=0.99), models)
+    store = RunStore(home)
+    run_id = store.create_run(spec.to_dict(), title=title)
+    claimed = store.claim_next(worker_pid=0)
+    assert claimed is not None and claimed.id == run_id, "another worker took the run"
+    store.finish(run_id, d)
+    return run_id, d
+
+
+def test_results_open_with_what_this_means_and_warnings_beside_the_level(server, page):
+    url, home = server
+    run_id, d = _finished_with_warnings(home, "digits, timed, 90% collapsed")
+    page.goto(f"{url}/results?run={run_id}")
+    meaning = page.locator(".fp-meaning")
+    meaning.wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").nth(4).wait_for()
+    no_exception(page)
+    # "What this means" comes first: above the headline and every chart
+    y_meaning = meaning.bounding_box()["y"]
+    assert y_meaning < page.locator(".fp-headline").bounding_box()["y"]
+    assert y_meaning < page.locator(".js-plotly-plot").first.bounding_box()["y"]
+    assert "Read none of this as who pays for pruning: at 90% sparsity" in meaning.inner_text()
+    # the collapsed level's warning beside its headline (the 90% level is read first), not only in a list
+    warning = page.get_by_text("At 90% sparsity the model's accuracy (10.0%) is at or below chance").first
+    assert warning.is_visible()
+    assert "beyond chance" not in page.locator(".fp-headline").inner_text()
+    # latency: the median with its spread; masked levels labelled; no speed-up claimed inside the spread
+    assert page.get_by_text("no speed-up expected without sparse kernels").count() >= 2
+    chart_text = page.locator(".js-plotly-plot").nth(3).inner_text()
+    assert "unstructured / 2:4 levels: no speed-up expected without sparse kernels" in chart_text
+    assert "latency (ms per batch): median, 25th–75th percentile" in chart_text
+    # ten groups, ten distinct colours in the accuracy chart's legend
+    colours = page.evaluate("() => [...document.querySelectorAll('.js-plotly-plot')[0].querySelectorAll("
+                            "'.legend .traces .legendlines path')].map(p => p.style.stroke)")
+    assert len(set(colours)) >= 10, colours
+    screenshot(page, "results_meaning_warnings_latency.png")
+
+
+def test_runs_table_says_why_a_cell_is_blank(server, page):
+    from fairprune.run.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    rid = store.create_run({"sparsity": 0.9, "demo": "mnist", "method": "reweighted", "group": ["population"]},
+                           kind="mitigate", title="a repair waiting")
+    page.goto(f"{url}/runs")
+    page.get_by_text("Compare two audits", exact=True).wait_for()
+    page.locator('[role="gridcell"]', has_text="a repair waiting").first.wait_for(state="attached")
+    cells = page.locator('[role="gridcell"]').all_inner_texts()
+    assert "None" not in cells
+    assert any(c == "— (a mitigation: its finding is under 'found')" for c in cells), cells
+    no_exception(page)
+    screenshot(page, "runs_blank_cells.png")
+    store.delete(rid)
+
+
+def test_report_shows_latency_spread_and_warnings_beside_charts(server, browser, tmp_path):
+    from fairprune.core.result import AuditResult
+    from fairprune.present.report import render_html
+
+    _, home = server
+    _, d = _finished_with_warnings(home, "digits for the report")
+    out = tmp_path / "report.html"
+    out.write_text(render_html(AuditResult.from_dict(d)), encoding="utf-8")
+    pg = browser.new_context(viewport={"width": WIDTH, "height": 900}).new_page()
+    pg.goto(out.as_uri())
+    n = int(pg.get_attribute('meta[name="fairprune-charts"]', "content"))
+    pg.wait_for_function("n => document.querySelectorAll('.js-plotly-plot svg.main-svg').length >= n", arg=n,
+                         timeout=60_000)
+    fig = pg.locator("figure", has_text="Accuracy drop per group at 90% sparsity").first
+    assert "at or below chance" in fig.locator(".warnings").inner_text()
+    table = pg.locator("#footprint table").inner_text()
+    assert "no speed-up expected without sparse kernels" in table and " runs)" in table
+    ARTIFACTS.mkdir(exist_ok=True)
+    pg.wait_for_timeout(500)
+    pg.screenshot(path=str(ARTIFACTS / "report_latency_warnings.png"), full_page=True)
+    pg.context.close()

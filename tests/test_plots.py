@@ -155,10 +155,29 @@ def test_size_axis_labels_every_log_tick():
     assert plots.log_ticks([]) == ([], [])
 
 
+def _lab(hex_color: str) -> tuple[float, float, float]:
+    """sRGB hex -> CIELAB (D65)."""
+    rgb = [int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    r, g, b = [((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92 for c in rgb]
+    x, y, z = ((0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047, 0.2126 * r + 0.7152 * g + 0.0722 * b,
+               (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883)
+    f = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in (x, y, z)]
+    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+
+
 def test_group_colours_stay_distinct_with_many_groups():
+    import itertools
+    import math
+
     names = [f"g{i}" for i in range(40)]
     colours = plots.group_colors(names)
     assert len(set(colours.values())) == 40
+    # the first 16 (the palette) are as far apart as Okabe–Ito's own closest pair (CIELAB ΔE >= 20): the MNIST demo's
+    # ten digit groups once drew 3 and 6 in two near-identical greens (ΔE 2.6)
+    first = list(colours.values())[:16]
+    closest = min(math.dist(_lab(a), _lab(b)) for a, b in itertools.combinations(first, 2))
+    assert closest >= 20, closest
+    assert min(math.dist(_lab(c), _lab(plots.OVERALL_COLOR)) for c in first) >= 20
     assert colours["g0"] == "#0072B2"                                     # the colour-blind-safe palette first
     assert all(len(c) == 7 and c.startswith("#") for c in colours.values())
 
@@ -184,9 +203,14 @@ def test_latency_bars_carry_their_spread_and_claim_no_speed_up_they_cannot_show(
     assert list(lat.y) == [48.8, 31.7, 10.0]
     assert list(lat.error_y.array) == pytest.approx([24.1, 13.3, 0.5])
     assert list(lat.error_y.arrayminus) == pytest.approx([26.2, 10.9, 0.5])
-    assert list(lat.text) == ["48.8 ms", "31.7 ms (≈ dense)", "10 ms (-80%)"]
+    # a masked level faster than dense is the machine, not pruning: no percentage on its bar
+    assert list(lat.text) == ["48.8 ms", "31.7 ms (≈ dense)", "10 ms (load, not pruning)"]
     assert "no measurable difference from dense" in lat.hovertext[1] and NO_SPEEDUP in lat.hovertext[1]
-    assert "80% faster than dense" in lat.hovertext[2]
+    assert "80% faster than dense" in lat.hovertext[2] and "not pruning" in lat.hovertext[2]
+    # a compacted level can be faster: its bar says by how much
+    r = _timed(_result(), (20.0, 19.0, 21.0), {0.5: (15.0, 14.0, 16.0), 0.9: (13.0, 12.5, 13.5)}, timed="compacted")
+    assert list(_trace(plots.footprint_vs_sparsity(r), "latency (ms per batch)").text) == [
+        "20 ms", "15 ms (-25%)", "13 ms (-35%)"]
     notes = [a.text for a in fig.layout.annotations]
     assert f"unstructured / 2:4 levels: {NO_SPEEDUP}" in notes
     # structured levels are timed compacted: no such label

@@ -136,7 +136,9 @@ def test_latency_differs_only_beyond_the_spread():
     t = latencies(res)
     assert list(t) == [0.0, 0.5, 0.9] and t[0.0].iqr == (22.6, 72.9) and t[0.5].repeats == 20
     assert latency_reading(t[0.0], t[0.5]) == f"no measurable difference from dense (the spreads overlap); {NO_SPEEDUP}"
-    assert latency_reading(t[0.0], t[0.9]) == f"80% faster than dense (the spreads do not overlap); {NO_SPEEDUP}"
+    assert latency_reading(t[0.0], t[0.9]) == ("80% faster than dense (the spreads do not overlap): a masked level does "
+                                               "exactly the dense model's work, so this difference is the machine's "
+                                               f"load while timing, not pruning; {NO_SPEEDUP}")
     # a compacted (structured) level is not labelled: it can be faster
     res = _timed(_result(), (20.0, 19.0, 21.0), {0.5: (45.0, 44.0, 46.0), 0.9: (13.0, 12.5, 13.5)}, timed="compacted")
     t = latencies(res)

@@ -264,6 +264,9 @@ def latency_reading(dense: Latency, level: Latency) -> str:
         else:
             text = f"{r:.1f}x slower than dense" if r >= 2 else f"{r - 1:.0%} slower than dense"
         text += " (the spreads do not overlap)"
+        if level.no_speedup:
+            text += (": a masked level does exactly the dense model's work, so this difference is the machine's "
+                     "load while timing, not pruning")
     else:
         text = "no measurable difference from dense (the spreads overlap)"
     return f"{text}; {NO_SPEEDUP}" if level.no_speedup else text
