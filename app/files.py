@@ -137,7 +137,9 @@ def stage_upload(uploaded, slot: str) -> Path | None:
     try:
         check_upload_size(uploaded.name, int(uploaded.size))
     except InputError as err:
-        st.error(str(err), icon=":material/error:")
+        from app.widgets import message   # at use: widgets imports this module's callers
+
+        st.error(message(str(err)), icon=":material/error:")
         return None
     key = f"staged-{slot}"
     prev = st.session_state.get(key)

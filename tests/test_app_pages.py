@@ -485,8 +485,10 @@ def test_runs_table_says_why_a_figure_is_blank_and_marks_a_collapsed_model(timed
     assert_clean(at)
     t = at.dataframe[0].value.set_index("title")
     assert not t.isna().any().any() and not (t.astype(str) == "None").any().any()
-    assert t.loc["a search", "max violation (pts)"] == "— (a search: its finding is under 'found')"
-    assert t.loc["a repair", "its drop (pts)"] == "— (a mitigation: its finding is under 'found')"
+    assert t.loc["a search", "max violation (pts)"] == "— (not an audit)"
+    assert t.loc["a repair", "its drop (pts)"] == "— (not an audit)"
+    config = json.loads(at.dataframe[0].proto.columns)        # the column tooltips say why and what the unit is
+    assert "not an audit" in config["max violation (pts)"]["help"] and "can pass 100" in config["max violation (pts)"]["help"]
     v = timed_result["levels"][-1]["fairness_violation"]["accuracy"]
     assert t.loc["collapsed demo", "max violation (pts)"].startswith(f"{100 * max(lv['fairness_violation']['accuracy'] for lv in timed_result['levels']):.1f}")
     assert t.loc["collapsed demo", "max violation (pts)"].endswith("⚠ at or below chance") == (
@@ -521,3 +523,56 @@ def test_mitigate_shows_a_before_after_table_per_group(worker_calls):
         {"group": "b", "rows": "40", "dense": "90.0%", "pruned, no repair": "60.0%", "after constrained_loss": "79.0%",
          "change (points)": "+19.0"}]
     assert any("Before and after, per group: constrained\\_loss at 90%" in m.value for m in at.markdown)
+
+
+def _own_files_page():
+    at = open_page(new_app().run(), "pages_/data.py")
+    return at.radio(key="data-source").set_value("files").run()
+
+
+def test_data_page_messages_speak_widgets_and_hints_help(tmp_path, worker_calls):
+    """Leftovers of issue 14.9: a refused pickle gets the library's message without flags and a hint that says to
+    convert it (not 'choose the architecture'); '__init__' in a message stays as written (markdown escaped); the
+    arguments' example comes from the chosen architecture's registry entry."""
+    import torch
+    from safetensors.torch import save_file
+
+    from app.widgets import escape_markdown, plain
+    from fairprune.core.errors import InputError
+    from fairprune.zoo import load_model
+    from fairprune.zoo.archs import MLP
+
+    model = MLP(4, 3, hidden=(32, 16))
+    whole = tmp_path / "whole.pt"
+    torch.save(model, whole)
+    at = _own_files_page()
+    at.file_uploader(key="model-upload").set_value(("whole.pt", whole.read_bytes(), "application/octet-stream")).run()
+    assert_clean(at)
+    with pytest.raises(InputError) as err:
+        load_model(whole)
+    [shown] = [e.value for e in at.error]
+    assert shown == escape_markdown(plain(str(err.value).replace(str(whole), "whole.pt")))
+    assert "--arch" not in shown and "the 'Architecture' list on the Data & model page" in shown
+    hints = " ".join(c.value for c in at.caption)
+    assert "convert it where you trust it" in hints and "choose the architecture in the list" not in hints
+
+    weights = tmp_path / "mlp.safetensors"
+    save_file(model.state_dict(), str(weights))
+    at.file_uploader(key="model-upload").set_value(("mlp.safetensors", weights.read_bytes(), "application/octet-stream"))
+    at.selectbox(key="model-arch").set_value("mlp").run()
+    assert at.text_area(key="model-args").placeholder == "in_features=…\nhidden=64,32\ndropout=0.0"
+    at.text_area(key="model-args").set_value("in_features=4\nfoo=1").run()
+    [shown] = [e.value for e in at.error]
+    assert "MLP.\\_\\_init\\_\\_() got an unexpected keyword argument 'foo'" in shown, shown
+    at.selectbox(key="model-arch").set_value("resnet18").run()
+    assert at.text_area(key="model-args").placeholder == "none needed (any keyword torchvision accepts)"
+    assert "hidden=64,32" not in at.text_area(key="model-args").placeholder
+
+
+def test_next_step_is_a_button_that_opens_the_audit_page(worker_calls):
+    at = open_page(new_app().run(), "pages_/data.py")
+    assert_clean(at)
+    assert not [link for link in at.get("page_link") if "Next" in link.proto.label]
+    at.button(key="data-next-demo").click().run()
+    assert_clean(at)
+    assert at.button(key="audit-run").label == "Run the audit"

@@ -167,6 +167,8 @@ class ModelInfo:
     name: str
     parameters: int
     prunable_parameters: int
+    prunable_by_kind: dict[str, int] | None = None     # kind (linear, conv, attention, recurrent, embedding) -> n
+    prunable_definition: str | None = None             # which weights count as prunable, in words
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from ..data import GroupedDataset
 from ..core.errors import InputError
 from .evaluate import BatchSize, check_amp, check_model_fits, evaluate, level_precision, resolve_device
 from .metrics import accuracy_gap, compare, group_metrics
-from .prune import MaskedModel, get_method, iter_masks, prunable_parameters
+from .prune import PRUNABLE_DEFINITION, MaskedModel, get_method, iter_masks, prunable_by_kind, prunable_parameters
 from ..core.result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
 
 __all__ = ["InputSpec", "LOAD_KEYS", "AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress",
@@ -371,7 +371,8 @@ class Auditor:
         params = dict(self.module.named_parameters())
         return AuditResult(
             model=ModelInfo(model.name, sum(p.numel() for p in params.values()),
-                            sum(params[n].numel() for n in self.prunable)),
+                            sum(params[n].numel() for n in self.prunable), prunable_by_kind(self.module),
+                            PRUNABLE_DEFINITION),
             data=DataInfo(eval_data.name, eval_data.n, eval_data.group_sizes),
             config=AuditConfig(self.method, [lv.sparsity for lv in levels], self.finetune_epochs, self.seed,
                                str(self.device.type)),
