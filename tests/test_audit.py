@@ -83,7 +83,8 @@ def test_result_json_round_trip_and_schema_keys():
     d = json.loads(res.to_json())
     assert d["schema"] == SCHEMA
     assert set(d) >= {"schema", "model", "data", "config", "provenance", "dense", "levels"}
-    assert set(d["model"]) == {"name", "parameters", "prunable_parameters"}
+    assert set(d["model"]) == {"name", "parameters", "prunable_parameters", "prunable_by_kind", "prunable_definition"}
+    assert sum(d["model"]["prunable_by_kind"].values()) == d["model"]["prunable_parameters"]
     assert set(d["config"]) == {"method", "sparsities", "finetune_epochs", "seed", "device"}
     assert set(d["provenance"]) == {"fairprune_version", "torch_version", "model_sha256", "data_sha256",
                                     "label", "group_columns", "n_features"}

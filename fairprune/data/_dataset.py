@@ -45,7 +45,8 @@ class GroupedDataset:
     """A labelled, grouped dataset D = {(x_i, a_i, y_i)}.
 
     Attributes:
-        x: (N, ...) features. float32, or uint8 images (N, C, H, W) scaled to [0, 1] per batch.
+        x: (N, ...) features. float32; uint8 images (N, C, H, W) scaled to [0, 1] per batch; or int64 ids
+            (N, L) passed to the model unchanged (token ids for an ``nn.Embedding``).
         y: (N,) int64 class indices.
         group: (N,) object array of group keys (str). Intersectional keys are joined with ``' & '``.
         name: a short name for reports (file name or demo name).
@@ -141,8 +142,17 @@ class GroupedDataset:
         return self.subset(mask)
 
     # ---- batches -------------------------------------------------------------------------------
+    @property
+    def integer_inputs(self) -> bool:
+        """True when x holds integer ids (token ids, category codes) that reach the model as int64:
+        no scaling, no normalisation, and no gradient with respect to the input."""
+        return self.x.dtype == torch.int64
+
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
-        """Stored features -> model input: uint8 scaled to [0, 1], then optional normalisation."""
+        """Stored features -> model input: uint8 scaled to [0, 1], then optional normalisation; int64 ids
+        are returned unchanged (an ``nn.Embedding`` takes them as they are)."""
+        if x.dtype == torch.int64:
+            return x
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
         elif x.dtype != torch.float32:
@@ -154,9 +164,9 @@ class GroupedDataset:
         return x
 
     def rows(self, start: int, stop: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, y) of rows ``start:stop`` on ``device``; x is float32 model input. To a GPU the rows are
-        copied from pinned memory without blocking, in their stored dtype (uint8 images are 4x smaller
-        to move), and converted to float there."""
+        """(x, y) of rows ``start:stop`` on ``device``; x is model input (float32, or int64 ids). To a GPU
+        the rows are copied from pinned memory without blocking, in their stored dtype (uint8 images are 4x
+        smaller to move), and converted to float there."""
         device = torch.device(device)
         xb, yb = self.x[start:stop], self.y[start:stop]
         if device.type == "cuda":
@@ -167,6 +177,6 @@ class GroupedDataset:
         return self.to_float(xb), yb
 
     def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) batches on ``device`` in row order; x is float32 model input."""
+        """Yield (x, y) batches on ``device`` in row order; x is model input (float32, or int64 ids)."""
         for start in range(0, self.n, batch_size):
             yield self.rows(start, start + batch_size, device)

@@ -4,8 +4,10 @@ Arrays: ``x`` (N, ...) features, ``y`` (N,) integer class indices, ``group`` (N,
 ``class_names`` and ``group_names`` (str, index-aligned: an int ``group`` is mapped through ``group_names``),
 ``feature_names`` (for a 2-D ``x``) and ``split`` (``'train'``/``'test'``).
 
-``x`` is kept as float32, except a uint8 ``x``, which is kept as uint8 and read as images: scaled by 1/255
-to [0, 1] one batch at a time (see ``GroupedDataset.to_float``). A 1-D ``x`` is one feature per sample,
+``x`` keeps its kind: a float (or bool) ``x`` becomes float32; a uint8 ``x`` is kept as uint8 and read as
+images: scaled by 1/255 to [0, 1] one batch at a time (see ``GroupedDataset.to_float``); any other integer
+``x`` (int8..int64, uint16..uint64) is kept as int64 and reaches the model as int64, unscaled: token ids
+(N, L) for an ``nn.Embedding``, or category codes. ``normalize`` is refused for integer ids. A 1-D ``x`` is one feature per sample,
 (N, 1). Arrays are loaded with ``allow_pickle=False``: an object array is refused, since loading it
 would unpickle, that is, run code from the file. Store strings as a fixed-width unicode array
 (``np.array(names, dtype=str)``).
@@ -49,6 +51,10 @@ NPZ_LENGTHS = "{file}: expected arrays of the same length along the first axis; 
 NPZ_SHAPE = "{file}: expected array {key!r} of shape {expected}, found shape {shape}"
 NPZ_EMPTY = "{file}: expected at least one sample, found arrays of length 0 ({lengths})"
 NPZ_DTYPE = "{file}: expected array {key!r} to hold {expected}, found dtype {dtype}"
+NPZ_IDS_NORMALIZE = (
+    "{file}: normalize applies to float features and uint8 images; array 'x' holds integers ({dtype}), which "
+    "reach the model unchanged as int64 (token ids); drop the normalization, or store x as float32"
+)
 NONFINITE_X = "{file}: array 'x' must hold finite numbers; found NaN or inf in {n} sample(s) ({where})"
 GROUP_NAME_INDEX = (
     "{file}: array {key!r} indexes into 'group_names' ({k} names), so it must hold 0..{last}; found {values}"
@@ -134,6 +140,7 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         return _where(rows[idx])
 
     y = as_class_indices(y, file=file, field=f"array {label_key!r}", where=where)
+    x_dtype = x.dtype
     if class_names is not None:
         _check_index(y, len(class_names), CLASS_NAME_INDEX, key=label_key, file=file, where=where)
     for k, v in group_arrays.items():
@@ -141,6 +148,8 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
                                         where=where)
     keys = join_groups([y if k == label_key else group_arrays[k] for k in group_keys])
     x = _features(x, file=file, where=where)
+    if normalize is not None and x.dtype == np.int64:
+        raise InputError(NPZ_IDS_NORMALIZE.format(file=file, dtype=x_dtype))
     if feature_names is not None and (x.ndim != 2 or len(feature_names) != x.shape[1]):
         raise InputError(NPZ_SHAPE.format(file=file, key="feature_names", expected=f"({x.shape[-1]},) for x of shape "
                                           f"{tuple(x.shape)}", shape=(len(feature_names),)))
@@ -222,13 +231,20 @@ def _name_groups(ints: np.ndarray, names, key: str, file: str, where) -> np.ndar
 
 
 def _features(x: np.ndarray, *, file: str, where) -> np.ndarray:
-    """uint8 stays uint8 (images); other numbers become float32; NaN/inf are refused."""
+    """uint8 stays uint8 (images); other integers become int64 (token ids, category codes: what
+    ``nn.Embedding`` takes); floats and booleans become float32; NaN/inf are refused."""
     if x.dtype.kind not in "iubf":
         raise InputError(NPZ_DTYPE.format(file=file, key="x", expected="numbers", dtype=x.dtype))
     if x.ndim == 1:
         x = x[:, None]
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
+    if x.dtype.kind in "iu":
+        if x.dtype == np.uint64 and x.size and int(x.max()) > np.iinfo(np.int64).max:
+            big = np.flatnonzero((x.reshape(len(x), -1) > np.iinfo(np.int64).max).any(axis=1))
+            raise InputError(NPZ_DTYPE.format(file=file, key="x", expected="integers that fit in int64 (token ids)",
+                                              dtype=f"uint64 with values above 2**63 - 1 ({where(big)})"))
+        return np.ascontiguousarray(x, dtype=np.int64)
     with np.errstate(over="ignore"):
         x = np.ascontiguousarray(x, dtype=np.float32)
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)

@@ -130,12 +130,23 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
         want = f" (the model expects per-sample input {tuple(model.input_shape)})" if getattr(model, "input_shape", None) else ""
         raise InputError(
             f"the model cannot run on {data.name}: its features have per-sample shape {data.feature_shape}{want}; "
-            f"the model said: {first}"
+            f"the model said: {first}{_dtype_hint(x, first)}"
         ) from err
     k = out.shape[1]
     if k > 1 and torch.allclose(out.float().sum(1), torch.ones(out.shape[0], device=out.device), atol=1e-4) and bool((out >= 0).all()):
         warnings.warn(OUTPUTS_ARE_PROBABILITIES, stacklevel=2)
     return k
+
+
+def _dtype_hint(x: torch.Tensor, said: str) -> str:
+    """Why a model may have failed on the input's dtype: ids given where numbers are wanted, or the reverse."""
+    if x.dtype == torch.int64:
+        return ("; the features are integers, which reach the model as int64 ids (for an nn.Embedding); "
+                "a model that takes numbers needs x stored as float32")
+    if "indices" in said or "Long, Int" in said:
+        return (f"; the features reach the model as {str(x.dtype).removeprefix('torch.')}: a model that takes "
+                "token ids needs x stored as integers (int64), which are passed unchanged")
+    return ""
 
 
 class BatchSize:

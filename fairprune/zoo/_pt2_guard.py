@@ -93,7 +93,14 @@ _OPERATORS_EXPECTED = ("torch.ops.aten / torch.ops.prims overloads, torch.ops.hi
                        "wrap_with_autocast, invoke_subgraph, out_dtype} or symbolic-shape arithmetic")
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FQN = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*(@\d+)?")
+# A dotted attribute path as torch writes it: one segment per submodule name, and nn.Module accepts any
+# name without a '.' (torchvision's RegNet names blocks 'block1-0'). FX generates code for a segment
+# that is not an identifier as getattr(self, "<segment>"), a double-quoted string literal, so a quote,
+# a backslash or a control character could end that literal and inject code: those are refused, so is
+# whitespace (no torch or torchvision name holds any). FQNs never become file paths (path_name does, and
+# must be weight_<n> / tensor_<n>), so '/' and '..' reach no file system here.
+_FQN_SEGMENT = r"[^.\s\"'\\\x00-\x1f\x7f]+"
+_FQN = re.compile(rf"{_FQN_SEGMENT}(\.{_FQN_SEGMENT})*(@\d+)?")
 _FQN_KEYS = frozenset({"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name",
                        "fqn", "user_input_name"})
 _SPEC_TYPES = frozenset({None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"})

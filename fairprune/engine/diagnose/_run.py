@@ -41,6 +41,14 @@ DIAG_KEYS = ("grad_norm_mean", "group_grad_norm", "hessian_max_eig", "hessian_ma
              "boundary_distance_mean")
 #: the start of the per-sample gradient norms' fallback warning (kept in ModelDiagnostics.warnings)
 GRADNORM_WARNING = "per-sample gradient norms"
+#: Why the input-space boundary distance is refused on integer inputs (token ids).
+BOUNDARY_NEEDS_FLOATS = (
+    "{name}: the boundary distance (--boundary) moves each input a small step in the direction that changes the "
+    "prediction, which needs continuous inputs; its x holds integer ids ({dtype}: token ids or category codes), "
+    "which have no such step and no input gradient; run without --boundary (margins and gradient norms are "
+    "still computed)"
+)
+
 #: the per-sample CSV's columns (``boundary_distance`` appended where computed)
 SAMPLE_COLUMNS = ("index", "group", "label", "pred", "loss", "grad_norm", "margin")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -224,6 +232,8 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     if not isinstance(model, LoadedModel):
         model = LoadedModel.from_module(model, name=type(model).__name__)
     cfg = config or DiagnosticsConfig()
+    if cfg.boundary and getattr(data, "integer_inputs", False):
+        raise InputError(BOUNDARY_NEEDS_FLOATS.format(name=data.name, dtype=str(data.x.dtype).removeprefix("torch.")))
     seed = cfg.seed if cfg.seed is not None else seed
     device = torch.device(device)
     step = step or (lambda msg: None)

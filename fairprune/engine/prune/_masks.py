@@ -8,32 +8,124 @@ directly, so ``torch.nn.utils.prune``'s forward-pre-hooks would never fire there
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["prunable_parameters", "MaskedModel", "classifier_parameter"]
+__all__ = ["prunable_parameters", "prunable_kinds", "prunable_by_kind", "PRUNABLE_DEFINITION", "PRUNABLE_KINDS",
+           "MaskedModel", "classifier_parameter"]
 
 _PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
+#: The layer kinds a prunable weight belongs to, in the order results list them.
+PRUNABLE_KINDS = ("linear", "conv", "attention", "recurrent", "embedding")
 
-def prunable_parameters(module: nn.Module) -> dict[str, nn.Parameter]:
-    """Name -> parameter for every prunable weight: conv and linear weight tensors (dim >= 2).
+#: The one definition of "prunable", for an nn.Module and a .pt2 program alike (stated in every result).
+PRUNABLE_DEFINITION = (
+    "weight tensors (dim >= 2) of linear and conv layers, attention projections (in_proj_weight, "
+    "q/k/v_proj_weight, out_proj.weight) and recurrent layers (weight_ih_l*, weight_hh_l*); biases, "
+    "normalisation parameters and learned tokens/position tables are kept; nn.Embedding tables are kept "
+    "unless embeddings are included"
+)
 
-    Biases and normalisation parameters are kept, as in the paper. Modules without ``nn.Linear`` /
-    ``nn.Conv*`` objects (a ``.pt2`` program's graph module, TorchScript) fall back to every
-    trainable ``*weight`` parameter with two or more dimensions.
+_ATTENTION = re.compile(r"(in_proj_weight|[qkv]_proj_weight)")
+_RECURRENT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?")
+# Layer classes by name: TorchScript modules keep theirs as ``original_name``.
+_CLASS_KIND = {"Linear": "linear", "NonDynamicallyQuantizableLinear": "linear", "Conv1d": "conv", "Conv2d": "conv",
+               "Conv3d": "conv", "Embedding": "embedding"}
+# What a .pt2 graph does with a weight: the first aten op reading it (through transposes and views).
+_OP_KIND = {"linear": "linear", "addmm": "linear", "mm": "linear", "matmul": "linear", "convolution": "conv",
+            "conv1d": "conv", "conv2d": "conv", "conv3d": "conv", "embedding": "embedding"}
+_PASS_THROUGH = {"t", "permute", "transpose", "view", "reshape", "_to_copy", "to", "contiguous", "alias", "detach"}
+
+
+def _graph_kinds(module: nn.Module) -> dict[str, str]:
+    """Parameter name -> kind, from what the graphs inside ``module`` (a loaded .pt2 program) do with it."""
+    out: dict[str, str] = {}
+    for prefix, sub in module.named_modules():
+        graph = getattr(sub, "graph", None)
+        if not isinstance(graph, torch.fx.Graph):
+            continue
+        for node in graph.nodes:
+            if node.op != "get_attr":
+                continue
+            kind, frontier = None, list(node.users)
+            for _ in range(4):                      # through at most a few transposes / views
+                nxt = []
+                for user in frontier:
+                    op = getattr(getattr(user.target, "_overloadpacket", None), "__name__", "")
+                    if op in _OP_KIND:
+                        kind = _OP_KIND[op]
+                        break
+                    if op in _PASS_THROUGH:
+                        nxt.extend(user.users)
+                if kind or not nxt:
+                    break
+                frontier = nxt
+            if kind:
+                out[f"{prefix}.{node.target}" if prefix else str(node.target)] = kind
+    return out
+
+
+def prunable_kinds(module: nn.Module, *, embeddings: bool = False) -> dict[str, str]:
+    """Name -> layer kind (see :data:`PRUNABLE_KINDS`) of every prunable weight, in ``named_parameters`` order.
+
+    One definition (:data:`PRUNABLE_DEFINITION`) for every way a model arrives: the kind comes from the
+    layer owning the parameter (``nn.Linear``, ``nn.Conv*``, ``nn.MultiheadAttention``, ``nn.LSTM``/``GRU``/
+    ``RNN``, ``nn.Embedding``; a TorchScript module's ``original_name``), else from the parameter's name
+    (attention and recurrent weights keep torch's names in a ``.pt2`` program), else from the op a
+    ``.pt2`` graph feeds it to (linear/addmm/matmul, convolution, embedding). ``embeddings``: include
+    ``nn.Embedding`` tables (left out by default, as the paper prunes conv and linear weights).
     """
-    typed = {
-        f"{mname}.weight" if mname else "weight": m.weight
-        for mname, m in module.named_modules()
-        if isinstance(m, _PRUNABLE_TYPES) and isinstance(getattr(m, "weight", None), torch.Tensor)
-    }
-    if typed:
-        # keep named_parameters order (deterministic, matches state_dict)
-        return {n: p for n, p in module.named_parameters() if n in typed}
-    return {n: p for n, p in module.named_parameters() if p.dim() >= 2 and n.rsplit(".", 1)[-1].endswith("weight")}
+    owners = dict(module.named_modules())
+    graph = None
+    out: dict[str, str] = {}
+    for name, p in module.named_parameters():
+        if p.dim() < 2:
+            continue
+        owner_name, _, leaf = name.rpartition(".")
+        owner = owners.get(owner_name)
+        cls = getattr(owner, "original_name", None) or type(owner).__name__
+        if _ATTENTION.fullmatch(leaf) or name == "out_proj.weight" or name.endswith(".out_proj.weight"):
+            kind = "attention"
+        elif _RECURRENT.fullmatch(leaf):
+            kind = "recurrent"
+        elif leaf != "weight":
+            continue
+        elif isinstance(owner, _PRUNABLE_TYPES):
+            kind = "conv" if isinstance(owner, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) else "linear"
+        elif isinstance(owner, nn.Embedding) or cls in _CLASS_KIND:
+            kind = _CLASS_KIND.get(cls, "embedding")
+        else:
+            if graph is None:
+                graph = _graph_kinds(module)
+            kind = graph.get(name)
+            if kind is None:
+                continue
+        if kind == "embedding" and not embeddings:
+            continue
+        out[name] = kind
+    return out
+
+
+def prunable_parameters(module: nn.Module, *, embeddings: bool = False) -> dict[str, nn.Parameter]:
+    """Name -> parameter for every prunable weight (:func:`prunable_kinds`; :data:`PRUNABLE_DEFINITION`).
+
+    Biases and normalisation parameters are kept, as in the paper.
+    """
+    kinds = prunable_kinds(module, embeddings=embeddings)
+    return {n: p for n, p in module.named_parameters() if n in kinds}
+
+
+def prunable_by_kind(module: nn.Module, *, embeddings: bool = False) -> dict[str, int]:
+    """Number of prunable weights per layer kind (every kind in :data:`PRUNABLE_KINDS`, zeros included)."""
+    params = dict(module.named_parameters())
+    counts = dict.fromkeys(PRUNABLE_KINDS, 0)
+    for name, kind in prunable_kinds(module, embeddings=embeddings).items():
+        counts[kind] += params[name].numel()
+    return counts
 
 
 def classifier_parameter(module: nn.Module, example_input: torch.Tensor) -> str | None:
