@@ -196,6 +196,7 @@ class Provenance:
     label: str
     group_columns: list[str]
     n_features: int
+    preprocessing: list[str] | None = None   # images: the steps from file to model input, as text
 
 
 _KNOWN = {"schema", "model", "data", "config", "provenance", "dense", "levels", "warnings"}
@@ -259,7 +260,8 @@ class AuditResult:
             "model": asdict(self.model),
             "data": asdict(self.data),
             "config": asdict(self.config),
-            "provenance": asdict(self.provenance),
+            "provenance": {k: v for k, v in asdict(self.provenance).items()
+                           if not (k == "preprocessing" and v is None)},
             "dense": self.dense.to_dict(),
             "levels": [lv.to_dict() for lv in self.levels],
         }

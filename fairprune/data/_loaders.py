@@ -4,7 +4,9 @@ Formats (see each loader's module for the details):
 
 - ``.csv`` / ``.csv.gz``: a table, one row per sample (``_csv.py``);
 - ``.npz``: NumPy arrays ``x``, ``y``, ``group`` (``_npz.py``);
-- ``.zip``: images and a ``metadata.csv`` naming them (``_imagezip.py``).
+- ``.zip``: images, named by a ``metadata.csv`` or in class subfolders ``<label>/<image>`` (``_imagezip.py``);
+- a folder of images (class subfolders or a ``metadata.csv``), or a ``.csv`` whose ``path`` column names
+  images relative to it (``_imagefolder.py``): images of any size, resized and cropped as asked.
 
 Options are checked before the file is opened, so a typo in an option fails fast.
 """
@@ -27,8 +29,10 @@ FORMATS = {
     ".csv": "a table: label, group and feature columns",
     ".csv.gz": "a gzip-compressed table",
     ".npz": "NumPy arrays x, y, group",
-    ".zip": "images named by a metadata.csv",
+    ".zip": "images named by a metadata.csv, or in class subfolders",
 }
+#: What else --data may be: a folder (no ending).
+FOLDER = "a folder of images (class subfolders <label>/<image>, or a metadata.csv)"
 #: ending -> (module, loader): imported when a file of that kind is read, so reading an NPZ never pays for pandas
 #: (tables) or PIL (images).
 _LOADERS = {".csv": ("_csv", "load_csv"), ".csv.gz": ("_csv", "load_csv"), ".npz": ("_npz", "load_npz"),
@@ -41,7 +45,7 @@ def _loader(suffix: str):
     module, name = _LOADERS[suffix]
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
-UNKNOWN_FORMAT = "{file}: expected a data file ending in {formats}; found {suffix}"
+UNKNOWN_FORMAT = "{file}: expected a data file ending in {formats}, or " + FOLDER + "; found {suffix}"
 NOT_FOUND = "{file}: expected a data file at {path}, found {found}"
 CSV_ONLY = "{file}: {option} applies to CSV files only; found a {suffix} file (its inputs are not named columns)"
 BAD_OPTION = "{option}: expected {expected}, found {found!r}"
@@ -62,11 +66,15 @@ def load_dataset(
     normalize: str | None = None,
     name: str | None = None,
     max_uncompressed_bytes: int = 4 << 30,
+    resize: int | None = None,
+    crop: int | str | tuple[int, int] | None = None,
+    transforms: str | None = None,
 ) -> GroupedDataset:
     """Read a dataset file into a GroupedDataset D = {(x_i, a_i, y_i)}.
 
     Args:
-        path: a ``.csv``/``.csv.gz``, ``.npz`` or ``.zip`` (images) file.
+        path: a ``.csv``/``.csv.gz``, ``.npz`` or ``.zip`` (images) file, or a folder of images. A ``.csv``
+            whose ``path`` column names image files is an image set (paths relative to the CSV's folder).
         label: the label column (CSV, metadata.csv) or array (NPZ; ``'label'`` means the array ``y``).
             Labels are integer class indices; 1.0 counts as 1.
         group: the group column(s); several make intersectional keys joined with ``' & '`` in the given
@@ -78,11 +86,17 @@ def load_dataset(
         normalize: ``None``, ``'imagenet'``, ``'MEAN,STD'`` (every channel) or ``'M1,M2,M3;S1,S2,S3'``:
             per-channel (dim 1 of x) normalisation applied to each batch after scaling to [0, 1].
         name: the dataset's name in reports (default: the file's name).
-        max_uncompressed_bytes: archives (``.zip``, ``.npz``, ``.csv.gz``) that expand past this are refused.
+        max_uncompressed_bytes: archives (``.zip``, ``.npz``, ``.csv.gz``) that expand past this are refused,
+            and so are image sets whose decoded pixels would.
+        resize: images only: the shorter side resized to this many pixels (``--resize``).
+        crop: images only: centre crop to N x N or (H, W) / ``'H,W'`` (``--crop``).
+        transforms: images only: a torchvision weights entry (``'ResNet50_Weights.IMAGENET1K_V2'``) whose
+            ``transforms()`` preset (resize, crop, mean/std) is applied; not with resize, crop or normalize.
 
     Returns:
         GroupedDataset with x (N, F) float32 for tables, (N, ...) float32 or uint8 for NPZ, uint8
-        (N, C, H, W) for images; ``sha256`` is the SHA-256 of the file's bytes.
+        (N, C, H, W) for images (an ``ImageSet``, whose ``preprocessing`` lists the steps as text);
+        ``sha256`` is the SHA-256 of the file's bytes (of a folder or image CSV: of the names and bytes read).
 
     Raises:
         InputError: naming the file, the column/array/option, what was expected and what was found.
@@ -104,7 +118,20 @@ def load_dataset(
         raise InputError(BAD_OPTION.format(option="max_uncompressed_bytes", expected="a positive number of bytes",
                                            found=max_uncompressed_bytes))
 
+    pre = None
+    if resize is not None or crop is not None or transforms is not None:
+        from ._imagefolder import parse_preprocess
+
+        pre = parse_preprocess(resize, crop, transforms, normalize)
+
     path = Path(path)
+    common = dict(label=label, groups=groups, missing_group=missing_group, normalize=stats, name=name,
+                  max_uncompressed_bytes=max_uncompressed_bytes)
+    if path.is_dir():
+        _no_table_options(path.name + "/", "folder", features, ignore)
+        from ._imagefolder import load_image_folder
+
+        return load_image_folder(path, pre=pre, **common)
     file = path.name
     lower = file.lower()
     suffix = next((s for s in sorted(FORMATS, key=len, reverse=True) if lower.endswith(s)), None)
@@ -115,14 +142,49 @@ def load_dataset(
     if not path.is_file():
         found = "a directory" if path.is_dir() else "nothing there"
         raise InputError(NOT_FOUND.format(file=file, path=str(path), found=found))
-    common = dict(label=label, groups=groups, missing_group=missing_group, normalize=stats, name=name,
-                  max_uncompressed_bytes=max_uncompressed_bytes)
+    if suffix == ".csv" and _names_images(path):
+        _no_table_options(file, "CSV of image paths", features, ignore)
+        from ._imagefolder import load_image_csv
+
+        return load_image_csv(path, pre=pre, **common)
+    if pre is not None and suffix != ".zip":
+        from ._imagefolder import IMAGES_ONLY
+
+        option = "--transforms" if transforms is not None else "--resize" if resize is not None else "--crop"
+        raise InputError(IMAGES_ONLY.format(file=file, option=option, kind=f"{suffix} file"))
     if _LOADERS[suffix][0] == "_csv":
         return _loader(suffix)(path, features=features, ignore=ignore, **common)
     for option, value in (("features (--features)", features), ("ignore (--ignore)", ignore)):
         if value is not None:
             raise InputError(CSV_ONLY.format(file=file, option=option, suffix=suffix))
+    if suffix == ".zip":
+        return _loader(suffix)(path, pre=pre, **common)
     return _loader(suffix)(path, **common)
+
+
+def _no_table_options(file: str, kind: str, features, ignore) -> None:
+    for option, value in (("features (--features)", features), ("ignore (--ignore)", ignore)):
+        if value is not None:
+            raise InputError(CSV_ONLY.format(file=file, option=option, suffix=kind))
+
+
+def _names_images(path: Path) -> bool:
+    """A CSV whose header has a ``path`` column and whose first row's path ends in an image ending."""
+    import csv
+
+    from ._imagefolder import IMAGE_SUFFIXES
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = csv.reader(f)
+            header = next(rows, None)
+            first = next(rows, None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    if not header or not first or "path" not in [h.strip() for h in header]:
+        return False
+    i = [h.strip() for h in header].index("path")
+    return i < len(first) and first[i].strip().lower().endswith(IMAGE_SUFFIXES)
 
 
 def validate_labels(data: GroupedDataset, num_outputs: int, *, source: str) -> None:
@@ -167,6 +229,8 @@ def columns(path: str | Path) -> list[str]:
     p = Path(path)
     name = p.name.lower()
     try:
+        if name.endswith(".csv") and _names_images(p):
+            return [str(c) for c in pd.read_csv(p, nrows=0).columns if c != "path"]
         if name.endswith((".csv", ".csv.gz")):
             return [str(c) for c in pd.read_csv(p, nrows=0).columns]
         if name.endswith(".npz"):
@@ -174,9 +238,15 @@ def columns(path: str | Path) -> list[str]:
             with np.load(p, allow_pickle=False) as z:
                 keys = [k for k in z.files if k not in _NPZ_NOT_COLUMNS]
             return ["label"] + [k for k in keys if k != "y"]
+        if p.is_dir():
+            meta = p / "metadata.csv"
+            return [str(c) for c in pd.read_csv(meta, nrows=0).columns if c != "path"] if meta.is_file() \
+                else ["label"]
         if name.endswith(".zip"):
             with open_zip(p, file=p.name, what="images and a metadata.csv") as zf:
                 meta = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "metadata.csv"]
+                if not meta:
+                    return ["label"]     # class subfolders: the class is the only column
                 if len(meta) != 1:
                     return []
                 with zf.open(meta[0]) as f:

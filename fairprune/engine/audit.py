@@ -59,6 +59,9 @@ class InputSpec:
     missing_group: str = "error"
     normalize: str | None = None
     train_data: str | None = None
+    resize: int | None = None          # images: shorter side to N (--resize)
+    crop: str | None = None            # images: centre crop 'N' or 'H,W' (--crop)
+    transforms: str | None = None      # images: a torchvision weights entry's preset (--transforms)
 
 
 #: the loading keys of every stored spec (InputSpec's fields)
@@ -125,7 +128,8 @@ def _load(spec: InputSpec, path: str) -> GroupedDataset:
     from ..data import load_dataset
 
     return load_dataset(path, label=spec.label, group=spec.group, features=spec.features, ignore=spec.ignore,
-                        missing_group=spec.missing_group, normalize=spec.normalize)
+                        missing_group=spec.missing_group, normalize=spec.normalize, resize=spec.resize,
+                        crop=spec.crop, transforms=spec.transforms)
 
 
 def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
@@ -377,7 +381,8 @@ class Auditor:
             config=AuditConfig(self.method, [lv.sparsity for lv in levels], self.finetune_epochs, self.seed,
                                str(self.device.type)),
             provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
-                                  list(data.group_columns), eval_data.n_features),
+                                  list(data.group_columns), eval_data.n_features,
+                                  list(getattr(data, "preprocessing", ())) or None),
             dense=self.dense, levels=levels, warnings=list(self.warnings) + self._sanity(levels, variants),
             sections=self._sections(levels, variants),
         )

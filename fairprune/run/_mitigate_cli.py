@@ -39,6 +39,7 @@ def spec_from_args(args) -> MitigationSpec:
         group=tuple(args.group) if args.group else ("group",),
         features=tuple(args.features) if args.features else None, ignore=tuple(args.ignore) if args.ignore else None,
         missing_group=args.missing_group, normalize=args.normalize, train_data=args.train_data,
+        resize=args.resize, crop=args.crop, transforms=args.transforms,
     )
 
 

@@ -30,7 +30,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help="architecture name for bare weights (see `fairprune models`)")
     g.add_argument("--num-classes", type=int, help="number of classes for --arch")
     g.add_argument("--arch-arg", action="append", default=[], metavar="KEY=VALUE", help="further architecture argument (repeatable)")
-    g.add_argument("--data", help="dataset: .csv, .npz or image .zip")
+    g.add_argument("--data", help="dataset: .csv, .npz, image .zip or image folder (class subfolders or a metadata.csv)")
     g.add_argument("--label", default="label", help="label column (default: label)")
     g.add_argument("--group", action="append", metavar="COL",
                    help="group column (default: group); repeat for intersectional groups; `label` makes the class the group")
@@ -39,6 +39,11 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--missing-group", choices=["error", "drop", "category"], default="error",
                    help="rows with no group value: error (default), drop them, or group them as 'missing'")
     g.add_argument("--normalize", metavar="imagenet|MEAN,STD", help="normalise images after scaling to [0, 1]")
+    g.add_argument("--resize", type=int, metavar="N", help="images: resize the shorter side to N pixels (bilinear, antialiased)")
+    g.add_argument("--crop", metavar="N|H,W", help="images: centre crop to N x N or H x W pixels (after --resize)")
+    g.add_argument("--transforms", metavar="NAME",
+                   help="images: a torchvision weights entry, e.g. ResNet50_Weights.IMAGENET1K_V2, whose transforms() "
+                        "preset (resize, crop, normalisation) is applied; nothing is downloaded")
     g.add_argument("--train-data", help="rows for fine-tuning (otherwise the data's split column)")
     g.add_argument("--demo", help="a built-in demo supplies model and data (`fairprune demo` lists them)")
     r = p.add_argument_group("run")
@@ -113,6 +118,7 @@ def _spec(args, **extra):
         num_classes=args.num_classes, arch_args=parse_arch_args(args.arch_arg), label=args.label, group=group,
         features=tuple(args.features) if args.features else None, ignore=tuple(args.ignore) if args.ignore else None,
         missing_group=args.missing_group, normalize=args.normalize, method=args.method,
+        resize=args.resize, crop=args.crop, transforms=args.transforms,
         train_data=args.train_data, seed=args.seed, device=args.device, batch_size=args.batch_size, amp=args.amp, **extra,
     )
 
@@ -171,6 +177,8 @@ def cmd_audit(args) -> int:
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if not args.quiet:
+        for step in result.provenance.preprocessing or ():
+            print(f"preprocessing: {step}")
         print(text_table(result))
         print(headline(result))
         print(f"wrote {args.out}")
