@@ -82,8 +82,7 @@ def inputs_of(run) -> str:
 def why_blank(run) -> str:
     """Why an audit's figures are blank ("—") for this run: they belong to finished audits only."""
     if run.kind != "audit":
-        return {"search": "— (a search: its finding is under 'found')",
-                "mitigate": "— (a mitigation: its finding is under 'found')"}.get(run.kind, "—")
+        return "— (not an audit)"
     return "—" if run.status == "done" else f"— ({run.status})"
 
 
@@ -126,13 +125,16 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="runs-tab
              "in percentage points: the largest group drop minus the smallest, where a gain counts as a negative "
              "drop, so it can pass 100 (one group loses 90 points while another gains 11.5: 101.5). ⚠ at or below "
              "chance: the model it comes from is at or below chance (the sanity check's warning), so the figure "
-             "describes a broken model. — for searches and mitigations (see 'found') and unfinished runs. "
+             "describes a broken model. — (not an audit): searches and mitigations, whose finding is under 'found'; "
+             "— (queued), (running), (failed): the audit has no figures yet. "
              + DEFINITIONS["fairness_violation_accuracy"]),
     "worst group (top level)": st.column_config.TextColumn(help="Audits: the group with the largest accuracy drop "
-                                                           "at the run's highest sparsity. — for searches and "
-                                                           "mitigations (see 'found') and unfinished runs."),
-    "its drop (pts)": st.column_config.TextColumn(help=DEFINITIONS["accuracy_drop"] + " — for searches and "
-                                                  "mitigations and unfinished runs."),
+                                                           "at the run's highest sparsity. — (not an audit): a "
+                                                           "search or mitigation (see 'found'); — (running) and "
+                                                           "the like: no figures yet."),
+    "its drop (pts)": st.column_config.TextColumn(help=DEFINITIONS["accuracy_drop"] + " — (not an audit): a "
+                                                  "search or mitigation (see 'found'); — (running) and the like: no "
+                                                  "figures yet."),
     "found": st.column_config.TextColumn(help="Searches and mitigations: what the run recommends."),
 })
 if any(r.active for r in runs):
