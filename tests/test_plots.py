@@ -204,13 +204,13 @@ def test_latency_bars_carry_their_spread_and_claim_no_speed_up_they_cannot_show(
     assert list(lat.error_y.array) == pytest.approx([24.1, 13.3, 0.5])
     assert list(lat.error_y.arrayminus) == pytest.approx([26.2, 10.9, 0.5])
     # a masked level faster than dense is the machine, not pruning: no percentage on its bar
-    assert list(lat.text) == ["48.8 ms", "31.7 ms (≈ dense)", "10 ms (load, not pruning)"]
+    assert list(lat.text) == ["48.8 ms", "31.7 ms<br>(≈ dense)", "10 ms<br>(load, not pruning)"]
     assert "no measurable difference from dense" in lat.hovertext[1] and NO_SPEEDUP in lat.hovertext[1]
     assert "80% faster than dense" in lat.hovertext[2] and "not pruning" in lat.hovertext[2]
     # a compacted level can be faster: its bar says by how much
     r = _timed(_result(), (20.0, 19.0, 21.0), {0.5: (15.0, 14.0, 16.0), 0.9: (13.0, 12.5, 13.5)}, timed="compacted")
     assert list(_trace(plots.footprint_vs_sparsity(r), "latency (ms per batch)").text) == [
-        "20 ms", "15 ms (-25%)", "13 ms (-35%)"]
+        "20 ms", "15 ms<br>(-25%)", "13 ms<br>(-35%)"]
     notes = [a.text for a in fig.layout.annotations]
     assert f"unstructured / 2:4 levels: {NO_SPEEDUP}" in notes
     # structured levels are timed compacted: no such label

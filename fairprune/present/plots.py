@@ -375,16 +375,16 @@ def footprint_vs_sparsity(result: AuditResult) -> go.Figure:
             if c == "dense" or dense_t is None or dense_t.iqr is None or t.iqr is None:
                 short = ""
             elif "no measurable difference" in reading:
-                short = " (≈ dense)"
+                short = "<br>(≈ dense)"
             elif t.no_speedup:
-                short = " (load, not pruning)"     # a masked level does the dense model's work: no percentage
+                short = "<br>(load, not pruning)"     # a masked level does the dense model's work: no percentage
             else:
-                short = f" ({t.median_ms / dense_t.median_ms - 1:+.0%})"
+                short = f"<br>({t.median_ms / dense_t.median_ms - 1:+.0%})"
             texts.append(f"{t.median_ms:.3g} ms{short}")
             hover.append(f"<b>{c}</b>: {t.spread_text()}" + (f"<br>{reading}" if reading else "")
                          + (f"<br>{NO_SPEEDUP}" if t.no_speedup and NO_SPEEDUP not in reading else ""))
         fig.add_trace(go.Bar(x=cats, y=latency, name="latency (ms per batch)", marker_color="#E69F00", showlegend=False,
-                             text=texts, textposition="outside", cliponaxis=False,
+                             text=texts, textposition="outside", cliponaxis=False, constraintext="none",
                              error_y=dict(type="data", symmetric=False, array=up, arrayminus=down, visible=any(up + down),
                                           color="#444444", thickness=1.5, width=6),
                              hovertext=hover, hoverinfo="text"), row=1, col=2)

@@ -402,11 +402,11 @@ def _full_table(result: AuditResult, stats: _Stats) -> dict:
     def row(label, name, m, first):
         ci = m.accuracy_drop_ci95
         r = [label if first else "", name, f"{m.n:,}", _pts(m.accuracy),
-             _pts(m.accuracy_drop, True) if m.accuracy_drop is not None else "",
-             f"{_pts(ci[0])} to {_pts(ci[1])}" if ci else "", f"{m.loss:.4f}",
-             f"{m.excessive_loss:+.4f}" if m.excessive_loss is not None else "",
-             "yes *" if m.significant else ("no" if m.significant is not None else ""),
-             _num(m.p_value, ".3g") if m.p_value is not None else "",
+             _pts(m.accuracy_drop, True) if m.accuracy_drop is not None else "—",
+             f"{_pts(ci[0])} to {_pts(ci[1])}" if ci else "—", f"{m.loss:.4f}",
+             f"{m.excessive_loss:+.4f}" if m.excessive_loss is not None else "—",
+             "yes *" if m.significant else ("no" if m.significant is not None else "—"),
+             _num(m.p_value, ".3g") if m.p_value is not None else "—",
              "under 30 samples: unreliable" if (m.unreliable or (m.n < 30 and name != "(overall)")) else ""]
         if binary:
             r += [_num(m.tpr, ".3f"), _num(m.fpr, ".3f"), _num(m.selection_rate, ".3f")]
@@ -417,7 +417,7 @@ def _full_table(result: AuditResult, stats: _Stats) -> dict:
     for lv in result.levels:
         for i, (g, m) in enumerate({"(overall)": lv.overall, **lv.groups}.items()):
             row(plots.sparsity_label(lv.sparsity), g, m, i == 0)
-    level_rows = [["dense", "—", "", *([""] if stats.has_p else []), _pts(result.dense.accuracy_gap), "—", "0", "0"]]
+    level_rows = [["dense", "—", "—", *(["—"] if stats.has_p else []), _pts(result.dense.accuracy_gap), "—", "0", "0"]]
     for lv in result.levels:
         level_rows.append([plots.sparsity_label(lv.sparsity), _pts(lv.fairness_violation["accuracy"]),
                            *_violation_cells(lv, stats), _pts(lv.accuracy_gap),
@@ -428,7 +428,8 @@ def _full_table(result: AuditResult, stats: _Stats) -> dict:
              "negative: it gained), with each group's own 95% interval (not adjusted for the number of groups). "
              f"'significant' and p are Holm-adjusted for testing {n} groups"
              + ("; the violation's interval is simultaneous over the groups" if stats.simultaneous else "")
-             + ". '(overall)' is the whole test set.")
+             + ". '(overall)' is the whole test set. '—': the figure does not apply (the dense model is the reference "
+               "every drop is measured from; the overall row is not tested against the groups).")
     placed = placed_warnings(result)
     return {"intro": intro, "groups": _table(head, rows, left=(0, 1, 10), cls="groups"),
             "warnings": list(dict.fromkeys([w for g in result.group_names for w in placed.groups.get(g, [])]
