@@ -197,6 +197,29 @@ def test_embedding_tables_are_prunable_only_when_asked():
     assert prunable_by_kind(module, embeddings=True)["embedding"] == V * 16
 
 
+def test_prune_embeddings_through_the_cli_and_the_library(token_npz, tmp_path, capsys):
+    module = _model("lstm")
+    model = tmp_path / "lstm.pt2"
+    save_pt2(module, torch.from_numpy(_ids(2, 4)), model)
+    out = tmp_path / "r.json"
+    code = main(["audit", "--model", str(model), "--data", str(token_npz), "--sparsity", "0.9", "--prune-embeddings",
+                 "--no-footprint", "--quiet", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    d = json.loads(out.read_text())
+    assert d["model"]["prunable_by_kind"] == {**EXPECTED["lstm"], "embedding": V * 16}
+    assert d["model"]["prunable_parameters"] == 3840 + 72 + V * 16
+    assert d["model"]["prunable_definition"].endswith("nn.Embedding tables are pruned too (prune_embeddings / "
+                                                      "--prune-embeddings)")
+    # one global threshold over all of them: the table is pruned too, so the distance moved includes it
+    res = audit(module, load_dataset(token_npz), sparsities=[0.9], measure_footprint=False, prune_embeddings=True)
+    plain = audit(module, load_dataset(token_npz), sparsities=[0.9], measure_footprint=False)
+    assert res.model.prunable_by_kind["embedding"] == V * 16 and plain.model.prunable_by_kind["embedding"] == 0
+    assert res.levels[0].weight_distance == pytest.approx(d["levels"][0]["weight_distance"], rel=1e-6)
+    assert res.levels[0].weight_distance != pytest.approx(plain.levels[0].weight_distance, rel=1e-3)
+    assert plain.model.prunable_definition == PRUNABLE_DEFINITION and "are kept (prune_embeddings" in PRUNABLE_DEFINITION
+    assert (module.emb.weight != 0).all()                       # the dense weights are restored after the audit
+
+
 # ---- 3. .pt2 names as torch writes them ---------------------------------------------------------------------
 def test_a_stock_torchvision_regnet_export_loads(tmp_path):
     torch.manual_seed(0)

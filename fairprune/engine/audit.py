@@ -27,7 +27,8 @@ from ..data import GroupedDataset
 from ..core.errors import InputError
 from .evaluate import BatchSize, check_amp, check_model_fits, evaluate, level_precision, resolve_device
 from .metrics import accuracy_gap, compare, group_metrics
-from .prune import PRUNABLE_DEFINITION, MaskedModel, get_method, iter_masks, prunable_by_kind, prunable_parameters
+from .prune import MaskedModel, get_method, iter_masks, prunable_by_kind, prunable_definition, prunable_parameters
+from .prune import prune_embeddings as include_embeddings
 from ..core.result import AuditConfig, AuditResult, DataInfo, DenseResult, LevelResult, ModelInfo, Provenance
 
 __all__ = ["InputSpec", "LOAD_KEYS", "AuditSpec", "Auditor", "audit", "run_spec", "load_inputs", "Progress",
@@ -86,6 +87,7 @@ class AuditSpec(InputSpec):
     footprint: bool = True                    # measure size_bytes (fairprune.engine.footprint)
     latency: bool = False                     # also time each model (latency_ms): a timing, so off by default
     compress: tuple[str, ...] = ()            # compression variants (fairprune.engine.compress), e.g. ("int8_dynamic",)
+    prune_embeddings: bool = False            # nn.Embedding tables prunable too (--prune-embeddings)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -139,7 +141,7 @@ def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
                  finetune_epochs=spec.finetune_epochs, train_data=train, diagnostics=spec.diagnostics,
                  seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel,
                  measure_footprint=spec.footprint, measure_latency=spec.latency, amp=spec.amp,
-                 compress=spec.compress)
+                 compress=spec.compress, prune_embeddings=spec.prune_embeddings)
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
@@ -376,7 +378,7 @@ class Auditor:
         return AuditResult(
             model=ModelInfo(model.name, sum(p.numel() for p in params.values()),
                             sum(params[n].numel() for n in self.prunable), prunable_by_kind(self.module),
-                            PRUNABLE_DEFINITION),
+                            prunable_definition()),
             data=DataInfo(eval_data.name, eval_data.n, eval_data.group_sizes),
             config=AuditConfig(self.method, [lv.sparsity for lv in levels], self.finetune_epochs, self.seed,
                                str(self.device.type)),
@@ -423,7 +425,7 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
           seed: int = 0, device: str | torch.device | None = None, batch_size: int = 256,
           progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
           measure_footprint: bool = True, measure_latency: bool = False, amp: str = "auto",
-          compress: Sequence[str] = ()) -> AuditResult:
+          compress: Sequence[str] = (), prune_embeddings: bool = False) -> AuditResult:
     """Audit ``model`` on ``data`` at each sparsity level and each compression variant, group by group.
 
     Args:
@@ -450,7 +452,13 @@ def audit(model, data: GroupedDataset, *, sparsities: Sequence[float], method: s
         amp: mixed precision for evaluation: 'auto' (float16 on CUDA when it changes at most 0.1% of the
             dense model's predictions and no group's accuracy by more than 0.1 points; never on the CPU),
             'off', or 'float16'/'bfloat16' (still checked). The section ``precision`` says what was used.
+        prune_embeddings: count ``nn.Embedding`` tables as prunable too (left out by default); the model
+            section's ``prunable_by_kind`` and ``prunable_definition`` say what was pruned.
     """
+    if prune_embeddings:                      # every mask and count below uses the same definition
+        options = {k: v for k, v in locals().items() if k not in ("model", "data", "prune_embeddings")}
+        with include_embeddings(True):
+            return audit(model, data, **options)
     variants = []
     if compress:
         from .compress import parse_variants

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ray-address", metavar="ADDR",
                    help="with --executor ray: the cluster (auto, HOST:6379, ray://HEAD:10001; default "
                         "$FAIRPRUNE_RAY_ADDRESS, else a local cluster is started)")
+    a.add_argument("--prune-embeddings", action="store_true",
+                   help="count nn.Embedding tables as prunable too (by default only linear, conv, attention and "
+                        "recurrent weights are)")
     a.add_argument("--out", required=True, help="where to write the fairprune.audit/1 JSON")
     a.add_argument("--quiet", action="store_true", help="no progress bar or table")
 
@@ -163,7 +166,8 @@ def cmd_audit(args) -> int:
             raise InputError("expected --sparsity S [S ...] or --compress VARIANT [VARIANT ...] (or both), e.g. "
                              "--sparsity 0.5 0.8 0.9 or --compress int8_dynamic fp16; found neither")
     spec = _spec(args, finetune_epochs=args.finetune_epochs, diagnostics=args.diagnostics,
-                 footprint=not args.no_footprint, latency=args.latency, compress=compress)
+                 footprint=not args.no_footprint, latency=args.latency, compress=compress,
+                 prune_embeddings=args.prune_embeddings)
     executor = configured_executor(args.executor, args.ray_address)
     progress, close = _progress_bar(args.quiet)
     try:

@@ -9,13 +9,15 @@ directly, so ``torch.nn.utils.prune``'s forward-pre-hooks would never fire there
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
 
 __all__ = ["prunable_parameters", "prunable_kinds", "prunable_by_kind", "PRUNABLE_DEFINITION", "PRUNABLE_KINDS",
-           "MaskedModel", "classifier_parameter"]
+           "prune_embeddings", "prunable_definition", "MaskedModel", "classifier_parameter"]
 
 _PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -27,8 +29,34 @@ PRUNABLE_DEFINITION = (
     "weight tensors (dim >= 2) of linear and conv layers, attention projections (in_proj_weight, "
     "q/k/v_proj_weight, out_proj.weight) and recurrent layers (weight_ih_l*, weight_hh_l*); biases, "
     "normalisation parameters and learned tokens/position tables are kept; nn.Embedding tables are kept "
-    "unless embeddings are included"
+    "(prune_embeddings / --prune-embeddings prunes them too)"
 )
+_WITH_EMBEDDINGS = PRUNABLE_DEFINITION.replace(
+    "nn.Embedding tables are kept (prune_embeddings / --prune-embeddings prunes them too)",
+    "nn.Embedding tables are pruned too (prune_embeddings / --prune-embeddings)")
+
+# Whether nn.Embedding tables count as prunable where a caller does not say (prune_embeddings(True) in a block).
+_EMBEDDINGS: ContextVar[bool] = ContextVar("fairprune_prune_embeddings", default=False)
+
+
+@contextmanager
+def prune_embeddings(include: bool = True) -> Iterator[None]:
+    """Within the block, ``nn.Embedding`` tables are prunable wherever ``embeddings`` is not passed: every
+    method, mask and count of one audit then uses the same definition (``audit(..., prune_embeddings=True)``,
+    ``fairprune audit --prune-embeddings``)."""
+    token = _EMBEDDINGS.set(bool(include))
+    try:
+        yield
+    finally:
+        _EMBEDDINGS.reset(token)
+
+
+def prunable_definition(embeddings: bool | None = None) -> str:
+    """:data:`PRUNABLE_DEFINITION`, saying whether embedding tables are included (default: the current block's)."""
+    if _EMBEDDINGS.get() if embeddings is None else embeddings:
+        return _WITH_EMBEDDINGS
+    return PRUNABLE_DEFINITION
+
 
 _ATTENTION = re.compile(r"(in_proj_weight|[qkv]_proj_weight)")
 _RECURRENT = re.compile(r"weight_(ih|hh)_l\d+(_reverse)?")
@@ -69,7 +97,7 @@ def _graph_kinds(module: nn.Module) -> dict[str, str]:
     return out
 
 
-def prunable_kinds(module: nn.Module, *, embeddings: bool = False) -> dict[str, str]:
+def prunable_kinds(module: nn.Module, *, embeddings: bool | None = None) -> dict[str, str]:
     """Name -> layer kind (see :data:`PRUNABLE_KINDS`) of every prunable weight, in ``named_parameters`` order.
 
     One definition (:data:`PRUNABLE_DEFINITION`) for every way a model arrives: the kind comes from the
@@ -77,8 +105,11 @@ def prunable_kinds(module: nn.Module, *, embeddings: bool = False) -> dict[str, 
     ``RNN``, ``nn.Embedding``; a TorchScript module's ``original_name``), else from the parameter's name
     (attention and recurrent weights keep torch's names in a ``.pt2`` program), else from the op a
     ``.pt2`` graph feeds it to (linear/addmm/matmul, convolution, embedding). ``embeddings``: include
-    ``nn.Embedding`` tables (left out by default, as the paper prunes conv and linear weights).
+    ``nn.Embedding`` tables (left out by default, as the paper prunes conv and linear weights; None: as the
+    enclosing :func:`prune_embeddings` block says).
     """
+    if embeddings is None:
+        embeddings = _EMBEDDINGS.get()
     owners = dict(module.named_modules())
     graph = None
     out: dict[str, str] = {}
@@ -110,7 +141,7 @@ def prunable_kinds(module: nn.Module, *, embeddings: bool = False) -> dict[str, 
     return out
 
 
-def prunable_parameters(module: nn.Module, *, embeddings: bool = False) -> dict[str, nn.Parameter]:
+def prunable_parameters(module: nn.Module, *, embeddings: bool | None = None) -> dict[str, nn.Parameter]:
     """Name -> parameter for every prunable weight (:func:`prunable_kinds`; :data:`PRUNABLE_DEFINITION`).
 
     Biases and normalisation parameters are kept, as in the paper.
@@ -119,7 +150,7 @@ def prunable_parameters(module: nn.Module, *, embeddings: bool = False) -> dict[
     return {n: p for n, p in module.named_parameters() if n in kinds}
 
 
-def prunable_by_kind(module: nn.Module, *, embeddings: bool = False) -> dict[str, int]:
+def prunable_by_kind(module: nn.Module, *, embeddings: bool | None = None) -> dict[str, int]:
     """Number of prunable weights per layer kind (every kind in :data:`PRUNABLE_KINDS`, zeros included)."""
     params = dict(module.named_parameters())
     counts = dict.fromkeys(PRUNABLE_KINDS, 0)
