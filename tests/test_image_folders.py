@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from fairprune.core.errors import InputError
-from fairprune.data import load_dataset
+from fairprune.data import columns, load_dataset
 from fairprune.run.cli import main
 from fairprune.zoo.archs import SmallCNN
 
@@ -82,6 +82,7 @@ def dense_numbers(weights, data) -> tuple[float, float]:
 def test_class_folder_of_mixed_formats_and_sizes_audits_through_the_cli(tmp_path, weights, capsys):
     root = tmp_path / "pets"
     arrays = class_folder(root)
+    assert columns(root) == ["label"]                   # what the dashboard offers: the class only
     out = tmp_path / "r.json"
     code, stdout, err = cli(audit_args(weights, root, out, "--group", "label", "--resize", "12", "--crop", "10,12"),
                             capsys)
@@ -138,6 +139,7 @@ def test_metadata_csv_with_class_names_and_group_columns(tmp_path, weights, caps
         rows.append(f"imgs/{i}.{ext},{['benign', 'malignant'][i % 2]},{'light' if i < 8 else 'dark'}")
     (root / "metadata.csv").write_text("\n".join(rows) + "\n")
     (root / "listing.csv").write_text("\n".join(rows) + "\n")
+    assert columns(root) == ["label", "skin"] and columns(root / "listing.csv") == ["label", "skin"]
     data = load_dataset(root / "listing.csv", group="skin", resize=8, crop=8)   # any CSV, given by path
     assert data.class_names == ("benign", "malignant") and data.y.tolist() == [i % 2 for i in range(12)]
     assert data.group_sizes == {"light": 8, "dark": 4}
@@ -181,6 +183,12 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     csv.write_text("path,label,group\npets/cat/0.png,0,a\npets/cat/9.png,1,b\n")
     with pytest.raises(InputError, match=r"list.csv: the CSV names 1 image\(s\) that are not there: 'pets/cat/9.png'"):
         load_dataset(csv, resize=8, crop=8)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((root / "cat" / "0.png").read_bytes())
+    (root / "cat" / "link.png").symlink_to(outside)
+    with pytest.raises(InputError, match=r"refused: 'cat/link.png' is a link to .*outside.png, outside the folder"):
+        load_dataset(root, group="label", resize=8, crop=8)
+    (root / "cat" / "link.png").unlink()
     inner = root / "list.csv"
     inner.write_text("path,label,group\ncat/0.png,0,a\n../elsewhere.png,1,b\n")
     with pytest.raises(InputError, match=r"refused: the CSV names '../elsewhere.png' \(line 3\), which points outside"):
@@ -213,7 +221,7 @@ def test_transforms_preset_matches_torchvision_and_records_its_steps(tmp_path):
     assert tuple(data.x.shape) == (2, 3, 224, 224)
     preset = ResNet18_Weights.IMAGENET1K_V1.transforms()
     for i, cls in enumerate("ab"):
-        img = torch.from_numpy(np.asarray(Image.open(root / cls / "x.png").convert("RGB"))).permute(2, 0, 1)
+        img = torch.from_numpy(np.array(Image.open(root / cls / "x.png").convert("RGB"))).permute(2, 0, 1)
         diff = (data.to_float(data.x[i:i + 1])[0] - preset(img)).abs()
         # v2 resizes uint8 with torch's native uint8 kernel, the preset (v1 functional) through float: a pixel may
         # differ by one uint8 step (1/255, divided by the channel's std), never more

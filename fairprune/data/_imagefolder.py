@@ -96,6 +96,10 @@ UNSAFE_PATH = (
     "{file}: refused: {table} names {path!r} ({where}), which points outside {where_root}; "
     "expected a path relative to the CSV's folder"
 )
+LINK_OUTSIDE = (
+    "{file}: refused: {member!r} is a link to {target}, outside the folder; expected images inside it "
+    "(copy the file in instead of linking it)"
+)
 ABSENT_IMAGES = "{file}: {table} names {n} image(s) that are not there: {paths}. Fix the paths or add the files"
 BLANK_PATHS = "{file}: {table} column 'path' must name an image in every row; found {n} blank ({where})"
 
@@ -445,8 +449,7 @@ def _folder_reader(root: Path, file: str):
     def read(member: str) -> bytes:
         p = (root / member).resolve()
         if not p.is_relative_to(real_root):
-            raise InputError(UNSAFE_PATH.format(file=file, table="the folder", path=member, where="a link",
-                                                where_root="the folder"))
+            raise InputError(LINK_OUTSIDE.format(file=file, member=member, target=str(p)))
         try:
             return p.read_bytes()
         except OSError as err:
