@@ -357,8 +357,8 @@ def test_theory_reading_says_the_bound_is_loose_and_what_to_read():
     dense = {"inverted": {"group_grad_norm": 0.5, "hessian_max_eig": 12.4},
              "standard": {"group_grad_norm": 0.1, "hessian_max_eig": 4.0}}
     text = theory_reading(theory_terms(dense, {"inverted": 0.3, "standard": 0.05}, 2.0))
-    # bounds 1 + 24.8 = 25.8 and 0.2 + 8 = 8.2: 86× and 164× the measured losses; curvature 96% and 98%
-    assert text == ("The bound is an upper limit, and a loose one: it is 86× to 164× the measured excessive loss R(a), "
+    # bounds 1 + 24.8 = 25.8 and 0.2 + 8 = 8.2: 86× and 164× (160× to 2 figures) the losses; curvature 96%, 98%
+    assert text == ("The bound is an upper limit, and a loose one: it is 86× to 160× the measured excessive loss R(a), "
                     "so read it for which term and which group it points at, not for its size. The curvature term "
                     "½λ_max·d² dominates for every group (96–98% of the bound): the weights moved far enough that "
                     "the loss surface's sharpness matters more than its slope. Group inverted has the largest gradient "

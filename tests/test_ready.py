@@ -46,3 +46,17 @@ def test_warm_up_skips_a_module_that_fails_and_says_so(caplog):
     took = jobs.warm_up(("json", "fairprune_no_such_module"))
     assert took >= 0
     assert any("could not import fairprune_no_such_module" in r.getMessage() for r in caplog.records)
+
+
+def test_the_worker_loop_warms_up_before_its_first_run_when_asked(monkeypatch, tmp_path):
+    from fairprune.run.store import RunStore
+
+    order: list[str] = []
+    monkeypatch.setattr(jobs, "warm_up", lambda modules=jobs.WARM_IMPORTS: order.append("warm") or 0.0)
+    store = RunStore(tmp_path)
+    monkeypatch.setattr(store, "claim_next", lambda pid: order.append("claim"))
+    jobs.run_worker(store, once=True, warm=True)
+    assert order == ["warm", "claim"]
+    order.clear()
+    jobs.run_worker(store, once=True)             # in-process callers (tests) do not pay for it
+    assert order == ["claim"]

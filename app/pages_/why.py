@@ -63,8 +63,11 @@ def _follow_queued() -> None:
 
 
 def _num(v) -> str:
-    """A table cell: three significant figures, or '—' where the figure was not measured."""
-    return NOT_MEASURED if v is None else f"{v:.3g}"
+    """A table cell: three significant figures without an exponent (25,400, 0.596), or '—' where the figure was
+    not measured."""
+    if v is None:
+        return NOT_MEASURED
+    return f"{float(f'{v:.3g}'):,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -213,7 +216,7 @@ with widgets.friendly_errors("Reading the diagnostics"):
     with v[2]:
         result_view.chart(plots.group_scatter({g: (d.get("margin_mean"), d.get("hessian_max_eig"))
                                                for g, d in dense.items()},
-                                              x_title="mean margin (true class minus the strongest other)",
+                                              x_title="mean margin",
                                               y_title="loss curvature λ_max"),
                           key="why-lam", heading="λ_max vs margin",
                           help="Samples near the decision boundary (small margin) make the loss surface sharper.")

@@ -42,7 +42,8 @@ from pathlib import Path
 from ..core.errors import Cancelled, InputError, is_out_of_memory
 from .store import Run, RunStore
 
-__all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main", "warm_up",
+__all__ = ["EXECUTORS", "Executor", "register_executor", "execute", "run_worker", "ensure_worker", "worker_main",
+           "warm_up",
            "apply_memory_limit", "is_out_of_memory"]
 
 log = logging.getLogger("fairprune.jobs")
@@ -369,7 +370,7 @@ class _Heartbeat(threading.Thread):
 
 
 def run_worker(store: RunStore | None = None, *, poll: float = 0.5, once: bool = False,
-               stop: threading.Event | None = None, idle_exit: float | None = None) -> None:
+               stop: threading.Event | None = None, idle_exit: float | None = None, warm: bool = False) -> None:
     """The worker loop: heartbeat, reap dead workers' runs, claim the oldest queued run, execute it.
 
     Args:
@@ -377,6 +378,8 @@ def run_worker(store: RunStore | None = None, *, poll: float = 0.5, once: bool =
         once: process the runs queued now (and any queued meanwhile), then return.
         stop: set it to make the loop return after the current run.
         idle_exit: return after this many seconds with nothing to do (None: never).
+        warm: first import torch and the engine (:func:`warm_up`), heartbeating meanwhile, so that the first run
+            queued (the dashboard's demo, clicked as soon as the page shows) does not pay for them.
     """
     store = store if store is not None else RunStore()
     stop = stop if stop is not None else threading.Event()
@@ -384,6 +387,8 @@ def run_worker(store: RunStore | None = None, *, poll: float = 0.5, once: bool =
     store.heartbeat(pid)
     beat = _Heartbeat(store, pid)
     beat.start()
+    if warm:
+        log.info("worker %d warmed up in %.1f s", pid, warm_up())
     idle_since = time.monotonic()
     try:
         while not stop.is_set():
@@ -491,11 +496,9 @@ def worker_main(argv: list[str] | None = None) -> int:
     try:
         _import_plugins(args.imports)
         store = RunStore(args.home)
-        store.heartbeat(os.getpid())          # live for the app while it warms up
-        log.info("worker %d warmed up in %.1f s", os.getpid(), warm_up())
         log.info("worker %d serving %s (kinds: %s; memory limit: %s)", os.getpid(), store.home,
                  ", ".join(sorted(EXECUTORS)), f"{limit:,} MiB" if limit else "none")
-        run_worker(store, poll=args.poll, once=args.once, idle_exit=args.idle_exit)
+        run_worker(store, poll=args.poll, once=args.once, idle_exit=args.idle_exit, warm=True)
     except KeyboardInterrupt:
         log.info("worker %d stopped", os.getpid())
     finally:   # called in-process (tests, an embedding program), leave the caller's limit as it was

@@ -131,9 +131,11 @@ def factor_sentence(corr: Mapping, drops: Mapping[str, float] | None = None) -> 
     return f"Groups with {FACTORS[f]} lost {'more' if rho > 0 else 'less'} here: {where}{chance}."
 
 
-def _num(x: float) -> str:
-    """Three significant figures, no exponent for everyday sizes: 0.0123, 4.56, 123, 1.23e+04."""
-    return f"{x:.3g}"
+def _num(x: float, digits: int = 3) -> str:
+    """``digits`` significant figures without an exponent: 0.0123, 4.56, 123, 12,300, 41,600 (2: 42,000)."""
+    if abs(x) >= 10 ** digits:
+        return f"{float(f'{x:.{digits}g}'):,.0f}"
+    return f"{x:.{digits}g}"
 
 
 def _pts(drop: float) -> str:
@@ -237,7 +239,7 @@ def theory_reading(terms: Mapping[str, Mapping[str, float | None]]) -> str:
               if (_finite(t.get("excessive_loss")) or 0) > 0}
     if ratios:
         lo, hi = min(ratios.values()), max(ratios.values())
-        size = f"{_num(lo)}×" if _num(lo) == _num(hi) else f"{_num(lo)}× to {_num(hi)}×"
+        size = f"{_num(lo, 2)}×" if _num(lo, 2) == _num(hi, 2) else f"{_num(lo, 2)}× to {_num(hi, 2)}×"
         out.append(f"The bound is an upper limit, and a loose one: it is {size} the measured excessive loss "
                    f"R(a), so read it for which term and which group it points at, not for its size.")
     else:
