@@ -193,6 +193,11 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     inner.write_text("path,label,group\ncat/0.png,0,a\n../elsewhere.png,1,b\n")
     with pytest.raises(InputError, match=r"refused: the CSV names '../elsewhere.png' \(line 3\), which points outside"):
         load_dataset(inner, resize=8, crop=8)
+    with pytest.raises(InputError, match=r"image 'cat/0.png' is 20x16 \(width x height\), smaller than the crop 18x18; "
+                                         r".* Add --resize 18"):
+        load_dataset(root, group="label", crop=18)
+    with pytest.raises(InputError, match=r"'cat/0.png' is 15x12 \(width x height\) after the resize, smaller than"):
+        load_dataset(root, group="label", resize=12, crop="14,8")
     for kw, fragment in (({"crop": "0"}, "--crop"), ({"resize": "x"}, "--resize"),
                          ({"transforms": "NoSuch_Weights.V1"}, "torchvision weights entry"),
                          ({"transforms": "ResNet18_Weights.IMAGENET1K_V1", "resize": 8}, "--transforms alone")):

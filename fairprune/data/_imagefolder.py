@@ -96,6 +96,10 @@ UNSAFE_PATH = (
     "{file}: refused: {table} names {path!r} ({where}), which points outside {where_root}; "
     "expected a path relative to the CSV's folder"
 )
+SMALLER_THAN_CROP = (
+    "{file}: image {member!r} is {w}x{h} (width x height){after}, smaller than the crop {cw}x{ch}; a crop would pad it "
+    "with black. Add --resize {side} (or larger) before the crop, or crop less"
+)
 LINK_OUTSIDE = (
     "{file}: refused: {member!r} is a link to {target}, outside the folder; expected images inside it "
     "(copy the file in instead of linking it)"
@@ -186,17 +190,17 @@ def _preset(name: str) -> Preprocess:
 
 
 def _pipeline(pre: Preprocess | None):
-    """The torchvision.transforms.v2 steps applied to each uint8 (C, H, W) image."""
+    """The torchvision.transforms.v2 steps applied to each uint8 (C, H, W) image: (resize or None, crop or None)."""
     if pre is None or not pre.changes_size:
-        return None
+        return None, None
     from torchvision.transforms import InterpolationMode, v2
 
-    steps = []
+    resize = crop = None
     if pre.resize is not None:
-        steps.append(v2.Resize(pre.resize, interpolation=InterpolationMode(pre.interpolation), antialias=True))
+        resize = v2.Resize(pre.resize, interpolation=InterpolationMode(pre.interpolation), antialias=True)
     if pre.crop is not None:
-        steps.append(v2.CenterCrop(list(pre.crop)))
-    return v2.Compose(steps)
+        crop = v2.CenterCrop(list(pre.crop))
+    return resize, crop
 
 
 def describe(pre: Preprocess | None, *, channels: int, why_channels: str, normalize, decoders: set[str]) -> tuple[str, ...]:
@@ -302,14 +306,17 @@ def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: 
         c, why = 3, f"colour images (the first: {first_colour!r}); gray images repeated over 3 channels, alpha dropped"
     else:
         c, why = 1, "every image is grayscale"
-    transform = _pipeline(pre)
+    resize, crop = _pipeline(pre)
     n = len(members) if inverse is None else len(inverse)
     out, shape0, decoders = None, None, set()
     for i, (member, fmt) in enumerate(zip(members, headers)):
         img, decoder = _decode(read(member), fmt, c, member, file)
         decoders.add(decoder)
-        if transform is not None:
-            img = transform(img)
+        if resize is not None:
+            img = resize(img)
+        if crop is not None:
+            _check_crop(img, pre, member, file)
+            img = crop(img)
         if out is None:
             shape0 = tuple(img.shape)
             total = n * int(np.prod(shape0))
@@ -326,6 +333,16 @@ def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: 
     if inverse is not None and not np.array_equal(inverse, np.arange(len(members))):
         out = out[torch.as_tensor(inverse, dtype=torch.long)]
     return out, c, why, decoders
+
+
+def _check_crop(img: torch.Tensor, pre: Preprocess, member: str, file: str) -> None:
+    """Refuse a crop larger than the (resized) image: v2.CenterCrop would pad it with zeros."""
+    h, w = img.shape[-2:]
+    after = " after the resize" if pre.resize is not None else ""
+    ch, cw = pre.crop
+    if h < ch or w < cw:
+        raise InputError(SMALLER_THAN_CROP.format(file=file, member=member, w=w, h=h, after=after, cw=cw, ch=ch,
+                                                  side=max(ch, cw)))
 
 
 def _fix(pre: Preprocess | None) -> str:
