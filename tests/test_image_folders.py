@@ -108,6 +108,10 @@ def test_class_folder_of_mixed_formats_and_sizes_audits_through_the_cli(tmp_path
     i = data.frame["path"].tolist().index("cat/0.png")
     ref = F.center_crop(F.resize(torch.from_numpy(arrays["cat/0.png"]).permute(2, 0, 1), [12], antialias=True), [10, 12])
     assert torch.equal(data.x[i], ref)
+    # the fingerprint covers names and bytes: the same folder twice is the same set, one changed image is not
+    assert r["provenance"]["data_sha256"] == data.sha256 == load_dataset(root, group="label", resize=12, crop=12).sha256
+    (root / "cat" / "0.png").write_bytes(image_bytes(0, 0)[1])      # same name, new pixels
+    assert load_dataset(root, group="label", resize=12, crop=12).sha256 != data.sha256
     # a gray BMP was repeated over the three channels
     j = data.frame["path"].tolist().index("dog/2.bmp")
     assert torch.equal(data.x[j, 0], data.x[j, 1]) and torch.equal(data.x[j, 1], data.x[j, 2])

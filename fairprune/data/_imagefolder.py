@@ -26,6 +26,7 @@ EXIF orientation is not applied (pixels as stored, as a plain training pipeline 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -223,19 +224,24 @@ def describe(pre: Preprocess | None, *, channels: int, why_channels: str, normal
 
 # ---- decoding ---------------------------------------------------------------------------------------
 def _header(read: Callable[[str], bytes], member: str, file: str):
-    """(format, mode, (width, height)) from the image's header; no pixels are decoded."""
+    """(format, mode, (width, height)) from the image's header; no pixels are decoded. A reader with a
+    ``stream`` (a file, a zip member) is read only as far as the header."""
+    import zipfile
+    import zlib
+
     from PIL import Image, UnidentifiedImageError
 
-    data = read(member)
+    stream = getattr(read, "stream", None)
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with (stream(member) if stream is not None else io.BytesIO(read(member))) as f, Image.open(f) as im:
             return im.format, im.mode, im.size
     except Image.DecompressionBombError as err:
         raise InputError(IMAGE_BOMB.format(file=file, member=member, reason=err)) from err
     except UnidentifiedImageError as err:
         raise InputError(UNREADABLE.format(file=file, member=member, reason="not an image format Pillow or "
                                            "torchvision recognises")) from err
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
+            RuntimeError) as err:
         raise InputError(UNREADABLE.format(file=file, member=member, reason=err)) from err
 
 
@@ -281,10 +287,11 @@ def _decode_pil(data: bytes, channels: int, member: str, file: str) -> torch.Ten
 
 
 def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: Preprocess | None, file: str,
-                  limit: int, n_rows: int | None = None, inverse: np.ndarray | None = None):
+                  limit: int, inverse: np.ndarray | None = None, digests: dict | None = None):
     """Decode each member once into uint8 (N, C, H, W) (rows ``inverse`` of the distinct ``members``).
 
     Returns (x, channels, why_channels, decoders). Pass 1 reads headers only; pass 2 decodes and transforms.
+    ``digests``: filled with each member's SHA-256, from the bytes decoded (a folder's fingerprint).
     """
     headers, colour, first_colour = [], False, None
     size0 = first = None
@@ -310,7 +317,10 @@ def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: 
     n = len(members) if inverse is None else len(inverse)
     out, shape0, decoders = None, None, set()
     for i, (member, fmt) in enumerate(zip(members, headers)):
-        img, decoder = _decode(read(member), fmt, c, member, file)
+        data = read(member)
+        if digests is not None:
+            digests[member] = hashlib.sha256(data).hexdigest()
+        img, decoder = _decode(data, fmt, c, member, file)
         decoders.add(decoder)
         if resize is not None:
             img = resize(img)
@@ -432,8 +442,11 @@ def from_table(frame, *, members_of: Callable, read, label, groups, missing_grou
     parts = table_parts(frame, file=file, label=label, groups=groups, missing_group=missing_group)
     members = members_of(parts.frame[PATH_COLUMN].to_numpy(dtype=object), parts.rows)
     unique, inverse = np.unique(members, return_inverse=True)
+    digests = {} if callable(sha256) else None
     x, c, why, decoders = decode_images([str(m) for m in unique], read, pre=pre, file=file, limit=limit,
-                                        inverse=inverse)
+                                        inverse=inverse, digests=digests)
+    if digests is not None:
+        sha256 = sha256(digests)
     group = parts.group
     if class_names is not None and label in groups and len(groups) == 1:
         group = np.asarray([class_names[int(v)] for v in parts.y], dtype=object)
@@ -451,7 +464,10 @@ def from_classes(members, labels, class_names, *, read, label, groups, normalize
         missing = [g for g in groups if g != label]
         raise InputError(FOLDER_GROUP.format(file=file, classes=fmt_names(class_names, limit=5),
                                              group=f"group column {missing[0]!r}"))
-    x, c, why, decoders = decode_images(list(members), read, pre=pre, file=file, limit=limit)
+    digests = {} if callable(sha256) else None
+    x, c, why, decoders = decode_images(list(members), read, pre=pre, file=file, limit=limit, digests=digests)
+    if digests is not None:
+        sha256 = sha256(digests)
     group = np.asarray([class_names[i] for i in labels], dtype=object)
     frame = pd.DataFrame({PATH_COLUMN: list(members), label: [class_names[i] for i in labels]})
     return build(x, y=labels, group=group, name=name, sha256=sha256, label=label, groups=tuple(groups), split=None,
@@ -463,14 +479,19 @@ def from_classes(members, labels, class_names, *, read, label, groups, normalize
 def _folder_reader(root: Path, file: str):
     real_root = root.resolve()
 
-    def read(member: str) -> bytes:
+    def inside(member: str) -> Path:
         p = (root / member).resolve()
         if not p.is_relative_to(real_root):
             raise InputError(LINK_OUTSIDE.format(file=file, member=member, target=str(p)))
+        return p
+
+    def read(member: str) -> bytes:
         try:
-            return p.read_bytes()
+            return inside(member).read_bytes()
         except OSError as err:
             raise InputError(UNREADABLE.format(file=file, member=member, reason=err.strerror or err)) from err
+
+    read.stream = lambda member: open(inside(member), "rb")
     return read
 
 
@@ -500,16 +521,17 @@ def _csv_members(root: Path, file: str, table: str):
     return members_of
 
 
-def _tree_hash(root: Path, members: Sequence[str], extra: Sequence[Path] = ()) -> str:
-    """SHA-256 over the relative names and bytes' hashes of the files read (a folder has no one file to hash)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for p in extra:
-        h.update(b"table\0" + sha256_file(p).encode())
-    for m in sorted(set(members)):
-        h.update(m.encode() + b"\0" + sha256_file(root / m).encode())
-    return h.hexdigest()
+def _tree_hash(table: Path | None = None):
+    """SHA-256 over the (table's hash and) relative names and SHA-256s of the images read: a folder has no one
+    file to hash. Returns a function of the digests ``decode_images`` collects, so each file is read once."""
+    def digest(digests: dict) -> str:
+        h = hashlib.sha256()
+        if table is not None:
+            h.update(b"table\0" + sha256_file(table).encode())
+        for m in sorted(digests):
+            h.update(m.encode() + b"\0" + digests[m].encode())
+        return h.hexdigest()
+    return digest
 
 
 def load_image_folder(path: Path, *, label: str, groups: tuple[str, ...], missing_group: str, normalize,
@@ -530,7 +552,7 @@ def load_image_folder(path: Path, *, label: str, groups: tuple[str, ...], missin
     members, labels, classes = class_layout(names, dirs, file=file, root_hint=file)
     read = _folder_reader(path, file)
     return from_classes(members, labels, classes, read=read, label=label, groups=groups, normalize=normalize,
-                        pre=pre, name=name or file, sha256=_tree_hash(path, members), file=file,
+                        pre=pre, name=name or file, sha256=_tree_hash(), file=file,
                         limit=max_uncompressed_bytes)
 
 
@@ -543,16 +565,7 @@ def load_image_csv(path: Path, *, label: str, groups: tuple[str, ...], missing_g
     file = shown or path.name
     root = path.parent
     frame = read_csv(path, file=file, text_columns=[PATH_COLUMN] + [g for g in groups if g != label])
-    members_of = _csv_members(root, file, "the CSV" if shown is None else METADATA)
-    holder = {}
-
-    def members_then_hash(paths, rows):
-        holder["members"] = members_of(paths, rows)
-        return holder["members"]
-
-    data = from_table(frame, members_of=members_then_hash, read=_folder_reader(root, file), label=label,
-                      groups=groups, missing_group=missing_group, normalize=normalize, pre=pre,
-                      name=name or file, sha256="", file=file, limit=max_uncompressed_bytes, table=file)
-    from dataclasses import replace
-
-    return replace(data, sha256=_tree_hash(root, [str(m) for m in holder["members"]], extra=[path]))
+    return from_table(frame, members_of=_csv_members(root, file, "the CSV" if shown is None else METADATA),
+                      read=_folder_reader(root, file), label=label, groups=groups, missing_group=missing_group,
+                      normalize=normalize, pre=pre, name=name or file, sha256=_tree_hash(path), file=file,
+                      limit=max_uncompressed_bytes, table=file)

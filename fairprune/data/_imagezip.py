@@ -73,6 +73,8 @@ def load_image_zip(path: Path, *, label: str, groups: tuple[str, ...], missing_g
         def read(member: str) -> bytes:
             return _read(zf, member, file)
 
+        read.stream = zf.open          # headers are read from the member as a stream
+
         common = dict(read=read, label=label, groups=groups, normalize=normalize, pre=pre, name=name or file,
                       sha256=sha256_file(path), file=file, limit=max_uncompressed_bytes)
         meta = _find_metadata(zf, file)
