@@ -432,7 +432,7 @@ def build(x: torch.Tensor, *, y, group, name, sha256, label, groups, split, norm
 
 
 def from_table(frame, *, members_of: Callable, read, label, groups, missing_group, normalize, pre, name, sha256,
-               file, limit, table) -> ImageSet:
+               file, limit) -> ImageSet:
     """An image set from a metadata table (already read): label/group/split columns and the images it names."""
     from ._table import require_columns, table_parts
 
@@ -568,4 +568,4 @@ def load_image_csv(path: Path, *, label: str, groups: tuple[str, ...], missing_g
     return from_table(frame, members_of=_csv_members(root, file, "the CSV" if shown is None else METADATA),
                       read=_folder_reader(root, file), label=label, groups=groups, missing_group=missing_group,
                       normalize=normalize, pre=pre, name=name or file, sha256=_tree_hash(path), file=file,
-                      limit=max_uncompressed_bytes, table=file)
+                      limit=max_uncompressed_bytes)

@@ -91,7 +91,7 @@ def load_image_zip(path: Path, *, label: str, groups: tuple[str, ...], missing_g
         def members_of(paths, rows):
             return _members(zf, paths, folder=folder, rows=rows, file=file)
 
-        return from_table(frame, members_of=members_of, missing_group=missing_group, table=METADATA, **common)
+        return from_table(frame, members_of=members_of, missing_group=missing_group, **common)
 
 
 def _unsafe(name: str) -> bool:
