@@ -137,7 +137,7 @@ def stage_upload(uploaded, slot: str) -> Path | None:
     try:
         check_upload_size(uploaded.name, int(uploaded.size))
     except InputError as err:
-        from app.widgets import message   # at use: widgets imports this module's callers
+        from app.wording import message
 
         st.error(message(str(err)), icon=":material/error:")
         return None
