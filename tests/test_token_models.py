@@ -113,6 +113,10 @@ def test_a_model_on_the_wrong_kind_of_input_is_told_which_dtype_to_store(token_n
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(L, 3))
     with pytest.raises(InputError, match=r"integers, which reach the model as int64 ids.*store.* float32"):
         audit(mlp, load_dataset(token_npz), sparsities=[0.5], measure_footprint=False)
+    wrong_length = nn.Sequential(nn.Embedding(V, 4), nn.Flatten(), nn.Linear(10 * 4, 3))   # ids, but L = 10
+    with pytest.raises(InputError, match=r"shapes cannot be multiplied") as err:
+        audit(wrong_length, load_dataset(token_npz), sparsities=[0.5], measure_footprint=False)
+    assert "float32" not in str(err.value)                  # a shape error is not blamed on the dtype
     floats = tmp_path / "float_ids.npz"
     with np.load(token_npz) as f:
         np.savez(floats, x=f["x"].astype(np.float32), y=f["y"], group=f["group"])

@@ -8,6 +8,7 @@ batch padded to that size and the padding's outputs dropped.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
 
 def _dtype_hint(x: torch.Tensor, said: str) -> str:
     """Why a model may have failed on the input's dtype: ids given where numbers are wanted, or the reverse."""
-    if x.dtype == torch.int64:
+    if x.dtype == torch.int64 and re.search(r"dtype|scalar type|Long|Float|Half|same type", said):
         return ("; the features are integers, which reach the model as int64 ids (for an nn.Embedding); "
                 "a model that takes numbers needs x stored as float32")
     if "indices" in said or "Long, Int" in said:
