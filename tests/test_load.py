@@ -29,9 +29,10 @@ def _pct(level: float) -> str:
 
 
 def _without_timings(value):
-    """The result with latency_ms (a wall-clock measurement) left out everywhere."""
+    """The result with the wall-clock measurements (latency_ms, its spread and repeat count) left out everywhere."""
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k != "latency_ms"}
+        return {k: _without_timings(v) for k, v in value.items()
+                if k not in ("latency_ms", "latency_ms_iqr", "latency_repeats")}
     if isinstance(value, list):
         return [_without_timings(v) for v in value]
     return value

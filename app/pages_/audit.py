@@ -125,8 +125,11 @@ if run_clicked and ready and widgets.inputs_problem(inp) is None and levels is n
 active = [r for r in widgets.store().list(kind="audit") if r.active]
 if active:
     st.subheader("In progress")
-    for run in active:
+    for i, run in enumerate(active):
         st.markdown(f"**{run.title or run.id}** — {widgets.run_inputs(run)}")
-        widgets.progress_panel(run.id)
+        if i == 0:
+            widgets.progress_panel(run.id)    # one poller a page: it reruns the page when its run stops
+        else:
+            st.caption(widgets.progress_text(run))
         st.page_link(widgets.PAGES["results"], label="Open its results page", icon=":material/insights:",
                      query_params={"run": run.id})

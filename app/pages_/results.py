@@ -38,7 +38,10 @@ if running:
         for r in running[:5]:
             st.page_link(widgets.PAGES["results"], label=f"{widgets.run_label(r)} · {r.status} — open it",
                          icon=":material/hourglass_top:", query_params={"run": r.id})
-    widgets.watch_runs({r.id: r.status for r in running})
+    if not run.active:
+        # One poller a page: while this page's own run is going, its progress panel reruns the page when it stops
+        # (two fragments polling at once raced Streamlit's full reruns and could leave the page blank).
+        widgets.watch_runs({r.id: r.status for r in running})
 
 
 def _requeue(rid: str) -> None:
