@@ -19,6 +19,7 @@ import streamlit as st
 
 from fairprune.run.store import RunStore as store  # = app.widgets.store (importing widgets: a cycle)
 from fairprune.core.errors import InputError
+from fairprune.zoo._load import TORCHSCRIPT_ENV, torchscript_allowed  # noqa: F401  (the Data & model page uses them)
 
 log = logging.getLogger("fairprune.app")
 
@@ -31,11 +32,8 @@ STAGING_MAX_AGE_S = 24 * 3600
 MAX_UPLOAD_ENV = "FAIRPRUNE_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 2048
 MODEL_TYPES = ["pt2", "pt", "pth", "safetensors", "ts", "jit"]
-#: TorchScript is code: the dashboard loads it (uploaded or from a server folder) only when the server's
-#: environment sets this to 1/true/yes/on; otherwise the page refuses it and says how to opt in
-#: (fairprune.zoo._load.TORCHSCRIPT_REFUSED names the same variable; tests/test_model_gate.py checks they agree).
-TORCHSCRIPT_ENV = "FAIRPRUNE_ALLOW_TORCHSCRIPT"
-BAD_TORCHSCRIPT_SETTING = "{env}: expected 1 (accept TorchScript models) or 0 (refuse them); found {found!r}"
+# TorchScript is code: the dashboard (and its worker) load it only where the server's environment opts in
+# (fairprune.zoo._load.torchscript_allowed, $FAIRPRUNE_ALLOW_TORCHSCRIPT); otherwise the page refuses it and says how.
 DATA_TYPES = ["csv", "gz", "npz", "zip"]
 
 
@@ -79,7 +77,7 @@ BAD_UPLOAD_LIMIT = "{env}: expected a whole number of MiB greater than 0 (the up
 UPLOAD_TOO_LARGE = (
     "{name}: refused: the file is {size_mb:,.1f} MiB ({size:,} bytes), more than the upload limit of {limit_mb:,} MiB. "
     "Put it in a folder listed in {data_dirs} and pick it under 'Server folders', or raise the limit: set {env} "
-    "and Streamlit's server.maxUploadSize (both in MiB; .streamlit/config.toml or --server.maxUploadSize) and "
+    "and Streamlit's server.maxUploadSize (both in MiB; the latter in .streamlit/config.toml) and "
     "restart the dashboard"
 )
 
@@ -105,19 +103,6 @@ def upload_limit_mb() -> int:
         log.warning("%s=%d MiB, but Streamlit's server.maxUploadSize is %d MiB and refuses larger files first: "
                     "set both to the same value", MAX_UPLOAD_ENV, ours, streamlit_mb)
     return min(ours, streamlit_mb)
-
-
-def torchscript_allowed() -> bool:
-    """Whether this dashboard loads TorchScript models: ``$FAIRPRUNE_ALLOW_TORCHSCRIPT`` is 1/true/yes/on.
-
-    Unset, empty or 0/false/no/off: refused (the default). Anything else raises InputError.
-    """
-    raw = os.environ.get(TORCHSCRIPT_ENV, "").strip()
-    if raw.lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.lower() in ("", "0", "false", "no", "off"):
-        return False
-    raise InputError(BAD_TORCHSCRIPT_SETTING.format(env=TORCHSCRIPT_ENV, found=raw))
 
 
 def check_upload_size(name: str, size: int) -> None:

@@ -159,7 +159,7 @@ def test_data_page_refuses_an_upload_over_the_limit(monkeypatch):
     at = choose_own_files(new_app().run())
     at.file_uploader(key="data-upload").set_value(("big.csv", big, "text/csv")).run()
     assert_clean(at)
-    [error] = [e.value for e in at.error if "big.csv" in e.value]
+    [error] = [e.value.replace("\\", "") for e in at.error if "big.csv" in e.value]   # markdown escapes rendered
     assert "more than the upload limit of 1 MiB" in error and "FAIRPRUNE_MAX_UPLOAD_MB" in error
     staged = RunStore().home / "uploads" / at.session_state["session_uuid"] / "data"
     assert not staged.exists() or not any(staged.iterdir()), "a refused upload must not be written"

@@ -262,7 +262,7 @@ def test_the_data_page_takes_torchscript_only_when_the_server_opts_in(torchscrip
     at.file_uploader(key="model-upload").set_value(("net.pt", torchscript.read_bytes(), "application/octet-stream"))
     at.run()
     assert_clean(at)
-    errors = [e.value for e in at.error]
+    errors = [e.value.replace("\\", "") for e in at.error]     # as a person reads it: markdown escapes rendered
     captions = [c.value for c in at.caption]
     if opt_in:
         assert not errors, errors
@@ -295,3 +295,29 @@ def test_the_cli_still_audits_torchscript(tmp_path, capsys):
     assert code == 0, err
     r = json.loads(out.read_text())
     assert r["data"]["n"] == 120 and r["dense"]["overall"]["accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_the_worker_keeps_the_dashboards_torchscript_rule(torchscript, tmp_path, monkeypatch, allowed):
+    """A queued run (however it was queued: re-queued, restored, written by hand) is refused by the worker before
+    torch.jit.load runs, unless the server opts in."""
+    from fairprune.run.jobs import execute
+    from fairprune.run.store import RunStore
+
+    if allowed:
+        monkeypatch.setenv("FAIRPRUNE_ALLOW_TORCHSCRIPT", "1")
+    else:
+        monkeypatch.delenv("FAIRPRUNE_ALLOW_TORCHSCRIPT", raising=False)
+        opened = []
+        monkeypatch.setattr(torch.jit, "load", lambda *a, **k: opened.append(a))
+    store = RunStore(tmp_path / "home")
+    store.create_run({"model": str(torchscript), "data": str(tmp_path / "missing.csv"), "sparsities": [0.5]},
+                     kind="audit")
+    run = store.claim_next(worker_pid=1)
+    execute(store, run)
+    done = store.get(run.id)
+    assert done.status == "failed"
+    refused = "TorchScript archive, which is code" in (done.error or "")
+    assert refused is not allowed, done.error
+    if not allowed:
+        assert not opened and "FAIRPRUNE_ALLOW_TORCHSCRIPT=1" in done.error

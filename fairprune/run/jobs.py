@@ -192,6 +192,17 @@ class _CachedCancel:
         return self._flag
 
 
+def _refuse_torchscript(run: Run) -> None:
+    """The worker runs what the dashboard queued, so it keeps the dashboard's rule: a TorchScript model (code) only
+    where the server opts in (:func:`fairprune.zoo._load.torchscript_allowed`), however the run was queued (a
+    re-queued run, a restored session, a spec written to the store by hand)."""
+    from ..zoo._load import TORCHSCRIPT_REFUSED, model_kind, torchscript_allowed
+
+    model = (run.spec or {}).get("model")
+    if model and Path(model).is_file() and not torchscript_allowed() and model_kind(model) == "torchscript":
+        raise InputError(TORCHSCRIPT_REFUSED.format(path=Path(model).name))
+
+
 def execute(store: RunStore, run: Run) -> None:
     """Execute one claimed run and record how it ended; never lets an ``Exception`` escape.
 
@@ -214,6 +225,7 @@ def execute(store: RunStore, run: Run) -> None:
             raise InputError(UNKNOWN_KIND.format(kind=run.kind, known=", ".join(sorted(EXECUTORS)) or "none"))
         if cancel():
             raise Cancelled("cancelled before it started")
+        _refuse_torchscript(run)
         log.info("run %s (%s) started", run.id, run.kind)
         result = fn(store, run, progress, cancel)
         if not isinstance(result, dict):

@@ -49,6 +49,7 @@ TRAINING_PROGRAM = (
 )
 #: The dashboard loads TorchScript only when its server's environment sets this to 1 (see app/files.py).
 TORCHSCRIPT_ENV = "FAIRPRUNE_ALLOW_TORCHSCRIPT"
+BAD_TORCHSCRIPT_SETTING = "{env}: expected 1 (accept TorchScript models) or 0 (refuse them); found {found!r}"
 TORCHSCRIPT_REFUSED = (
     "{path}: refused: expected bare weights (.safetensors, state_dict .pt) or a torch.export program (.pt2); "
     "found a TorchScript archive, which is code: torch.jit.load runs the TorchScript program it holds, and "
@@ -198,6 +199,26 @@ def save_pt2(module: nn.Module, example_input: torch.Tensor, path: str | Path) -
 
 
 # --- what a file holds ---------------------------------------------------------------------------
+
+def torchscript_allowed() -> bool:
+    """Whether a server (the dashboard and its worker) loads TorchScript models: ``$FAIRPRUNE_ALLOW_TORCHSCRIPT`` is
+    1/true/yes/on. Unset, empty or 0/false/no/off: refused (the default). Anything else raises InputError. The
+    command line does not ask: a person running it chose the file."""
+    import os
+
+    raw = os.environ.get(TORCHSCRIPT_ENV, "").strip()
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("", "0", "false", "no", "off"):
+        return False
+    raise InputError(BAD_TORCHSCRIPT_SETTING.format(env=TORCHSCRIPT_ENV, found=raw))
+
+
+def model_kind(path: str | Path) -> str:
+    """What a model file holds, read from its bytes without loading it: safetensors | torch_zip | torchscript | pt2 |
+    pickle. Raises InputError when there is no such file."""
+    return _sniff(Path(path))
+
 
 def _sniff(path: Path) -> str:
     """What ``path`` holds, from its bytes: safetensors | torch_zip | torchscript | pt2 | pickle."""
