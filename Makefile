@@ -33,7 +33,7 @@ test: venv chromium
 	$(PY) -m pytest -q
 
 # Each benchmark prints ratios against a baseline measured in the same run, and the device it ran on.
-bench: venv
+bench: venv chromium
 	$(PY) bench/run.py
 	$(PY) bench/gradnorm.py
 	$(PY) bench/hessian.py
@@ -41,6 +41,7 @@ bench: venv
 	$(PY) bench/compression.py
 	$(PY) bench/startup.py
 	$(PY) bench/calibration.py
+	$(PY) bench/dashboard.py
 
 # The CUDA paths in one short run (mixed precision, out-of-memory back-off, int4 / 2:4 kernels, the 10k-image
 # audit goal, Ray GPU tasks); prints PASS / FAIL / REFUSED per check; does nothing without a GPU.

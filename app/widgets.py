@@ -39,7 +39,7 @@ PAGES = {
 }
 DEFAULT_DEMO = "mnist"
 #: How often a page showing a queued or running run looks at the store again (seconds).
-POLL_S = 1.0
+POLL_S = 0.5
 #: A worker the app starts exits after this long with nothing to do (the next run starts another).
 WORKER_IDLE_EXIT_S = 900.0
 #: The prefix of the message shown for an unexpected error (tests look for it).

@@ -64,7 +64,7 @@ def test_why_shows_the_diagnostics(diag_result, worker_calls):
     assert len(at.dataframe) == 2        # Theorem 1 vs measurement, flipped samples per group
     # issue 14.10: two groups are compared in words, λ_max with its standard errors (the library's sentence)
     from app.widgets import escape_markdown
-    from fairprune.engine.diagnose._factors import compare_groups, factor_values, theory_reading
+    from fairprune.engine.diagnose import compare_groups, factor_values, theory_reading
 
     dg = diag_result["diagnostics"]
     drops = {g: v["accuracy_drop"] for g, v in diag_result["levels"][0]["groups"].items()}

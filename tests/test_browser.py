@@ -156,23 +156,28 @@ def test_try_the_demo_shows_results(server, page):
 
 
 def test_bad_csv_shows_its_message_on_the_data_page(server, page, tmp_path):
-    """Issue 14.8: a CSV without a 'group' column first gets a question, not a red alarm; the library's message
-    comes once a choice is made, and the file's own column fixes it."""
+    """Issue 14.8: a CSV whose columns are not named 'label' and 'group' first gets a question, not a red alarm;
+    the library's message comes once both choices are made."""
     url, _ = server
     bad = tmp_path / "no_group.csv"
-    bad.write_text("f0,f1,label,team\n0.1,0.2,1,a\n0.3,0.1,0,b\n")
+    bad.write_text("f0,f1,outcome,team\n0.1,0.2,1,a\n0.3,0.1,0,b\n")
     page.goto(f"{url}/data")
     page.get_by_text("My own model and data").click()
     uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Data file")
     uploader.locator('input[type="file"]').set_input_files(str(bad))
-    page.get_by_text("Choose the group column(s) above").wait_for()
+    page.get_by_text("Choose the label column and the group column(s) above").wait_for()
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
     screenshot(page, "csv_asks_first.png")
     _selectbox(page, "Label column").click()
     page.locator('[role="option"]').filter(has_text=re.compile("^f1$")).click()
+    page.get_by_text("Choose the group column(s) above").wait_for()
+    page.wait_for_timeout(1500)
     page.locator('[data-testid="stMultiSelect"]').filter(has_text="Group column(s)").locator("input").click()
     page.locator('[role="option"]').filter(has_text=re.compile("^team$")).click()
     page.keyboard.press("Escape")
+    page.wait_for_timeout(1500)
+    # the label just chosen is kept while the group is chosen
+    assert _selectbox(page, "Label column").input_value() == "f1"
     error = page.locator('[data-testid="stAlertContentError"]').filter(has_text="no_group.csv")
     error.wait_for()
     assert "label column 'f1' must hold integer class indices" in error.inner_text()

@@ -23,7 +23,7 @@ from fairprune.engine.diagnose import (DIAG_KEYS, MIN_GROUPS, SAMPLE_COLUMNS, Di
                                 group_grad_norms, hvp_double_backward, hvp_forward_over_reverse,
                                 hvp_reverse_over_forward, max_eigenvalue,
                                 theory_terms, trace, uncertainty)
-from fairprune.engine.diagnose._factors import compare_groups, theory_reading
+from fairprune.engine.diagnose import compare_groups, theory_reading
 from fairprune.engine.diagnose._hessian import flatten
 from fairprune.core.errors import Cancelled, InputError
 from fairprune.engine.evaluate import loss_fn

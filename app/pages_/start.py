@@ -20,7 +20,7 @@ with demo_col:
         st.subheader("1 · Try the demo")
         st.markdown(
             "Handwritten digits where a small share of the training images is drawn in inverted colours. "
-            "A small network is pruned to 50%, 80%, 90% and 95% sparsity; results in about half a minute."
+            "A small network is pruned to 50%, 80%, 90% and 95% sparsity; the first results show in about ten seconds."
         )
         if st.button("Try the demo", type="primary", icon=":material/play_arrow:", key="try-demo", width="stretch",
                      help="Queues an audit of the built-in MNIST demo and opens its results page."):

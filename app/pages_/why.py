@@ -8,7 +8,7 @@ import streamlit as st
 from app import result_view, widgets
 from fairprune.present import plots
 from fairprune.engine.audit import AuditSpec
-from fairprune.engine.diagnose._factors import MIN_GROUPS, compare_groups, factor_values, theory_reading
+from fairprune.engine.diagnose import MIN_GROUPS, compare_groups, factor_values, theory_reading
 from fairprune.core.result import AuditResult
 
 #: what an empty cell of the tables means

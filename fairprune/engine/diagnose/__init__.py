@@ -19,7 +19,8 @@ Modules: ``_hessian`` (HVPs, power iteration, Hutchinson), ``_gradients`` (‖g_
 """
 
 from ._boundary import BOUNDARY_ATTACKS, boundary_distances, output_stats, uncertainty
-from ._factors import FACTORS, MIN_GROUPS, factor_correlations, factor_sentence, factor_values, theory_terms
+from ._factors import (FACTORS, MIN_GROUPS, compare_groups, factor_correlations, factor_sentence, factor_values,
+                       theory_reading, theory_terms)
 from ._gradients import group_grad_norms
 from ._gradnorm import per_sample_grad_norms, per_sample_grad_norms_reference
 from ._hessian import (HVP_METHODS, EigenEstimate, HessianOperator, TraceEstimate, hvp_double_backward,
@@ -30,9 +31,9 @@ from ._run import (DIAG_KEYS, SAMPLE_COLUMNS, AuditDiagnostics, DiagnosticsConfi
 __all__ = [
     "AuditDiagnostics", "BOUNDARY_ATTACKS", "DIAG_KEYS", "DiagnosticsConfig", "EigenEstimate", "FACTORS",
     "HVP_METHODS", "HessianOperator", "MIN_GROUPS", "ModelDiagnostics", "SAMPLE_COLUMNS", "TraceEstimate",
-    "boundary_distances", "diagnose", "diagnose_steps", "diagnostics_section", "factor_correlations",
+    "boundary_distances", "compare_groups", "diagnose", "diagnose_steps", "diagnostics_section", "factor_correlations",
     "factor_sentence", "factor_values", "group_grad_norms", "hvp_double_backward", "hvp_forward_over_reverse",
     "hvp_reverse_over_forward",
     "input_positions", "max_eigenvalue", "output_stats", "per_sample_grad_norms", "per_sample_grad_norms_reference",
-    "sample_rows", "sample_table", "theory_terms", "trace", "uncertainty",
+    "sample_rows", "sample_table", "theory_reading", "theory_terms", "trace", "uncertainty",
 ]
