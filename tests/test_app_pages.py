@@ -576,3 +576,12 @@ def test_next_step_is_a_button_that_opens_the_audit_page(worker_calls):
     at.button(key="data-next-demo").click().run()
     assert_clean(at)
     assert at.button(key="audit-run").label == "Run the audit"
+
+
+def test_data_page_says_when_the_measured_rows_are_balanced_by_design(worker_calls):
+    at = open_page(new_app().run(), "pages_/data.py")       # the MNIST demo: 750 test rows per population
+    assert_clean(at)
+    assert any("Every group has 750 rows to measure: balanced by design" in c.value for c in at.caption)
+    at.selectbox(key="demo-group-mnist").set_value(at.selectbox(key="demo-group-mnist").options[-1]).run()
+    assert_clean(at)                                          # digits as groups: unequal counts, no such note
+    assert not any("balanced by design" in c.value for c in at.caption)

@@ -49,6 +49,10 @@ def _preview_data(data) -> None:
     where = " (the test rows the audit measures)" if data.split is not None else ""
     st.plotly_chart(plots.group_sizes(measured.group_sizes, title=f"Samples per group{where}"),
                     key=f"sizes-{data.name}", theme=None, config={"displaylogo": False})
+    if len(measured.group_sizes) > 1 and len(set(measured.group_sizes.values())) == 1:
+        st.caption(f"Every group has {next(iter(measured.group_sizes.values())):,} rows to measure: balanced by "
+                   "design of the test set, so each group's accuracy is measured as precisely (the training rows "
+                   "may be far from balanced).")
     small = [g for g, n in measured.group_sizes.items() if n < 30]
     if small:
         st.warning(f"Groups with fewer than 30 samples are measured but marked unreliable: {', '.join(small)}.")

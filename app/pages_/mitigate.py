@@ -50,8 +50,10 @@ def before_after(sec: dict, method: str) -> tuple[pd.DataFrame, str]:
     t = pd.DataFrame(rows)
     t["rows"] = [NOT_MEASURED if v is None or v != v else f"{int(v):,}" for v in t["rows"]]
     what = ("accuracy on the held-out rows" if has_acc else "accuracy drop (dense − model) on the held-out rows")
+    missing = (t == NOT_MEASURED).to_numpy().any()
     return t, (f"{what.capitalize()}: the pruned model without repair, then with {method}. Change: positive means "
-               f"the repair gave the group back accuracy. {NOT_MEASURED}: not in this result.")
+               f"the repair gave the group back accuracy."
+               + (f" {NOT_MEASURED}: not in this result (older results hold no dense accuracies)." if missing else ""))
 
 
 LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
