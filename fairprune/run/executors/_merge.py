@@ -232,7 +232,8 @@ def _equal_section(name: str, values: list, ctx: MergeContext) -> Any:
 
 
 # footprint.FootprintMeter.section(): the device line is descriptive (tasks on different cards each name
-# theirs); the dense model's latency is a timing, taken from the first part like the dense figures.
+# theirs); the dense model's latency (median, spread, repeats) is a timing, taken from the first part like the
+# dense figures.
 def _only(values: list) -> Any:
     if len(values) != 1:
         raise MergeError(f"results do not belong together: expected one part to measure the compression variants; "
@@ -242,7 +243,8 @@ def _only(values: list) -> Any:
 
 register_section_merger("footprint", LevelwiseSection(
     levelwise=(("levels",),),
-    combine={("device",): _join_distinct, ("dense", "latency_ms"): _first},
+    combine={("device",): _join_distinct, ("dense", "latency_ms"): _first, ("dense", "latency_ms_iqr"): _first,
+             ("dense", "latency_repeats"): _first},
     optional={("compression",): _only},
 ))
 
