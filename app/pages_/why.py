@@ -25,8 +25,9 @@ HELP = {
                "trace (Hutchinson). Whiskers: ± one standard error over row parts / probes.",
     "margin_mean": "Margin p_y − max_{k≠y} p_k: the model's probability of the true class minus that of the strongest "
                    "other class. Small or negative margins sit near the decision boundary.",
-    "boundary": "Input-space distance to the decision boundary is optional and slower (diagnostics option "
-                "boundary=True); it is shown in the panels only when it was measured.",
+    "boundary": "Input-space distance to the decision boundary (the smallest change of an input that changes its "
+                "prediction) is slower to measure and is not measured from the dashboard; it is shown in the panels "
+                "only for runs that measured it.",
     "flips": "Flipped sample: right under the dense model, wrong under the pruned one. Indices are row positions in "
              "the input data.",
 }
