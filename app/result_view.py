@@ -430,3 +430,82 @@ def render_compact(result: AuditResult, *, key: str) -> None:
     chart(plots.drop_by_group(result, lv.sparsity), key=f"{key}-drop",
           heading=f"Accuracy drop per group at {plots.sparsity_label(lv.sparsity)}", help=DROP_HELP)
     chart(plots.violation_vs_sparsity(result), key=f"{key}-viol", heading="Fairness violation", help=VIOL_HELP)
+
+
+# ---- the Operating point page's tables: one format with the Results tables ---------------------------------------
+MISSING = "—"
+
+
+def pct(x) -> str:
+    """0.949333 -> '94.9%'; None or NaN -> '—'."""
+    return MISSING if x is None or x != x else f"{100 * float(x):.1f}%"
+
+
+def points(x, *, signed: bool = True) -> str:
+    """A fraction as percentage points, one decimal: 0.0123 -> '+1.2' (signed) or '1.2'; None or NaN -> '—'."""
+    return MISSING if x is None or x != x else format(100 * float(x), "+.1f" if signed else ".1f")
+
+
+def interval(ci, *, signed: bool = False) -> str:
+    """(lo, hi) fractions -> '0.3 to 2.1' points; None -> '—'."""
+    if not ci or ci[0] is None or ci[1] is None:
+        return MISSING
+    return f"{points(ci[0], signed=signed)} to {points(ci[1], signed=signed)}"
+
+
+def kilobytes(n) -> str:
+    return MISSING if n is None else f"{n / 1e3:,.1f}"
+
+
+def frontier_table(res: dict) -> pd.DataFrame:
+    """Every level a search measured, per method, in display units: sparsity as 50%, accuracy as 94.9%, drops and
+    the violation in points with one decimal, '—' where a figure was not measured (the column's help says why)."""
+    rows = []
+    for name, entry in (res.get("methods") or {}).items():
+        rec = (entry.get("recommended") or {}).get("sparsity")
+        for p in sorted(entry.get("frontier") or [], key=lambda p: p["sparsity"]):
+            rows.append({"method": name, "sparsity": plots.sparsity_label(p["sparsity"]),
+                         "overall accuracy": pct(p.get("overall_accuracy")),
+                         "overall drop (pts)": points(p.get("overall_drop")),
+                         "violation (pts)": points(p.get("violation"), signed=False),
+                         "95% CI of violation": interval(p.get("violation_ci95")),
+                         "worst group": p.get("worst_group") or MISSING,
+                         "its drop (pts)": points(p.get("worst_group_drop")),
+                         "size (kB)": kilobytes(p.get("size_bytes")),
+                         "within budget": "yes" if p.get("feasible") else "no",
+                         "recommended": "★ recommended" if rec is not None and p["sparsity"] == rec else ""})
+    return pd.DataFrame(rows)
+
+
+def variant_table(res: dict) -> pd.DataFrame:
+    """The compression variants a search judged against the budget, in the same units as :func:`frontier_table`."""
+    return pd.DataFrame([{"variant": v["method"], "setting": v.get("setting") or MISSING,
+                          "size (kB)": kilobytes(v.get("size_bytes")),
+                          "overall accuracy": pct(v.get("overall_accuracy")),
+                          "overall drop (pts)": points(v.get("overall_drop")),
+                          "violation (pts)": points(v.get("violation"), signed=False),
+                          "95% CI of violation": interval(v.get("violation_ci95")),
+                          "worst group": v.get("worst_group") or MISSING,
+                          "within budget": "yes" if v.get("feasible") else "no"}
+                         for v in res.get("compression") or []])
+
+
+SEARCH_COLUMNS = {
+    "sparsity": st.column_config.TextColumn("sparsity", help=DEF["sparsity"]),
+    "overall accuracy": st.column_config.TextColumn("overall accuracy", help=DEF["accuracy"] + " The whole test set."),
+    "overall drop (pts)": st.column_config.TextColumn("overall drop (pts)", help=DEF["accuracy_drop"]
+                                                      + " The whole test set, in points."),
+    "violation (pts)": st.column_config.TextColumn("violation (pts)", help=DEF["fairness_violation_accuracy"]),
+    "95% CI of violation": st.column_config.TextColumn(
+        "95% CI of violation", help=DEF["fairness_violation_ci95"] + " — where the result records no interval "
+        "(older results, or a single group)."),
+    "worst group": st.column_config.TextColumn("worst group", help="The group with the largest accuracy drop at "
+                                               "this level."),
+    "its drop (pts)": st.column_config.TextColumn("its drop (pts)", help=DEF["accuracy_drop"]),
+    "size (kB)": st.column_config.TextColumn("size (kB)", help="Bytes of the model as it would ship, in kB. — where "
+                                             "the size was not measured."),
+    "within budget": st.column_config.TextColumn("within budget", help="yes: every bound of the budget holds at this "
+                                                 "level (on the 95% upper ends when the search reads them)."),
+    "recommended": st.column_config.TextColumn("recommended", help="The method's recommended level: the highest "
+                                               "sparsity within the budget with no failure below it."),
+}

@@ -169,7 +169,7 @@ def test_search_with_compression_variants_runs_in_the_worker_and_names_the_small
     at = open_page(at, "pages_/search.py")
     assert_clean(at)
     [variants] = [d.value for d in at.dataframe if "variant" in d.value.columns]
-    assert variants["within budget"].tolist() == [res["compression"][0]["feasible"]]
+    assert variants["within budget"].tolist() == ["yes" if res["compression"][0]["feasible"] else "no"]
     small = res["smallest_within_budget"]
     if small:
         assert any("Smallest model within the budget" in x.value for x in at.success)
@@ -585,3 +585,33 @@ def test_data_page_says_when_the_measured_rows_are_balanced_by_design(worker_cal
     at.selectbox(key="demo-group-mnist").set_value(at.selectbox(key="demo-group-mnist").options[-1]).run()
     assert_clean(at)                                          # digits as groups: unequal counts, no such note
     assert not any("balanced by design" in c.value for c in at.caption)
+
+
+def test_search_table_speaks_one_format(worker_calls):
+    """Operating point's table: sparsity as 50%, accuracy as 94.9%, drops in points with one decimal, '—' for a
+    figure not measured (with the column's help saying why), as the Results tables do."""
+    point = {"sparsity": 0.5, "violation": 0.0123456, "violation_ci95": [0.001, 0.0345], "overall_accuracy": 0.949333,
+             "overall_drop": 0.004667, "worst_group": "inverted", "worst_group_drop": 0.02151, "feasible": True,
+             "size_bytes": None}
+    over = dict(point, sparsity=0.975, violation=0.2, violation_ci95=None, overall_accuracy=0.5, overall_drop=-0.01,
+                feasible=False, size_bytes=12_345)
+    res = {"budget": {"max_violation": 0.02}, "best": {"method": "global_magnitude", **point},
+           "methods": {"global_magnitude": {"frontier": [over, point], "recommended": point, "note": "ok"}}}
+    s = RunStore()
+    rid = s.create_run({"demo": "mnist", "methods": ["global_magnitude"]}, kind="search", title="formatted search")
+    _finish(rid, res)
+    at = open_page(new_app().run(), "pages_/search.py")
+    assert_clean(at)
+    [table] = [d for d in at.dataframe if "overall accuracy" in d.value.columns]
+    t = table.value
+    assert t["sparsity"].tolist() == ["50%", "97.5%"]                 # sorted by sparsity, in percent
+    assert t["overall accuracy"].tolist() == ["94.9%", "50.0%"]
+    assert t["overall drop (pts)"].tolist() == ["+0.5", "-1.0"]
+    assert t["violation (pts)"].tolist() == ["1.2", "20.0"]
+    assert t["95% CI of violation"].tolist() == ["0.1 to 3.5", "—"]
+    assert t["its drop (pts)"].tolist() == ["+2.2", "+2.2"]
+    assert t["size (kB)"].tolist() == ["—", "12.3"]
+    assert t["within budget"].tolist() == ["yes", "no"]
+    assert t["recommended"].tolist() == ["★ recommended", ""]
+    config = json.loads(table.proto.columns)
+    assert "not measured" in config["size (kB)"]["help"] and "no interval" in config["95% CI of violation"]["help"]

@@ -305,6 +305,40 @@ def test_operating_point_follows_the_new_search_to_its_result(server, page):
     screenshot(page, "search_second_run.png")
 
 
+def test_operating_point_table_speaks_one_format(server, page):
+    """Operating point's table reads like the Results tables: sparsity as 50%, accuracy as 94.9%, points with one
+    decimal, '—' where a figure was not measured (before: 0.5, 94.9333 and an empty cell)."""
+    from fairprune.run.store import RunStore
+
+    url, home = server
+    store = RunStore(home)
+    point = {"sparsity": 0.5, "violation": 0.0123456, "violation_ci95": [0.001, 0.0345],
+             "overall_accuracy": 0.949333, "overall_drop": 0.004667, "worst_group": "inverted",
+             "worst_group_drop": 0.02151, "feasible": True, "size_bytes": None}
+    over = dict(point, sparsity=0.975, violation=0.2, violation_ci95=None, overall_accuracy=0.5,
+                overall_drop=-0.01, feasible=False, size_bytes=12_345)
+    found = {"budget": {"max_violation": 0.02}, "best": {"method": "global_magnitude", **point},
+             "methods": {"global_magnitude": {"frontier": [over, point], "recommended": point, "note": "ok"}}}
+    rid = store.create_run({"demo": "mnist", "group": ["population"], "methods": ["global_magnitude"],
+                            "max_violation": 0.02}, kind="search", title="a formatted search")
+    claimed = store.claim_next(worker_pid=0)          # ours: the app's worker does not start a real search
+    assert claimed is not None and claimed.id == rid
+    store.finish(rid, found)
+    page.goto(f"{url}/search?run={rid}")
+    _shows(page, "Search run", rid)
+    grid = page.locator('[data-testid="stDataFrame"]').filter(has_text="overall accuracy").first
+    grid.locator('[role="gridcell"]', has_text="94.9%").first.wait_for(state="attached")
+    rows = [r.locator('[role="gridcell"]').all_inner_texts() for r in grid.locator('[role="row"]').all()]
+    rows = [r for r in rows if r]
+    assert [r[1:5] for r in rows] == [["50%", "94.9%", "+0.5", "1.2"], ["97.5%", "50.0%", "-1.0", "20.0"]], rows
+    cells = [c for r in rows for c in r]
+    assert "—" in cells and "0.1 to 3.5" in cells and "★ recommended" in cells
+    assert not any(c in ("0.5", "0.975", "None") or "94.93" in c for c in cells), cells
+    no_exception(page)
+    screenshot(page, "search_table_format.png")
+    store.delete(rid)
+
+
 def test_why_level_picker_and_charts_come_from_the_same_run(server, page):
     """Bug 3: switching from a 4-level run to a 5-level one, the checked level is the one the charts show."""
     from fairprune.engine.audit import AuditSpec

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from app import result_view, widgets
@@ -82,13 +81,9 @@ if runs:
                               heading="Violation against sparsity per method",
                               help="Shaded: within the violation budget. Crosses: levels over budget. Stars: the "
                                    "recommended level of each method.")
-            rows = [{"method": name, "sparsity": p["sparsity"], "overall accuracy %": 100 * p["overall_accuracy"],
-                     "overall drop (pts)": 100 * p["overall_drop"], "violation (pts)": 100 * p["violation"],
-                     "worst group": p["worst_group"], "within budget": p["feasible"],
-                     "recommended": bool(entry.get("recommended"))
-                     and p["sparsity"] == entry["recommended"]["sparsity"]}
-                    for name, entry in (res.get("methods") or {}).items() for p in entry.get("frontier") or []]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, key="search-table", width="stretch")
+            table = result_view.frontier_table(res)
+            st.dataframe(table, hide_index=True, key="search-table", width="stretch",
+                         column_config=result_view.SEARCH_COLUMNS, height=result_view._height(len(table)))
             if res.get("compression"):
                 small = res.get("smallest_within_budget")
                 if small:
@@ -99,9 +94,5 @@ if runs:
                                f"{100 * small['overall_accuracy']:.1f}%.", icon=":material/compress:")
                 else:
                     st.warning("No sized model (level or variant) met the budget.")
-                vrows = [{"variant": v["method"], "setting": v["setting"],
-                          "size (kB)": None if v["size_bytes"] is None else v["size_bytes"] / 1e3,
-                          "overall accuracy %": 100 * v["overall_accuracy"], "overall drop (pts)": 100 * v["overall_drop"],
-                          "violation (pts)": 100 * v["violation"], "worst group": v["worst_group"],
-                          "within budget": v["feasible"]} for v in res["compression"]]
-                st.dataframe(pd.DataFrame(vrows), hide_index=True, key="search-variants", width="stretch")
+                st.dataframe(result_view.variant_table(res), hide_index=True, key="search-variants",
+                             width="stretch", column_config=result_view.SEARCH_COLUMNS)
