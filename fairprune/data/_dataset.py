@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..core.errors import InputError
+from ._inputs import Inputs
 
 __all__ = ["GroupedDataset", "GROUP_JOIN", "join_groups"]
 
@@ -46,7 +47,9 @@ class GroupedDataset:
 
     Attributes:
         x: (N, ...) features. float32; uint8 images (N, C, H, W) scaled to [0, 1] per batch; or int64 ids
-            (N, L) passed to the model unchanged (token ids for an ``nn.Embedding``).
+            (N, L) passed to the model unchanged (token ids for an ``nn.Embedding``). For a model with several
+            inputs, an :class:`Inputs` of such tensors (e.g. ``input_ids`` + ``attention_mask``), passed
+            positionally in order; it slices, counts and moves rows like one tensor.
         y: (N,) int64 class indices.
         group: (N,) object array of group keys (str). Intersectional keys are joined with ``' & '``.
         name: a short name for reports (file name or demo name).
@@ -58,9 +61,11 @@ class GroupedDataset:
         split: optional (N,) object array of ``'train'``/``'test'``.
         normalize: optional per-channel (mean, std) applied after scaling to [0, 1].
         frame: optional source table (pandas DataFrame, row-aligned) for showing rows to a person.
+        preprocessing: the steps from file to model input, as text (image decoding and transforms,
+            tokenisation), recorded in a result's ``provenance.preprocessing``.
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | Inputs
     y: torch.Tensor
     group: np.ndarray
     name: str
@@ -72,6 +77,7 @@ class GroupedDataset:
     split: np.ndarray | None = None
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     frame: object | None = field(default=None, repr=False)
+    preprocessing: tuple[str, ...] = ()
 
     def __post_init__(self):
         n = len(self.y)
@@ -92,11 +98,31 @@ class GroupedDataset:
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the (first) model input."""
         return tuple(self.x.shape[1:])
+
+    def describe_inputs(self) -> str:
+        """The model's positional inputs in order, e.g. ``input_ids (128,) int64, attention_mask (128,) int64``."""
+        dtypes = self.x.dtypes if isinstance(self.x, Inputs) else (self.x.dtype,)
+        return ", ".join(f"{n} {s} {str(d).removeprefix('torch.')}"
+                         for (n, s), d in zip(self.input_shapes.items(), dtypes))
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Input name -> per-sample shape, for every positional model input (one entry, ``x``, for one input)."""
+        if isinstance(self.x, Inputs):
+            return {n: tuple(t.shape[1:]) for n, t in zip(self.x.names, self.x.tensors)}
+        return {"x": self.feature_shape}
+
+    @property
+    def n_inputs(self) -> int:
+        """How many positional inputs the model takes."""
+        return len(self.x.tensors) if isinstance(self.x, Inputs) else 1
 
     @property
     def n_features(self) -> int:
-        return int(np.prod(self.feature_shape)) if self.feature_shape else 1
+        """Values per sample over every input."""
+        return sum(int(np.prod(s)) if s else 1 for s in self.input_shapes.values())
 
     @property
     def group_names(self) -> list[str]:
@@ -145,12 +171,17 @@ class GroupedDataset:
     @property
     def integer_inputs(self) -> bool:
         """True when x holds integer ids (token ids, category codes) that reach the model as int64:
-        no scaling, no normalisation, and no gradient with respect to the input."""
+        no scaling, no normalisation, and no gradient with respect to the input (any input, for several)."""
+        if isinstance(self.x, Inputs):
+            return any(d == torch.int64 for d in self.x.dtypes)
         return self.x.dtype == torch.int64
 
-    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+    def to_float(self, x: torch.Tensor | Inputs) -> torch.Tensor | Inputs:
         """Stored features -> model input: uint8 scaled to [0, 1], then optional normalisation; int64 ids
-        are returned unchanged (an ``nn.Embedding`` takes them as they are)."""
+        are returned unchanged (an ``nn.Embedding`` takes them as they are). Several inputs: each one alike,
+        never normalised (the loaders refuse normalisation for several inputs)."""
+        if isinstance(x, Inputs):
+            return x.map(_model_ready)
         if x.dtype == torch.int64:
             return x
         if x.dtype == torch.uint8:
@@ -163,7 +194,7 @@ class GroupedDataset:
             x = (x - torch.tensor(mean, device=x.device).view(shape)) / torch.tensor(std, device=x.device).view(shape)
         return x
 
-    def rows(self, start: int, stop: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def rows(self, start: int, stop: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor | Inputs, torch.Tensor]:
         """(x, y) of rows ``start:stop`` on ``device``; x is model input (float32, or int64 ids). To a GPU
         the rows are copied from pinned memory without blocking, in their stored dtype (uint8 images are 4x
         smaller to move), and converted to float there."""
@@ -176,7 +207,16 @@ class GroupedDataset:
             xb, yb = xb.to(device), yb.to(device)
         return self.to_float(xb), yb
 
-    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor | Inputs, torch.Tensor]]:
         """Yield (x, y) batches on ``device`` in row order; x is model input (float32, or int64 ids)."""
         for start in range(0, self.n, batch_size):
             yield self.rows(start, start + batch_size, device)
+
+
+def _model_ready(t: torch.Tensor) -> torch.Tensor:
+    """One stored input -> model input: int64 unchanged, uint8 scaled to [0, 1], anything else float32."""
+    if t.dtype == torch.int64:
+        return t
+    if t.dtype == torch.uint8:
+        return t.float().div_(255.0)
+    return t if t.dtype == torch.float32 else t.float()

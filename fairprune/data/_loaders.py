@@ -69,6 +69,10 @@ def load_dataset(
     resize: int | None = None,
     crop: int | str | tuple[int, int] | None = None,
     transforms: str | None = None,
+    inputs: Sequence[str] | None = None,
+    text: str | None = None,
+    tokenizer: str | Path | None = None,
+    max_length: int = 128,
 ) -> GroupedDataset:
     """Read a dataset file into a GroupedDataset D = {(x_i, a_i, y_i)}.
 
@@ -92,6 +96,12 @@ def load_dataset(
         crop: images only: centre crop to N x N or (H, W) / ``'H,W'`` (``--crop``).
         transforms: images only: a torchvision weights entry (``'ResNet50_Weights.IMAGENET1K_V2'``) whose
             ``transforms()`` preset (resize, crop, mean/std) is applied; not with resize, crop or normalize.
+        inputs: NPZ only: the arrays that are the model's positional inputs, in order (``--inputs``); default
+            ``x``, or ``x0``, ``x1``, ... when the file has those.
+        text: CSV only: the column of raw text to tokenise (``--text``) with ``tokenizer``'s tokenizer; the model
+            then takes ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` where the tokenizer gives them).
+        tokenizer: a Hugging Face checkpoint folder whose tokenizer tokenises ``text`` (the model's own folder).
+        max_length: tokens per row for ``text`` (``--max-length``): longer texts are truncated, shorter padded.
 
     Returns:
         GroupedDataset with x (N, F) float32 for tables, (N, ...) float32 or uint8 for NPZ, uint8
@@ -124,7 +134,28 @@ def load_dataset(
 
         pre = parse_preprocess(resize, crop, transforms, normalize)
 
+    inputs = as_names(inputs, "inputs (--inputs)")
+    if inputs is not None and not inputs:
+        raise InputError(BAD_OPTION.format(option="inputs (--inputs)", expected="one or more array names", found=inputs))
+
     path = Path(path)
+    if text is not None:
+        if not isinstance(text, str) or not text:
+            raise InputError(BAD_OPTION.format(option="text (--text)", expected="one column name", found=text))
+        if pre is not None or stats is not None or inputs is not None:
+            raise InputError(f"{path.name}: text (--text) is tokenised by the model's tokenizer; --resize, --crop, "
+                             "--transforms, --normalize and --inputs do not apply to it")
+        if path.is_dir() or not path.name.lower().endswith((".csv", ".csv.gz")):
+            raise InputError(f"{path.name}: text (--text) expects a .csv or .csv.gz table with a text column; "
+                             f"found {'a folder' if path.is_dir() else repr(''.join(path.suffixes) or 'no extension')}")
+        from ._text import load_text_csv
+
+        return load_text_csv(path, text=text, tokenizer=tokenizer, max_length=max_length, label=label,
+                             groups=groups, missing_group=missing_group, name=name, features=features, ignore=ignore,
+                             max_uncompressed_bytes=max_uncompressed_bytes)
+    if inputs is not None and (path.is_dir() or not path.name.lower().endswith(".npz")):
+        raise InputError(f"{path.name}: inputs (--inputs) names arrays of an .npz file; found "
+                         f"{'a folder' if path.is_dir() else repr(''.join(path.suffixes) or 'no extension')}")
     common = dict(label=label, groups=groups, missing_group=missing_group, normalize=stats, name=name,
                   max_uncompressed_bytes=max_uncompressed_bytes)
     if path.is_dir():
@@ -159,7 +190,7 @@ def load_dataset(
             raise InputError(CSV_ONLY.format(file=file, option=option, suffix=suffix))
     if suffix == ".zip":
         return _loader(suffix)(path, pre=pre, **common)
-    return _loader(suffix)(path, **common)
+    return _loader(suffix)(path, inputs=inputs, **common)
 
 
 def _no_table_options(file: str, kind: str, features, ignore) -> None:

@@ -40,6 +40,7 @@ from ._checks import (
     resolve_missing_groups,
 )
 from ._dataset import GroupedDataset, join_groups
+from ._inputs import Inputs
 
 NPZ_MISSING_ARRAY = "{file}: expected an array {key!r} ({what}), found arrays: {found}"
 NPZ_OBJECT_ARRAY = (
@@ -55,7 +56,16 @@ NPZ_IDS_NORMALIZE = (
     "{file}: normalize applies to float features and uint8 images; array 'x' holds integers ({dtype}), which "
     "reach the model unchanged as int64 (token ids); drop the normalization, or store x as float32"
 )
-NONFINITE_X = "{file}: array 'x' must hold finite numbers; found NaN or inf in {n} sample(s) ({where})"
+NONFINITE_X = "{file}: array {key!r} must hold finite numbers; found NaN or inf in {n} sample(s) ({where})"
+NPZ_MISSING_INPUTS = "{file}: --inputs names arrays {missing} that the file does not have; found arrays: {found}"
+NPZ_X_AND_NUMBERED = (
+    "{file}: found both 'x' and {numbered}; expected either one input 'x' or several 'x0', 'x1', ...; name the "
+    "model's inputs in order with --inputs (e.g. --inputs x0 x1)"
+)
+NPZ_SEVERAL_NORMALIZE = (
+    "{file}: normalize applies to a single image input; this file gives the model several inputs ({names}). "
+    "Normalise inside the model, or store the arrays already normalised"
+)
 GROUP_NAME_INDEX = (
     "{file}: array {key!r} indexes into 'group_names' ({k} names), so it must hold 0..{last}; found {values}"
 )
@@ -70,7 +80,7 @@ def _where(idx) -> str:
 
 
 def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: str, normalize,
-             name: str | None, max_uncompressed_bytes: int) -> GroupedDataset:
+             name: str | None, max_uncompressed_bytes: int, inputs: tuple[str, ...] | None = None) -> GroupedDataset:
     file = path.name
     # An .npz is a zip; np.load would expand every member it is asked for, so bound that first.
     with open_zip(path, file=file, what=NPZ_WHAT) as zf:
@@ -104,7 +114,9 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
                 raise InputError(NPZ_UNREADABLE.format(file=file, key=key, reason="not a .npy member"))
             return value
 
-        x = get("x")
+        input_keys = _input_keys(found, inputs, file)
+        xs = [get(k) for k in input_keys]
+        x = xs[0]
         y = _vector(get(label_key), label_key, file)
         group_arrays = {k: _vector(get(k), k, file) for k in dict.fromkeys(group_keys) if k != label_key}
         split = get("split", required=False)
@@ -113,9 +125,11 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         group_names = _names(get("group_names", required=False), "group_names", file)
         feature_names = _names(get("feature_names", required=False), "feature_names", file)
 
-    if x.ndim == 0:
-        raise InputError(NPZ_SHAPE.format(file=file, key="x", expected="(N, ...)", shape=x.shape))
-    lengths = {"x": len(x), label_key: len(y), **{k: len(v) for k, v in group_arrays.items()}}
+    for k, a in zip(input_keys, xs):
+        if a.ndim == 0:
+            raise InputError(NPZ_SHAPE.format(file=file, key=k, expected="(N, ...)", shape=a.shape))
+    lengths = {**{k: len(a) for k, a in zip(input_keys, xs)}, label_key: len(y),
+               **{k: len(v) for k, v in group_arrays.items()}}
     if split is not None:
         lengths["split"] = len(split)
     if len(set(lengths.values())) > 1:
@@ -132,7 +146,7 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         keep = np.ones(len(x), dtype=bool)
     rows = np.flatnonzero(keep)
     if len(rows) < len(keep):
-        x, y = x[rows], y[rows]
+        xs, y = [a[rows] for a in xs], y[rows]
         split = None if split is None else split[rows]
         group_arrays = {k: v[rows] for k, v in group_arrays.items()}
 
@@ -147,10 +161,14 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
         group_arrays[k] = _group_values(v, k, file=file, names=group_names if k == "group" else None,
                                         where=where)
     keys = join_groups([y if k == label_key else group_arrays[k] for k in group_keys])
-    x = _features(x, file=file, where=where)
+    several = len(xs) > 1
+    xs = [_features(a, file=file, where=where, key=k, several=several) for k, a in zip(input_keys, xs)]
+    x = xs[0]
+    if normalize is not None and several:
+        raise InputError(NPZ_SEVERAL_NORMALIZE.format(file=file, names=", ".join(input_keys)))
     if normalize is not None and x.dtype == np.int64:
         raise InputError(NPZ_IDS_NORMALIZE.format(file=file, dtype=x_dtype))
-    if feature_names is not None and (x.ndim != 2 or len(feature_names) != x.shape[1]):
+    if feature_names is not None and (several or x.ndim != 2 or len(feature_names) != x.shape[1]):
         raise InputError(NPZ_SHAPE.format(file=file, key="feature_names", expected=f"({x.shape[-1]},) for x of shape "
                                           f"{tuple(x.shape)}", shape=(len(feature_names),)))
     if split is not None:
@@ -158,8 +176,9 @@ def load_npz(path: Path, *, label: str, groups: tuple[str, ...], missing_group: 
             raise InputError(NPZ_DTYPE.format(file=file, key="split", expected="strings 'train' or 'test'",
                                               dtype=split.dtype))
         split = check_split(split, file=file, field="array 'split'", where=where)
+    model_input = (Inputs([torch.from_numpy(a) for a in xs], input_keys) if several else torch.from_numpy(x))
     return GroupedDataset(
-        x=torch.from_numpy(x),
+        x=model_input,
         y=torch.from_numpy(y),
         group=keys,
         name=name or file,
@@ -230,19 +249,42 @@ def _name_groups(ints: np.ndarray, names, key: str, file: str, where) -> np.ndar
     return np.asarray(names, dtype=object)[ints]
 
 
-def _features(x: np.ndarray, *, file: str, where) -> np.ndarray:
+def _input_keys(found: list[str], inputs: tuple[str, ...] | None, file: str) -> tuple[str, ...]:
+    """The arrays that are the model's positional inputs, in order: ``inputs`` (--inputs) when given; else ``x``;
+    else ``x0``, ``x1``, ... (consecutive)."""
+    if inputs:
+        missing = [k for k in inputs if k not in found]
+        if missing:
+            raise InputError(NPZ_MISSING_INPUTS.format(file=file, missing=fmt_names(missing), found=fmt_names(found)))
+        if len(set(inputs)) != len(inputs):
+            raise InputError(f"--inputs: expected distinct array names, found {', '.join(inputs)}")
+        return tuple(inputs)
+    numbered = []
+    while f"x{len(numbered)}" in found:
+        numbered.append(f"x{len(numbered)}")
+    if "x" in found and numbered:
+        raise InputError(NPZ_X_AND_NUMBERED.format(file=file, numbered=", ".join(numbered)))
+    if "x" in found or not numbered:
+        return ("x",)      # a missing 'x' is reported by get()
+    return tuple(numbered)
+
+
+def _features(x: np.ndarray, *, file: str, where, key: str = "x", several: bool = False) -> np.ndarray:
     """uint8 stays uint8 (images); other integers become int64 (token ids, category codes: what
-    ``nn.Embedding`` takes); floats and booleans become float32; NaN/inf are refused."""
+    ``nn.Embedding`` takes); floats and booleans become float32; NaN/inf are refused. One of several inputs:
+    uint8 stays uint8 (images) only as (N, C, H, W); other uint8 and booleans become int64 (masks, codes)."""
     if x.dtype.kind not in "iubf":
-        raise InputError(NPZ_DTYPE.format(file=file, key="x", expected="numbers", dtype=x.dtype))
+        raise InputError(NPZ_DTYPE.format(file=file, key=key, expected="numbers", dtype=x.dtype))
     if x.ndim == 1:
         x = x[:, None]
+    if several and (x.dtype == np.bool_ or (x.dtype == np.uint8 and x.ndim != 4)):
+        return np.ascontiguousarray(x, dtype=np.int64)
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if x.dtype.kind in "iu":
         if x.dtype == np.uint64 and x.size and int(x.max()) > np.iinfo(np.int64).max:
             big = np.flatnonzero((x.reshape(len(x), -1) > np.iinfo(np.int64).max).any(axis=1))
-            raise InputError(NPZ_DTYPE.format(file=file, key="x", expected="integers that fit in int64 (token ids)",
+            raise InputError(NPZ_DTYPE.format(file=file, key=key, expected="integers that fit in int64 (token ids)",
                                               dtype=f"uint64 with values above 2**63 - 1 ({where(big)})"))
         return np.ascontiguousarray(x, dtype=np.int64)
     with np.errstate(over="ignore"):
@@ -250,5 +292,5 @@ def _features(x: np.ndarray, *, file: str, where) -> np.ndarray:
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if not finite.all():
         idx = np.flatnonzero(~finite)
-        raise InputError(NONFINITE_X.format(file=file, n=len(idx), where=where(idx)))
+        raise InputError(NONFINITE_X.format(file=file, key=key, n=len(idx), where=where(idx)))
     return x

@@ -63,6 +63,9 @@ class InputSpec:
     resize: int | None = None          # images: shorter side to N (--resize)
     crop: str | None = None            # images: centre crop 'N' or 'H,W' (--crop)
     transforms: str | None = None      # images: a torchvision weights entry's preset (--transforms)
+    inputs: tuple[str, ...] | None = None  # NPZ: the arrays passed to the model positionally, in order (--inputs)
+    text: str | None = None            # CSV: the text column, tokenised by the model's own tokenizer (--text)
+    max_length: int = 128              # tokens per text row (--max-length)
 
 
 #: the loading keys of every stored spec (InputSpec's fields)
@@ -91,15 +94,15 @@ class AuditSpec(InputSpec):
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("sparsities", "group", "features", "ignore", "compress"):
-            if d[k] is not None:
+        for k in ("sparsities", "group", "features", "ignore", "compress", "inputs"):
+            if d.get(k) is not None:
                 d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "AuditSpec":
         d = dict(d)
-        for k in ("sparsities", "group", "features", "ignore", "compress"):
+        for k in ("sparsities", "group", "features", "ignore", "compress", "inputs"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -131,7 +134,8 @@ def _load(spec: InputSpec, path: str) -> GroupedDataset:
 
     return load_dataset(path, label=spec.label, group=spec.group, features=spec.features, ignore=spec.ignore,
                         missing_group=spec.missing_group, normalize=spec.normalize, resize=spec.resize,
-                        crop=spec.crop, transforms=spec.transforms)
+                        crop=spec.crop, transforms=spec.transforms, inputs=spec.inputs, text=spec.text,
+                        tokenizer=spec.model if spec.text else None, max_length=spec.max_length)
 
 
 def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
@@ -142,6 +146,14 @@ def run_spec(spec: AuditSpec, *, progress: Progress | None = None,
                  seed=spec.seed, device=spec.device, batch_size=spec.batch_size, progress=progress, cancel=cancel,
                  measure_footprint=spec.footprint, measure_latency=spec.latency, amp=spec.amp,
                  compress=spec.compress, prune_embeddings=spec.prune_embeddings)
+
+
+def _preprocessing(data: GroupedDataset) -> list[str] | None:
+    """The data's steps from file to model input, and, for a model with several inputs, what it is given."""
+    steps = list(getattr(data, "preprocessing", ()))
+    if data.n_inputs > 1:
+        steps.append(f"model inputs, passed positionally in this order: {data.describe_inputs()}")
+    return steps or None
 
 
 def _check_sparsities(sparsities: Sequence[float]) -> list[float]:
@@ -384,7 +396,7 @@ class Auditor:
                                str(self.device.type)),
             provenance=Provenance(__version__, torch.__version__, model.sha256, data.sha256, data.label_column,
                                   list(data.group_columns), eval_data.n_features,
-                                  list(getattr(data, "preprocessing", ())) or None),
+                                  _preprocessing(data)),
             dense=self.dense, levels=levels, warnings=list(self.warnings) + self._sanity(levels, variants),
             sections=self._sections(levels, variants),
         )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import GroupedDataset
+from ..data._inputs import Inputs, call
 from ..core.errors import Cancelled, InputError, is_out_of_memory
 
 __all__ = ["Predictions", "evaluate", "model_outputs", "module_outputs", "loss_fn", "check_model_fits", "resolve_device", "BatchSize",
@@ -61,22 +62,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def module_outputs(module, x: torch.Tensor, fixed_batch: int | None) -> torch.Tensor:
-    """Logits (N, K) of a bare ``module`` on ``x``: a program exported for a fixed batch size is run in its own
+def module_outputs(module, x, fixed_batch: int | None) -> torch.Tensor:
+    """Logits (N, K) of a bare ``module`` on ``x`` (a tensor, or an :class:`~fairprune.data.Inputs` passed
+    positionally): a program exported for a fixed batch size is run in its own
     batches, the last one padded (padding's outputs dropped); a tuple output gives its first element; one output
     per row becomes (N, 1). Anything else than logits (N, K) is an InputError. :func:`model_outputs` is this for a
     LoadedModel; the diagnostics and compression call it on modules they build (functional calls, copies)."""
-    n = x.shape[0]
+    n = len(x)
     if fixed_batch is not None and n > fixed_batch:     # a program exported for fewer rows: in its own batches
         return torch.cat([module_outputs(module, x[i:i + fixed_batch], fixed_batch) for i in range(0, n, fixed_batch)])
     if fixed_batch is None or n == fixed_batch:
-        out = module(x)
+        out = call(module, x)
     else:
         # Pad by repeating the first row; slice the padding's outputs away.
-        pad = x[:1].expand(fixed_batch - n, *x.shape[1:])
-        out = module(torch.cat([x, pad]))[:n]
+        if isinstance(x, Inputs):
+            padded = x.pad_rows(fixed_batch - n)
+        else:
+            padded = torch.cat([x, x[:1].expand(fixed_batch - n, *x.shape[1:])])
+        out = call(module, padded)
+        out = (out[0] if isinstance(out, (tuple, list)) else out)[:n]
     if isinstance(out, (tuple, list)):
         out = out[0]
+    if not isinstance(out, torch.Tensor) and isinstance(getattr(out, "logits", None), torch.Tensor):
+        out = out.logits            # a Hugging Face ModelOutput
     if not isinstance(out, torch.Tensor):
         raise InputError(f"the model returned {type(out).__name__}; expected a tensor of logits (N, K)")
     if out.dim() == 1:
@@ -129,8 +137,12 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
     except Exception as err:  # the model's own error says what it expected; keep its first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         want = f" (the model expects per-sample input {tuple(model.input_shape)})" if getattr(model, "input_shape", None) else ""
+        if data.n_inputs > 1:
+            what = f"its {data.n_inputs} inputs, passed positionally in this order, are {data.describe_inputs()}"
+        else:
+            what = f"its features have per-sample shape {data.feature_shape}"
         raise InputError(
-            f"the model cannot run on {data.name}: its features have per-sample shape {data.feature_shape}{want}; "
+            f"the model cannot run on {data.name}: {what}{want}; "
             f"the model said: {first}{_dtype_hint(x, first)}"
         ) from err
     k = out.shape[1]
@@ -139,8 +151,15 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
     return k
 
 
-def _dtype_hint(x: torch.Tensor, said: str) -> str:
-    """Why a model may have failed on the input's dtype: ids given where numbers are wanted, or the reverse."""
+def _dtype_hint(x, said: str) -> str:
+    """Why a model may have failed on the input's dtype: ids given where numbers are wanted, or the reverse;
+    or on the number of inputs."""
+    if re.search(r"positional argument|takes \d+|missing \d+ required", said):
+        k = len(x.tensors) if isinstance(x, Inputs) else 1
+        return (f"; the data gives the model {k} positional input(s) (NPZ: 'x', or 'x0', 'x1', ... or the arrays "
+                "named by --inputs, in that order): store as many arrays as the model's forward() takes")
+    if isinstance(x, Inputs):
+        return ""
     if x.dtype == torch.int64 and re.search(r"dtype|scalar type|Long|Float|Half|same type", said):
         return ("; the features are integers, which reach the model as int64 ids (for an nn.Embedding); "
                 "a model that takes numbers needs x stored as float32")

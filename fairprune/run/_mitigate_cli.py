@@ -16,6 +16,7 @@ __all__ = ["run_mitigate", "spec_from_args", "text_summary"]
 
 def spec_from_args(args) -> MitigationSpec:
     from ..zoo import parse_arch_args
+    from .cli import input_options
 
     if args.sparsity is None:
         raise InputError("--sparsity is required, e.g. --sparsity 0.9")
@@ -39,7 +40,7 @@ def spec_from_args(args) -> MitigationSpec:
         group=tuple(args.group) if args.group else ("group",),
         features=tuple(args.features) if args.features else None, ignore=tuple(args.ignore) if args.ignore else None,
         missing_group=args.missing_group, normalize=args.normalize, train_data=args.train_data,
-        resize=args.resize, crop=args.crop, transforms=args.transforms,
+        resize=args.resize, crop=args.crop, transforms=args.transforms, **input_options(args),
     )
 
 

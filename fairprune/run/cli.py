@@ -44,6 +44,12 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--transforms", metavar="NAME",
                    help="images: a torchvision weights entry, e.g. ResNet50_Weights.IMAGENET1K_V2, whose transforms() "
                         "preset (resize, crop, normalisation) is applied; nothing is downloaded")
+    g.add_argument("--inputs", nargs="+", metavar="ARRAY",
+                   help="NPZ: the arrays passed to the model as positional inputs, in order (default: x, or x0 x1 ...)")
+    g.add_argument("--text", metavar="COL",
+                   help="CSV: the column of raw text, tokenised by the Hugging Face checkpoint's own tokenizer (--model DIR)")
+    g.add_argument("--max-length", type=int, default=128, metavar="N",
+                   help="--text: tokens per row (default 128); longer texts are truncated, shorter ones padded")
     g.add_argument("--train-data", help="rows for fine-tuning (otherwise the data's split column)")
     g.add_argument("--demo", help="a built-in demo supplies model and data (`fairprune demo` lists them)")
     r = p.add_argument_group("run")
@@ -111,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def input_options(args) -> dict:
+    """The InputSpec keys of --inputs, --text and --max-length."""
+    return dict(inputs=tuple(args.inputs) if args.inputs else None, text=args.text, max_length=args.max_length)
+
+
 def _spec(args, **extra):
     from ..engine.audit import AuditSpec
     from ..zoo import parse_arch_args
@@ -121,7 +132,7 @@ def _spec(args, **extra):
         num_classes=args.num_classes, arch_args=parse_arch_args(args.arch_arg), label=args.label, group=group,
         features=tuple(args.features) if args.features else None, ignore=tuple(args.ignore) if args.ignore else None,
         missing_group=args.missing_group, normalize=args.normalize, method=args.method,
-        resize=args.resize, crop=args.crop, transforms=args.transforms,
+        resize=args.resize, crop=args.crop, transforms=args.transforms, **input_options(args),
         train_data=args.train_data, seed=args.seed, device=args.device, batch_size=args.batch_size, amp=args.amp, **extra,
     )
 

@@ -109,9 +109,9 @@ class ExportedModule(nn.Module):
         super().__init__()
         self.program = program
 
-    def forward(self, x: torch.Tensor):
-        # One input: load_model only accepts programs taking one tensor (N, ...).
-        return self.program(x)
+    def forward(self, *inputs: torch.Tensor):
+        # The program's positional input tensors, in order (one, or several: fairprune.data.Inputs).
+        return self.program(*inputs)
 
     def train(self, mode: bool = True) -> ExportedModule:
         self.training = mode
@@ -183,16 +183,18 @@ def save_pt2(module: nn.Module, example_input: torch.Tensor, path: str | Path) -
 
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or example_input.shape[0] == 0:
-        got = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+    # several positional inputs (fairprune.data.Inputs: ``.tensors``) are exported as the program's arguments, in order
+    args = tuple(getattr(example_input, "tensors", (example_input,)))
+    if not all(isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] > 0 for a in args):
+        got = [tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__ for a in args]
         raise ValueError(f"example_input must be a batch tensor (N, ...) with N >= 1; got {got}")
-    if example_input.shape[0] == 1:
-        example_input = torch.cat([example_input, example_input])
+    if args[0].shape[0] == 1:
+        args = tuple(torch.cat([a, a]) for a in args)
     was_training = module.training
     module.eval()
     try:
-        program = torch.export.export(module, (example_input,),
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(module, args, dynamic_shapes=tuple({0: batch} for _ in args))
     finally:
         module.train(was_training)
     torch.export.save(move_to_device_pass(program, "cpu"), str(path))
@@ -399,13 +401,14 @@ def _program_input(program: torch.export.ExportedProgram, path: Path) -> tuple[i
     vals = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
     inputs = [vals.get(name) for name in program.graph_signature.user_inputs]
     tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
-    if len(tensors) != 1 or tensors[0].dim() == 0:
-        shapes = [tuple(t.shape) for t in tensors]
-        raise InputError(f"{path}: expected a program taking one input tensor (N, ...); found {len(tensors)} "
-                         f"input tensors {shapes}")
+    if not tensors or len(tensors) != len(inputs) or any(t.dim() == 0 for t in tensors):
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs]
+        raise InputError(f"{path}: expected a program taking one or more input tensors (N, ...), passed "
+                         f"positionally; found inputs {shapes}")
     batch, *sample = tensors[0].shape
     fixed = batch if isinstance(batch, int) else None
-    shape = tuple(sample) if all(isinstance(d, int) for d in sample) else None
+    # several inputs: the per-sample shape of the first is not the whole story, so none is recorded
+    shape = tuple(sample) if len(tensors) == 1 and all(isinstance(d, int) for d in sample) else None
     return fixed, shape
 
 

@@ -348,7 +348,7 @@ class MitigationSpec(InputSpec):
     device: str | None = None
     save_model: str | None = None
 
-    _TUPLES = ("baselines", "also", "group", "features", "ignore")
+    _TUPLES = ("baselines", "also", "group", "features", "ignore", "inputs")
 
     def to_dict(self) -> dict:
         d = asdict(self)
