@@ -10,17 +10,20 @@ Loading (``load_model``) dispatches on the file's content, not its extension, an
 from the file: bare weights are read with safetensors or ``torch.load(weights_only=True)`` and put
 into a registry architecture; a whole pickled model is refused (unpickling runs arbitrary code); a
 ``.pt2`` archive is inspected by :mod:`fairprune.zoo._pt2_guard` before torch opens it; TorchScript is
-accepted as the code it is. Every problem with the file is an ``InputError`` naming the file, what
+accepted as the code it is; a folder with ``config.json`` is a Hugging Face checkpoint (``_hf``: safetensors
+only, never ``trust_remote_code``; ``hf_task(folder)`` says "text" or "image"). Every problem with the file is an ``InputError`` naming the file, what
 was expected and what was found.
 
 Modules: ``_registry`` (names and constructors), ``archs`` (fairprune's own architectures), ``_load``
-(reading files safely; builds models through the registry), ``_pt2_guard`` (inspecting ``.pt2`` archives).
+(reading files safely; builds models through the registry), ``_pt2_guard`` (inspecting ``.pt2`` archives), ``_hf`` (Hugging Face checkpoint folders).
 Imports only :mod:`fairprune.core`.
 """
 
 from ._load import (ACCEPTED_FORMATS, NEEDS_ARCH, PICKLED_MODEL, TRAINING_PROGRAM, ExportedModule, LoadedModel,
                     load_model, parse_arch_args, save_pt2)
+from ._hf import HFClassifier, hf_image_preprocessing, hf_task, is_hf_checkpoint
 from ._registry import ArchInfo, create_model, list_models, model_info, register_model
 
 __all__ = ["register_model", "create_model", "list_models", "model_info", "ArchInfo",
-           "LoadedModel", "ExportedModule", "load_model", "parse_arch_args", "save_pt2", "ACCEPTED_FORMATS"]
+           "LoadedModel", "ExportedModule", "load_model", "parse_arch_args", "save_pt2", "ACCEPTED_FORMATS",
+           "HFClassifier", "is_hf_checkpoint", "hf_task", "hf_image_preprocessing"]

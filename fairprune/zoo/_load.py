@@ -30,7 +30,8 @@ from ._registry import create_model
 
 ACCEPTED_FORMATS = (
     "bare weights (.safetensors, or a state_dict .pt/.pth from torch.save(model.state_dict())) with --arch NAME; "
-    "a torch.export program (.pt2, recommended); or a TorchScript archive (.pt)"
+    "a torch.export program (.pt2, recommended); a TorchScript archive (.pt); or a Hugging Face checkpoint folder "
+    "(config.json + model.safetensors)"
 )
 NEEDS_ARCH = (
     "{path}: the file holds bare weights ({n} tensors) but no architecture; expected --arch NAME "
@@ -68,7 +69,8 @@ class LoadedModel:
 
     ``module`` is in eval form on CPU; called on a batch (N, ...) it returns logits (N, K). ``kind``
     says what the file held: "weights" (bare weights put into registry architecture ``arch``),
-    "pt2", "torchscript", or "module" for an in-memory model. ``sha256`` fingerprints the file's
+    "pt2", "torchscript", "hf" (a Hugging Face checkpoint folder, ``arch`` its config's architecture), or
+    "module" for an in-memory model. ``sha256`` fingerprints the file's
     bytes (for "module", the state_dict's tensors) for provenance. A ``.pt2`` exported with a static
     batch dimension only runs on batches of exactly ``fixed_batch_size`` rows (callers pad the last
     batch); ``input_shape`` is the per-sample shape a ``.pt2`` program was exported for, when static.
@@ -76,7 +78,7 @@ class LoadedModel:
 
     module: nn.Module
     name: str
-    kind: str                                   # "pt2" | "torchscript" | "weights" | "module"
+    kind: str                                   # "pt2" | "torchscript" | "weights" | "module" | "hf"
     sha256: str
     arch: str | None = None
     fixed_batch_size: int | None = None
@@ -135,10 +137,21 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     - a whole pickled model (``torch.save(model)``, or any plain pickle) is refused: unpickling runs
       arbitrary code. The refusal says how to re-save it.
 
+    A folder holding ``config.json`` is a Hugging Face checkpoint, loaded by
+    :func:`fairprune.zoo._hf.load_hf_checkpoint`: safetensors weights only (pickled ``pytorch_model.bin``
+    refused like any pickle), never ``trust_remote_code``, nothing downloaded; ``kind`` is ``"hf"``.
+
     ``arch``/``num_classes``/``arch_args`` apply to bare weights only (``num_classes`` is passed
     only when given). Raises InputError naming the file, what was expected and what was found.
     """
     path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():   # a Hugging Face checkpoint folder
+        if arch is not None or num_classes is not None or arch_args:
+            raise InputError(f"{path}: --arch, --num-classes and --arch-arg apply to bare weights; expected none of "
+                             f"them, found a Hugging Face checkpoint folder, whose config.json names its architecture")
+        from ._hf import load_hf_checkpoint
+
+        return load_hf_checkpoint(path)
     kind = _sniff(path)
     if kind == "pickle":
         raise InputError(PICKLED_MODEL.format(path=path, found="a plain pickle file"))
@@ -218,14 +231,18 @@ def torchscript_allowed() -> bool:
 
 def model_kind(path: str | Path) -> str:
     """What a model file holds, read from its bytes without loading it: safetensors | torch_zip | torchscript | pt2 |
-    pickle. Raises InputError when there is no such file."""
-    return _sniff(Path(path))
+    pickle; ``hf`` for a folder holding config.json (a Hugging Face checkpoint, checked when loaded). Raises
+    InputError when there is no such file."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf"
+    return _sniff(path)
 
 
 def _sniff(path: Path) -> str:
     """What ``path`` holds, from its bytes: safetensors | torch_zip | torchscript | pt2 | pickle."""
     if not path.is_file():
-        found = "a directory" if path.is_dir() else "no such file"
+        found = "a directory with no config.json" if path.is_dir() else "no such file"
         raise InputError(f"{path}: expected a model file, {ACCEPTED_FORMATS}; found {found}")
     with open(path, "rb") as f:
         head = f.read(9)
