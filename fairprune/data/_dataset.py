@@ -147,9 +147,10 @@ class GroupedDataset:
         frame = self.frame
         if frame is not None:
             frame = frame.iloc[idx].reset_index(drop=True)
+        lazy = getattr(self.x, "subset_rows", None)     # images read from their files stay so (_stream.py)
         return replace(
             self,
-            x=self.x[t],
+            x=lazy(t) if lazy is not None else self.x[t],
             y=self.y[t],
             group=self.group[idx],
             split=None if self.split is None else self.split[idx],
@@ -197,18 +198,26 @@ class GroupedDataset:
     def rows(self, start: int, stop: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor | Inputs, torch.Tensor]:
         """(x, y) of rows ``start:stop`` on ``device``; x is model input (float32, or int64 ids). To a GPU
         the rows are copied from pinned memory without blocking, in their stored dtype (uint8 images are 4x
-        smaller to move), and converted to float there."""
+        smaller to move), and converted to float there. Images kept as files (``_stream.ImageFiles``) are decoded
+        here, read ahead by DataLoader workers while reads continue each other (``start`` = the last ``stop``)."""
         device = torch.device(device)
-        xb, yb = self.x[start:stop], self.y[start:stop]
+        read = getattr(self.x, "read_rows", None)
+        if read is not None:
+            xb, yb = read(start, stop, pin=device.type == "cuda"), self.y[start:stop]
+        else:
+            xb, yb = self.x[start:stop], self.y[start:stop]
+            if device.type == "cuda":
+                xb = xb.pin_memory()
         if device.type == "cuda":
-            xb, yb = xb.pin_memory(), yb.pin_memory()
+            yb = yb.pin_memory()
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         elif device.type != "cpu":
             xb, yb = xb.to(device), yb.to(device)
         return self.to_float(xb), yb
 
     def batches(self, batch_size: int, device: torch.device | str = "cpu") -> Iterator[tuple[torch.Tensor | Inputs, torch.Tensor]]:
-        """Yield (x, y) batches on ``device`` in row order; x is model input (float32, or int64 ids)."""
+        """Yield (x, y) batches on ``device`` in row order, the last one short; x is model input (float32, or int64
+        ids). Images kept as files are decoded by a DataLoader's workers ahead of use (see :meth:`rows`)."""
         for start in range(0, self.n, batch_size):
             yield self.rows(start, start + batch_size, device)
 

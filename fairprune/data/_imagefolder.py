@@ -42,6 +42,7 @@ from ..core._hash import sha256_file
 from ..core.errors import InputError
 from ._checks import fit_normalize, fmt_names
 from ._dataset import GroupedDataset
+from ._stream import ImageFiles, stream_bytes
 
 __all__ = ["ImageSet", "Preprocess", "parse_preprocess", "load_image_folder", "load_image_csv", "IMAGE_SUFFIXES"]
 
@@ -194,6 +195,16 @@ def _pipeline(pre: Preprocess | None):
     """The torchvision.transforms.v2 steps applied to each uint8 (C, H, W) image: (resize or None, crop or None)."""
     if pre is None or not pre.changes_size:
         return None, None
+    key = repr(pre)
+    if key not in _PIPELINES:
+        _PIPELINES[key] = _make_pipeline(pre)
+    return _PIPELINES[key]
+
+
+_PIPELINES: dict[str, tuple] = {}
+
+
+def _make_pipeline(pre: Preprocess):
     from torchvision.transforms import InterpolationMode, v2
 
     resize = crop = None
@@ -286,14 +297,10 @@ def _decode_pil(data: bytes, channels: int, member: str, file: str) -> torch.Ten
         raise InputError(UNREADABLE.format(file=file, member=member, reason=err)) from err
 
 
-def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: Preprocess | None, file: str,
-                  limit: int, inverse: np.ndarray | None = None, digests: dict | None = None):
-    """Decode each member once into uint8 (N, C, H, W) (rows ``inverse`` of the distinct ``members``).
-
-    Returns (x, channels, why_channels, decoders). Pass 1 reads headers only; pass 2 decodes and transforms.
-    ``digests``: filled with each member's SHA-256, from the bytes decoded (a folder's fingerprint).
-    """
-    headers, colour, first_colour = [], False, None
+def scan_headers(members: Sequence[str], read: Callable[[str], bytes], *, pre: Preprocess | None, file: str):
+    """Pass 1, headers only (no pixels): (formats, sizes (width, height), channels, why_channels). Refuses an
+    unknown mode, and images of mixed sizes when nothing resizes or crops them."""
+    formats, sizes, colour, first_colour = [], [], False, None
     size0 = first = None
     for member in members:
         fmt, mode, size = _header(read, member, file)
@@ -306,27 +313,73 @@ def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: 
         elif size != size0 and (pre is None or not pre.changes_size):
             raise InputError(MIXED_SIZES.format(file=file, first=first, w0=size0[0], h0=size0[1], other=member,
                                                 w=size[0], h=size[1], fix=_fix(pre)))
-        headers.append(fmt)
+        formats.append(fmt)
+        sizes.append(size)
     if pre is not None and pre.transforms:
         c, why = 3, f"the {pre.transforms} preset takes RGB; gray images repeated over 3 channels"
     elif colour:
         c, why = 3, f"colour images (the first: {first_colour!r}); gray images repeated over 3 channels, alpha dropped"
     else:
         c, why = 1, "every image is grayscale"
+    return formats, sizes, c, why
+
+
+def decode_one(read: Callable[[str], bytes], member: str, fmt: str, channels: int, pre: Preprocess | None,
+               file: str, data: bytes | None = None) -> tuple[torch.Tensor, str]:
+    """One image: its bytes decoded into uint8 (channels, H, W), resized and cropped; and which decoder read it.
+    The eager path and a streamed set (``_stream.ImageFiles``) both decode through this."""
+    img, decoder = _decode(read(member) if data is None else data, fmt, channels, member, file)
     resize, crop = _pipeline(pre)
+    if resize is not None:
+        img = resize(img)
+    if crop is not None:
+        _check_crop(img, pre, member, file)
+        img = crop(img)
+    return img, decoder
+
+
+def _decode_pixels(read, member: str, fmt: str, channels: int, pre: Preprocess | None, file: str) -> torch.Tensor:
+    """decode_one's pixels only (what a streamed set reads)."""
+    return decode_one(read, member, fmt, channels, pre, file)[0]
+
+
+def _resized(size: tuple[int, int], pre: Preprocess | None) -> tuple[int, int]:
+    """(height, width) of an image of ``size`` (width, height) after the resize, from the header alone."""
+    w, h = size
+    if pre is None or pre.resize is None:
+        return h, w
+    from torchvision.transforms.v2.functional._geometry import _compute_resized_output_size
+
+    side = pre.resize if isinstance(pre.resize, list) else [pre.resize]
+    out = _compute_resized_output_size((h, w), size=list(side))
+    return int(out[0]), int(out[1])
+
+
+def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: Preprocess | None, file: str,
+                  limit: int, inverse: np.ndarray | None = None, digests: dict | None = None,
+                  stream_above: int | None = None):
+    """Decode each member once into uint8 (N, C, H, W) (rows ``inverse`` of the distinct ``members``).
+
+    Returns (x, channels, why_channels, decoders). Pass 1 reads headers only; pass 2 decodes and transforms.
+    ``digests``: filled with each member's SHA-256, from the bytes decoded (a folder's fingerprint).
+    ``stream_above``: when the decoded rows would take more bytes than this, nothing is decoded here: x is a
+    ``_stream.ImageFiles`` that decodes rows when they are read (sizes known from the headers, each file read
+    once for ``digests``; the limit on decoded bytes does not apply, since they are never held together).
+    """
+    formats, sizes, c, why = scan_headers(members, read, pre=pre, file=file)
     n = len(members) if inverse is None else len(inverse)
+    if stream_above is not None:
+        h, w = pre.crop if pre is not None and pre.crop is not None else _resized(sizes[0], pre)
+        if n * c * h * w > stream_above:
+            return _lazy(members, read, formats, sizes, c, why, pre=pre, file=file, inverse=inverse,
+                         digests=digests)
     out, shape0, decoders = None, None, set()
-    for i, (member, fmt) in enumerate(zip(members, headers)):
+    for i, (member, fmt) in enumerate(zip(members, formats)):
         data = read(member)
         if digests is not None:
             digests[member] = hashlib.sha256(data).hexdigest()
-        img, decoder = _decode(data, fmt, c, member, file)
+        img, decoder = decode_one(read, member, fmt, c, pre, file, data=data)
         decoders.add(decoder)
-        if resize is not None:
-            img = resize(img)
-        if crop is not None:
-            _check_crop(img, pre, member, file)
-            img = crop(img)
         if out is None:
             shape0 = tuple(img.shape)
             total = n * int(np.prod(shape0))
@@ -335,14 +388,50 @@ def decode_images(members: Sequence[str], read: Callable[[str], bytes], *, pre: 
                                                           size=total, limit=limit))
             out = torch.empty((len(members), *shape0), dtype=torch.uint8)
         elif tuple(img.shape) != shape0:
-            raise InputError(MIXED_SIZES.format(file=file, first=members[0], w0=shape0[2], h0=shape0[1],
-                                                other=member, w=img.shape[2], h=img.shape[1],
-                                                fix=_fix(pre)).replace(" is ", " becomes ").replace(
-                                                    "(width x height)", "(width x height, after resize/crop)"))
+            raise InputError(_mixed_after(file, members[0], shape0, member, img.shape, pre))
         out[i] = img
     if inverse is not None and not np.array_equal(inverse, np.arange(len(members))):
         out = out[torch.as_tensor(inverse, dtype=torch.long)]
     return out, c, why, decoders
+
+
+def _mixed_after(file: str, first: str, shape0, member: str, shape, pre: Preprocess | None) -> str:
+    return MIXED_SIZES.format(file=file, first=first, w0=shape0[2], h0=shape0[1], other=member, w=shape[2],
+                              h=shape[1], fix=_fix(pre)).replace(" is ", " becomes ").replace(
+                                  "(width x height)", "(width x height, after resize/crop)")
+
+
+def _lazy(members, read, formats, sizes, c, why, *, pre, file, inverse, digests):
+    """A streamed set: the checks the eager path makes while decoding, made from the headers (a crop larger
+    than a resized image, resized images of different sizes), one image decoded per format and mode (the
+    decoders for the provenance), each file read once for its SHA-256 when a fingerprint needs it."""
+    h0, w0 = _resized(sizes[0], pre)
+    for member, size in zip(members, sizes):
+        h, w = _resized(size, pre)
+        if pre is not None and pre.crop is not None:
+            ch, cw = pre.crop
+            if h < ch or w < cw:
+                raise InputError(SMALLER_THAN_CROP.format(file=file, member=member, w=w, h=h, cw=cw, ch=ch,
+                                                          after=" after the resize" if pre.resize is not None else "",
+                                                          side=max(ch, cw)))
+        elif (h, w) != (h0, w0):
+            raise InputError(_mixed_after(file, members[0], (c, h0, w0), member, (c, h, w), pre))
+    shape = (c, *pre.crop) if pre is not None and pre.crop is not None else (c, h0, w0)
+    decoders, seen = set(), set()
+    for member, fmt in zip(members, formats):
+        if fmt in seen:
+            continue
+        seen.add(fmt)
+        img, decoder = decode_one(read, member, fmt, c, pre, file)
+        decoders.add(decoder)
+        if tuple(img.shape) != shape:
+            raise InputError(_mixed_after(file, members[0], shape, member, img.shape, pre))
+    if digests is not None:
+        for member in members:
+            digests[member] = hashlib.sha256(read(member)).hexdigest()
+    rows = np.arange(len(members)) if inverse is None else np.asarray(inverse)
+    x = ImageFiles(getattr(read, "lasting", read), members, formats, rows, shape, _decode_pixels, pre, file)
+    return x, c, why, decoders
 
 
 def _check_crop(img: torch.Tensor, pre: Preprocess, member: str, file: str) -> None:
@@ -420,7 +509,7 @@ def class_names_for_labels(frame, label: str):
     return tuple(classes)
 
 
-def build(x: torch.Tensor, *, y, group, name, sha256, label, groups, split, normalize, frame, class_names,
+def build(x: torch.Tensor | ImageFiles, *, y, group, name, sha256, label, groups, split, normalize, frame, class_names,
           pre, channels, why, decoders, file) -> ImageSet:
     stats = pre.normalize if pre is not None and pre.normalize is not None else normalize
     stats = fit_normalize(stats, tuple(x.shape), file=file)
@@ -444,7 +533,7 @@ def from_table(frame, *, members_of: Callable, read, label, groups, missing_grou
     unique, inverse = np.unique(members, return_inverse=True)
     digests = {} if callable(sha256) else None
     x, c, why, decoders = decode_images([str(m) for m in unique], read, pre=pre, file=file, limit=limit,
-                                        inverse=inverse, digests=digests)
+                                        inverse=inverse, digests=digests, stream_above=stream_bytes())
     if digests is not None:
         sha256 = sha256(digests)
     group = parts.group
@@ -465,7 +554,8 @@ def from_classes(members, labels, class_names, *, read, label, groups, normalize
         raise InputError(FOLDER_GROUP.format(file=file, classes=fmt_names(class_names, limit=5),
                                              group=f"group column {missing[0]!r}"))
     digests = {} if callable(sha256) else None
-    x, c, why, decoders = decode_images(list(members), read, pre=pre, file=file, limit=limit, digests=digests)
+    x, c, why, decoders = decode_images(list(members), read, pre=pre, file=file, limit=limit, digests=digests,
+                                        stream_above=stream_bytes())
     if digests is not None:
         sha256 = sha256(digests)
     group = np.asarray([class_names[i] for i in labels], dtype=object)
@@ -476,23 +566,32 @@ def from_classes(members, labels, class_names, *, read, label, groups, normalize
 
 
 # ---- a folder on disk ---------------------------------------------------------------------------------
-def _folder_reader(root: Path, file: str):
-    real_root = root.resolve()
+class FolderReader:
+    """``reader(member) -> bytes`` for files under ``root`` (a link pointing outside it refused); ``stream(member)``
+    opens one for its header. Picklable: a streamed set's worker processes read through their own copy."""
 
-    def inside(member: str) -> Path:
-        p = (root / member).resolve()
-        if not p.is_relative_to(real_root):
-            raise InputError(LINK_OUTSIDE.format(file=file, member=member, target=str(p)))
+    def __init__(self, root: Path, file: str):
+        self.root, self.file = Path(root), file
+        self.real_root = self.root.resolve()
+
+    def inside(self, member: str) -> Path:
+        p = (self.root / member).resolve()
+        if not p.is_relative_to(self.real_root):
+            raise InputError(LINK_OUTSIDE.format(file=self.file, member=member, target=str(p)))
         return p
 
-    def read(member: str) -> bytes:
+    def __call__(self, member: str) -> bytes:
         try:
-            return inside(member).read_bytes()
+            return self.inside(member).read_bytes()
         except OSError as err:
-            raise InputError(UNREADABLE.format(file=file, member=member, reason=err.strerror or err)) from err
+            raise InputError(UNREADABLE.format(file=self.file, member=member, reason=err.strerror or err)) from err
 
-    read.stream = lambda member: open(inside(member), "rb")
-    return read
+    def stream(self, member: str):
+        return open(self.inside(member), "rb")
+
+
+def _folder_reader(root: Path, file: str) -> FolderReader:
+    return FolderReader(root, file)
 
 
 def _csv_members(root: Path, file: str, table: str):

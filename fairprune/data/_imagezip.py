@@ -17,6 +17,7 @@ are bounded by the same byte limit.
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
 import zipfile
@@ -74,6 +75,7 @@ def load_image_zip(path: Path, *, label: str, groups: tuple[str, ...], missing_g
             return _read(zf, member, file)
 
         read.stream = zf.open          # headers are read from the member as a stream
+        read.lasting = ZipMembers(path, file)   # a streamed set reads its rows after this archive is closed
 
         common = dict(read=read, label=label, groups=groups, normalize=normalize, pre=pre, name=name or file,
                       sha256=sha256_file(path), file=file, limit=max_uncompressed_bytes)
@@ -92,6 +94,36 @@ def load_image_zip(path: Path, *, label: str, groups: tuple[str, ...], missing_g
             return _members(zf, paths, folder=folder, rows=rows, file=file)
 
         return from_table(frame, members_of=members_of, missing_group=missing_group, **common)
+
+
+class ZipMembers:
+    """``reader(member) -> bytes`` for a streamed set's rows (``_stream.ImageFiles``): the archive, checked when the
+    set was loaded, is opened again on first use in each process (a worker gets its own handle: a handle shared
+    across a fork shares its file position) and stays open while the set is read. Picklable."""
+
+    def __init__(self, path: Path, file: str):
+        self.path, self.file = Path(path), file
+        self._zf: zipfile.ZipFile | None = None
+        self._pid: int | None = None
+
+    def _zip(self) -> zipfile.ZipFile:
+        if self._zf is None or self._pid != os.getpid():
+            try:
+                self._zf = zipfile.ZipFile(self.path)
+            except (OSError, *ZIP_ERRORS) as err:
+                raise InputError(f"{self.file}: the archive does not open again to read images ({err}); expected "
+                                 "it where it was when the set was loaded, unchanged") from err
+            self._pid = os.getpid()
+        return self._zf
+
+    def __call__(self, member: str) -> bytes:
+        return _read(self._zip(), member, self.file)
+
+    def stream(self, member: str):
+        return self._zip().open(member)
+
+    def __getstate__(self):
+        return {"path": self.path, "file": self.file, "_zf": None, "_pid": None}
 
 
 def _unsafe(name: str) -> bool:
