@@ -154,7 +154,7 @@ def check_model_fits(model, data: GroupedDataset, device: torch.device) -> int:
 def _dtype_hint(x, said: str) -> str:
     """Why a model may have failed on the input's dtype: ids given where numbers are wanted, or the reverse;
     or on the number of inputs."""
-    if re.search(r"positional argument|takes \d+|missing \d+ required", said):
+    if re.search(r"positional argument|takes \d+|missing \d+ required|input tree spec", said):
         k = len(x.tensors) if isinstance(x, Inputs) else 1
         return (f"; the data gives the model {k} positional input(s) (NPZ: 'x', or 'x0', 'x1', ... or the arrays "
                 "named by --inputs, in that order): store as many arrays as the model's forward() takes")

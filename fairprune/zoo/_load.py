@@ -25,6 +25,8 @@ from torch import nn
 
 from ..core._hash import sha256_file
 from ..core.errors import InputError
+from ._hf import is_hf_checkpoint, load_hf_checkpoint
+from ._loaded import LoadedModel, _state_dict_sha256  # noqa: F401  (LoadedModel is re-exported here)
 from ._pt2_guard import check_pt2_archive
 from ._registry import create_model
 
@@ -61,41 +63,6 @@ TORCHSCRIPT_REFUSED = (
 )
 _PROGRAM_KINDS = {"pt2": "torch.export program", "torchscript": "TorchScript archive"}
 _PICKLE_HEADERS = frozenset(bytes([0x80, protocol]) for protocol in range(2, 6))
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """A model ready for inference, and where it came from.
-
-    ``module`` is in eval form on CPU; called on a batch (N, ...) it returns logits (N, K). ``kind``
-    says what the file held: "weights" (bare weights put into registry architecture ``arch``),
-    "pt2", "torchscript", "hf" (a Hugging Face checkpoint folder, ``arch`` its config's architecture), or
-    "module" for an in-memory model. ``sha256`` fingerprints the file's
-    bytes (for "module", the state_dict's tensors) for provenance. A ``.pt2`` exported with a static
-    batch dimension only runs on batches of exactly ``fixed_batch_size`` rows (callers pad the last
-    batch); ``input_shape`` is the per-sample shape a ``.pt2`` program was exported for, when static.
-    """
-
-    module: nn.Module
-    name: str
-    kind: str                                   # "pt2" | "torchscript" | "weights" | "module" | "hf"
-    sha256: str
-    arch: str | None = None
-    fixed_batch_size: int | None = None
-    path: str | None = None
-    input_shape: tuple[int, ...] | None = None
-
-    @classmethod
-    def from_module(cls, module: nn.Module, *, name: str) -> LoadedModel:
-        """Wrap an in-memory model (demos, tests); puts it in eval mode."""
-        if not isinstance(module, nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
-        return cls(module=module.eval(), name=name, kind="module", sha256=_state_dict_sha256(module))
-
-    @property
-    def parameters(self) -> int:
-        """Number of parameters, trainable or not (a tensor shared by two layers counts once)."""
-        return sum(p.numel() for p in self.module.parameters())
 
 
 class ExportedModule(nn.Module):
@@ -145,12 +112,10 @@ def load_model(path: str | Path, *, arch: str | None = None, num_classes: int | 
     only when given). Raises InputError naming the file, what was expected and what was found.
     """
     path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file():   # a Hugging Face checkpoint folder
+    if is_hf_checkpoint(path):   # a folder holding config.json
         if arch is not None or num_classes is not None or arch_args:
             raise InputError(f"{path}: --arch, --num-classes and --arch-arg apply to bare weights; expected none of "
                              f"them, found a Hugging Face checkpoint folder, whose config.json names its architecture")
-        from ._hf import load_hf_checkpoint
-
         return load_hf_checkpoint(path)
     kind = _sniff(path)
     if kind == "pickle":
@@ -203,6 +168,13 @@ def save_pt2(module: nn.Module, example_input: torch.Tensor, path: str | Path) -
         raise ValueError(f"example_input must be a batch tensor (N, ...) with N >= 1; got {got}")
     if args[0].shape[0] == 1:
         args = tuple(torch.cat([a, a]) for a in args)
+    if isinstance(module, ExportedModule) and len(args) > 1:
+        # export traces named parameters, not ExportedModule's *inputs; the program is already in eval form (its
+        # module has no working .eval())
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(module.program, args, dynamic_shapes=tuple({0: batch} for _ in args))
+        torch.export.save(move_to_device_pass(program, "cpu"), str(path))
+        return
     was_training = module.training
     module.eval()
     try:
@@ -234,7 +206,7 @@ def model_kind(path: str | Path) -> str:
     pickle; ``hf`` for a folder holding config.json (a Hugging Face checkpoint, checked when loaded). Raises
     InputError when there is no such file."""
     path = Path(path)
-    if path.is_dir() and (path / "config.json").is_file():
+    if is_hf_checkpoint(path):
         return "hf"
     return _sniff(path)
 
@@ -556,13 +528,3 @@ def _parse_value(key: str, text: str) -> object:
         except ValueError:
             pass
     return text
-
-
-def _state_dict_sha256(module: nn.Module) -> str:
-    """SHA-256 over the state_dict: each entry's name, dtype, shape and raw bytes, in order."""
-    h = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
