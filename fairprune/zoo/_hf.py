@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..core.errors import InputError
+from ._loaded import LoadedModel
 
 __all__ = ["HFClassifier", "TEXT_INPUTS", "IMAGE_INPUTS", "is_hf_checkpoint", "hf_task", "hf_image_preprocessing",
            "check_hf_checkpoint", "load_hf_checkpoint"]
@@ -157,7 +158,7 @@ def check_hf_checkpoint(folder: str | Path) -> dict:
     return {"config": config, "task": task, "weights": weights, "arch": arch}
 
 
-def load_hf_checkpoint(folder: str | Path) -> "LoadedModel":
+def load_hf_checkpoint(folder: str | Path) -> LoadedModel:
     """Load a Hugging Face sequence- or image-classification checkpoint folder as a :class:`LoadedModel`.
 
     Checked first (:func:`check_hf_checkpoint`), then built offline by ``transformers``' Auto classes from the
@@ -166,8 +167,6 @@ def load_hf_checkpoint(folder: str | Path) -> "LoadedModel":
     refused. ``sha256`` fingerprints ``config.json`` and the safetensors files; ``kind`` is ``"hf"``; ``arch``
     the config's architecture; ``input_shape`` (C, H, W) for an image checkpoint.
     """
-    from ._load import LoadedModel
-
     folder = Path(folder)
     info = check_hf_checkpoint(folder)
     transformers = _transformers()
