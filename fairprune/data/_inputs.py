@@ -83,6 +83,16 @@ class Inputs:
     def device(self) -> torch.device:
         return self.tensors[0].device
 
+    @property
+    def is_cuda(self) -> bool:
+        return self.tensors[0].is_cuda
+
+    def cpu(self) -> "Inputs":
+        return self.map(lambda t: t.cpu())
+
+    def contiguous(self) -> "Inputs":
+        return self.map(lambda t: t.contiguous())
+
     def dim(self) -> int:
         return self.tensors[0].dim()
 
