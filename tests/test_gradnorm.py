@@ -403,7 +403,8 @@ def test_shared_layers_sum_their_uses():
 
 
 class Uncovered(nn.Module):
-    """A bare parameter, and a weight also read outside its module: no rule sees those uses."""
+    """A bare parameter in an op no rule covers (``x * P`` and ``x + P`` are covered; ``x / P`` is not), and a
+    weight also read outside its module: no rule sees those uses."""
 
     def __init__(self):
         super().__init__()
@@ -412,7 +413,7 @@ class Uncovered(nn.Module):
         self.out = nn.Linear(4, 3)
 
     def forward(self, x):
-        h = torch.relu(self.lin(x * self.scale)) + F.linear(x, self.lin.weight)
+        h = torch.relu(self.lin(x / self.scale)) + F.linear(x, self.lin.weight)
         return self.out(h)
 
 

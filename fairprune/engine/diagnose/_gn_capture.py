@@ -17,17 +17,20 @@ back to a slower exact method.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from . import _gn_rules  # noqa: F401  (registers every rule)
-from ._gn_registry import ATEN_RULES, AtenCall, Call, module_extractor
+from . import _gn_attention, _gn_rules  # noqa: F401  (registers every rule)
+from ._gn_registry import ATEN_RULES, KINDS, AtenCall, Call, module_extractor, module_forward
+from ._gn_rules import param_call
 
 __all__ = ["Tape", "hooked", "exported_graph", "GraphInterpreter", "inspect_graph", "GraphReport", "sample_layouts"]
 
@@ -73,31 +76,39 @@ class Tape:
             return None
         if not out.requires_grad:
             return None
-        if not self._per_sample(key, call.inp, out):
+        dim = self._sample_dim(key, call)
+        if dim is None:
             return None       # not captured: its parameters show up in the graph as uncovered, and fall back
+        leaf = not call.inp.requires_grad or call.inp is self.root
+        if dim:               # seen with the samples first; the rule never mixes this dimension (sample_dim_ok)
+            call.inp, call.sample_dim = call.inp.movedim(dim, 0), dim
         call.version = call.inp._version
         self.calls.append(call)
-        if not call.inp.requires_grad or call.inp is self.root:
+        if leaf:
             self.uncovered |= _foreign_params(out.grad_fn, call, self.trainable)
             leaf = out.detach().requires_grad_()
             call.leaf = True
             self.leaves.append((leaf, call))
             return leaf.clone()
         call.node = out.grad_fn
-        self._handles.append(out.register_hook(partial(_keep_grad, call)))
+        self._handles.append(out.register_hook(call.add_grad))
         return None
 
-    def _per_sample(self, key, inp: torch.Tensor, out: torch.Tensor) -> bool:
-        """Whether dim 0 of the call's input and output is provably the sample (a sequence-first (T, B, E)
-        or flattened (T·B, E) activation inside attention is not): both have the batch's size there, and
-        the probes showed that only dim 0 follows the batch size (``layouts``), or, without probes, no
-        other dimension has the batch's size (so no transpose or reshape can have moved the sample there)."""
-        b = self.batch
-        if inp.dim() == 0 or out.dim() == 0 or inp.shape[0] != b or out.shape[0] != b:
-            return False
+    def _sample_dim(self, key, call: Call) -> int | None:
+        """The dimension of the call's input and output that provably holds the samples, or None. A
+        sequence-first (T, B, E) activation has them on dim 1; a flattened (T·B, E) one on none. With
+        probes (``layouts``), the one dimension that followed the batch size while every other stayed put;
+        without (a program with a fixed batch), dim 0, and only where no other dimension has the batch's
+        size (so no transpose or reshape can have moved the samples there). Either way the rule must be
+        right with the samples there (``Rule.sample_dim_ok``: a linear layer never on its features)."""
+        b, inp, out = self.batch, call.inp, call.out
         if self.layouts is not None:
-            return bool(self.layouts.get(key, False))
-        return b == 1 or (b not in inp.shape[1:] and b not in out.shape[1:])
+            dim = self.layouts.get(key)
+        else:
+            dim = 0 if b == 1 or (b not in inp.shape[1:] and b not in out.shape[1:]) else None
+        if dim is None or inp.dim() <= dim or out.dim() <= dim or inp.shape[dim] != b or out.shape[dim] != b:
+            return None
+        return dim if KINDS[call.kind].sample_dim_ok(call, dim) else None
 
     def release(self) -> None:
         """Drop the outputs, graph nodes and hooks once the backward is done. A hook lives on its
@@ -135,10 +146,6 @@ def _foreign_params(root, call: Call, trainable: dict[int, str]) -> set[int]:
     return {pid for pid, k in edges.items() if pid not in own or k != 1} | (own - set(edges))
 
 
-def _keep_grad(call: Call, grad: torch.Tensor) -> None:
-    call.grad = grad if call.grad is None else call.grad + grad
-
-
 def _on_forward(extract, tape: Tape, module: nn.Module, args: tuple, out):
     if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
         return None
@@ -146,32 +153,95 @@ def _on_forward(extract, tape: Tape, module: nn.Module, args: tuple, out):
 
 
 def sample_layouts(shapes: dict[int, dict]) -> dict:
-    """key -> whether the call's dim 0 is the sample, from probe passes at batch sizes b (``shapes``:
-    b -> {key: (input shape, output shape)}): dim 0 equals b in every probe and no other dimension
-    changes with b. A call missing from a probe (control flow that depends on the batch) is not proven."""
+    """key -> the dimension of the call's input and output that holds the samples (None: none provably
+    does), from probe passes at batch sizes b (``shapes``: b -> {key: (input shape, output shape)}): the
+    dimension equals b in every probe, in input and output alike, and no other dimension changes with b.
+    A call missing from a probe (control flow that depends on the batch) is not proven."""
     sizes = sorted(shapes)
     out = {}
     for key in set.intersection(*(set(shapes[b]) for b in sizes)):
         first_in, first_out = shapes[sizes[0]][key]
-        out[key] = all(len(inp) > 0 and len(outp) > 0 and inp[0] == b and outp[0] == b
-                       and inp[1:] == first_in[1:] and outp[1:] == first_out[1:]
-                       for b in sizes for inp, outp in [shapes[b][key]])
+        out[key] = next((d for d in range(min(len(first_in), len(first_out)))
+                         if all(_follows(inp, first_in, d, b) and _follows(outp, first_out, d, b)
+                                for b in sizes for inp, outp in [shapes[b][key]])), None)
     return out
+
+
+def _follows(shape: tuple, first: tuple, dim: int, b: int) -> bool:
+    """``shape`` is ``first`` with dimension ``dim`` set to the batch size ``b``."""
+    return len(shape) == len(first) and shape[dim] == b and all(
+        s == f for i, (s, f) in enumerate(zip(shape, first)) if i != dim)
 
 
 @contextmanager
 def hooked(module: nn.Module, tape: Tape) -> Iterator[None]:
-    """Forward hooks on every layer of ``module`` that a rule covers, removed on exit."""
-    handles = []
+    """While capturing: forward hooks on every layer of ``module`` that a rule covers, the capturing
+    forward of each layer that has one (``nn.MultiheadAttention``), and, where some trainable parameter
+    belongs to no covered layer (ViT's class token and position embedding, a layer scale), a torch function
+    mode that records that parameter's use in ``x + P``, ``x * P`` or ``P.expand(...)``. All undone on exit."""
+    handles, replaced = [], []
+    covered: set[int] = set()
     try:
         for m in module.modules():
-            extract = module_extractor(m)
-            if extract is not None:
+            forward = module_forward(m)
+            if forward is not None:
+                m.forward = partial(forward, m, tape.record)
+                replaced.append(m)
+            else:
+                extract = module_extractor(m)
+                if extract is None:
+                    continue
                 handles.append(m.register_forward_hook(partial(_on_forward, extract, tape)))
-        yield
+            covered |= {id(p) for p in m.parameters(recurse=False)}
+        loose = {id(p) for p in module.parameters() if id(p) in tape.trainable and id(p) not in covered}
+        with _ParamOps(tape, loose) if loose else nullcontext():
+            yield
     finally:
         for h in handles:
             h.remove()
+        for m in replaced:
+            del m.forward
+
+
+def _param_ops() -> dict:
+    t = torch.Tensor
+    ops = {f: "add" for f in (torch.add, t.add, t.__add__, t.__radd__)}
+    ops.update({f: "mul" for f in (torch.mul, t.mul, t.__mul__, t.__rmul__)})
+    ops[t.expand] = "expand"
+    return ops
+
+
+_PARAM_OPS = _param_ops()
+
+
+class _ParamOps(TorchFunctionMode):
+    """Records ``x + P``, ``x * P`` and ``P.expand(...)`` for the parameters ``loose`` (ids) on ``tape``
+    (out-of-place ops only: an in-place one changes a tensor another op may already have saved)."""
+
+    def __init__(self, tape: Tape, loose: set[int]):
+        super().__init__()
+        self.tape, self.loose = tape, loose
+
+    def _is_loose(self, t) -> bool:
+        return id(t) in self.loose
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        op = _PARAM_OPS.get(func)
+        if op is None or len(args) < 1 or set(kwargs) - {"alpha"} or kwargs.get("alpha", 1) != 1:
+            return out
+        if op == "expand":
+            call = param_call("expand", args[0], None, out, self._is_loose)
+        elif len(args) == 2:
+            call = param_call(op, args[1], args[0], out, self._is_loose) or \
+                param_call(op, args[0], args[1], out, self._is_loose)
+        else:
+            return out
+        if call is None:
+            return out
+        new = self.tape.record(call, ("param", op, self.tape.trainable[id(call.params["weight"])]))
+        return out if new is None else new
 
 
 def exported_graph(module: nn.Module) -> torch.fx.GraphModule | None:
@@ -194,6 +264,12 @@ class GraphInterpreter(torch.fx.Interpreter):
         super().__init__(gm)
         self.tape = tape
         self._attrs = {n: self.fetch_attr(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+        # flattening views that feed a linear layer -> the tensor each flattened, once run
+        self._flattening: dict[torch.fx.Node, torch.Tensor | None] = {
+            n.args[0]: None for n in gm.graph.nodes
+            if n.op == "call_function" and n.target is torch.ops.aten.linear.default and n.args
+            and isinstance(n.args[0], torch.fx.Node) and n.args[0].target in _FLATTENING
+            and isinstance(n.args[0].args[0], torch.fx.Node)}
 
     def _attr(self, node: torch.fx.Node) -> torch.Tensor | None:
         value = self._attrs.get(node)
@@ -202,16 +278,47 @@ class GraphInterpreter(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node):
         extract = ATEN_RULES.get(n.target) if n.op == "call_function" else None
         if extract is None:
-            return super().run_node(n)
+            out = super().run_node(n)
+            if n in self._flattening:          # keep what it flattens (the interpreter frees it after this)
+                self._flattening[n] = self.env.get(n.args[0])
+            return out
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
+            rows = None
+            if n.target is torch.ops.aten.linear.default:
+                seen = self._unflattened(n)
+                if seen is not None:
+                    args, rows = (seen, *args[1:]), args[0].shape[0]
             out = n.target(*args, **kwargs)
-            new = self.tape.record(extract(AtenCall(n, args, kwargs, out, self._attr)), n)
-        if new is None:
-            return out
-        if isinstance(out, (tuple, list)):
-            return type(out)([new, *out[1:]])
-        return new
+            call = extract(AtenCall(n, args, kwargs, out, self._attr, self._is_param))
+            new = self.tape.record(call, n)
+        if new is not None:
+            out = type(out)([new, *out[1:]]) if isinstance(out, (tuple, list)) else new
+        return out if rows is None else out.reshape(rows, out.shape[-1])
+
+    def _is_param(self, t) -> bool:
+        return isinstance(t, torch.Tensor) and id(t) in self.tape.trainable
+
+    def _unflattened(self, n: torch.fx.Node) -> torch.Tensor | None:
+        """For a linear layer on a (R, E) view of a tensor X whose leading dims multiply to R and trailing
+        dims to E (attention's out-projection on (T·B, E), flattened from (T, B, H, E/H)), X seen as
+        (*leading, E): the same rows, so the same result, and the probes can then trace the samples to one
+        of the leading dims. None where the input is not such a view."""
+        src = n.args[0] if n.args else None
+        if src not in self._flattening:
+            return None
+        x, flat = self._flattening[src], self.env.get(src)
+        self._flattening[src] = None
+        if not isinstance(x, torch.Tensor) or not isinstance(flat, torch.Tensor) or flat.dim() != 2 or x.dim() < 3:
+            return None
+        rows, feats = flat.shape
+        for j in range(x.dim() - 1, 0, -1):
+            if math.prod(x.shape[j:]) == feats and math.prod(x.shape[:j]) == rows:
+                return x.reshape(*x.shape[:j], feats)
+        return None
+
+
+_FLATTENING = {torch.ops.aten.reshape.default, torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
 
 
 @dataclass

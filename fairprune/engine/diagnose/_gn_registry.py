@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-__all__ = ["Call", "Rule", "AtenCall", "register_rule", "register_aten_rule", "register_kind",
-           "module_extractor", "ATEN_RULES", "KINDS", "first_output", "rowdot", "sumsq"]
+__all__ = ["Call", "Rule", "AtenCall", "register_rule", "register_aten_rule", "register_kind", "register_forward",
+           "module_extractor", "module_forward", "ATEN_RULES", "KINDS", "first_output", "rowdot", "sumsq"]
 
 
 @dataclass(eq=False)
@@ -31,7 +31,10 @@ class Call:
     kind: the math to use (a key of ``KINDS``); params: role ("weight", "bias") -> tensor the call used
     (a parameter, another tensor, or None); inp: the activation the parameters act on, (B, ...);
     out: the call's output (B, ...); opts: the layer's hyper-parameters; grad: ∂(Σ_i ℓ_i)/∂out, set after
-    the backward pass.
+    the backward pass. ``inp`` and ``grad`` always hold the samples on dim 0: a call whose samples sit on
+    another dimension (``sample_dim``, e.g. 1 for a sequence-first (T, B, E) activation) is seen through a
+    ``movedim`` view. ``rows``: role -> (start, stop) where the call used only those rows of the parameter
+    (attention's packed in-projection split into q, k and v): its gradient is zero elsewhere.
     """
 
     kind: str
@@ -43,8 +46,19 @@ class Call:
     node: object = None          # out.grad_fn when captured (before any in-place change of out)
     version: int = 0             # inp._version when captured: a later in-place change invalidates inp
     leaf: bool = False           # out was replaced by a detached leaf (inp carries no gradient)
+    sample_dim: int = 0          # where the samples are in the call's own output (``grad`` is moved to dim 0)
+    rows: dict = field(default_factory=dict)
 
-    def rows(self, sl: slice) -> Call:
+    def add_grad(self, grad: torch.Tensor | None) -> None:
+        """Accumulate ∂(Σ_i ℓ_i)/∂out (as the call's output is laid out), kept with the samples on dim 0."""
+        if grad is None:
+            return
+        if self.sample_dim:
+            grad = grad.movedim(self.sample_dim, 0)
+        self.grad = grad if self.grad is None else self.grad + grad
+
+    def rows_of(self, sl: slice) -> Call:
+        """The same call restricted to the samples ``sl``."""
         return replace(self, inp=self.inp[sl], grad=self.grad[sl])
 
 
@@ -62,6 +76,11 @@ class Rule:
     def elems_per_sample(self, call: Call, roles: dict[str, torch.Tensor | None]) -> int:
         """Largest intermediate per sample, in elements (the engine sizes row chunks from it)."""
         return call.inp[0].numel() + call.grad[0].numel()
+
+    def sample_dim_ok(self, call: Call, dim: int) -> bool:
+        """Whether the rule is right for ``call`` with its samples on ``dim`` of its input and output
+        (moved to dim 0 before the rule runs): only where no dimension the rule mixes is the sample's."""
+        return dim == 0
 
 
 KINDS: dict[str, Rule] = {}
@@ -92,6 +111,35 @@ def register_rule(*layer_types: type, relies_on: tuple[str, ...] = ()):
     return deco
 
 
+#: module type -> a forward that runs the layer with its parameters in calls a rule covers (``fn(module, record,
+#: *args, **kwargs)``, ``record(call, key) -> tensor or None`` as ``Tape.record``), installed while capturing
+_FORWARDS: dict[type, Callable] = {}
+
+
+def register_forward(*layer_types: type):
+    """Register a capturing forward for module types whose parameters are used inside one functional call
+    no rule sees (``nn.MultiheadAttention``'s in-projection inside ``F.multi_head_attention_forward``):
+    while capturing, the module runs this forward instead (it must compute what the module computes), and
+    records each use of a parameter as a call of a covered kind."""
+    def deco(fn):
+        for t in layer_types:
+            _FORWARDS[t] = fn
+        return fn
+    return deco
+
+
+def module_forward(module: nn.Module):
+    """The capturing forward for ``module``'s type, or None (a subclass overriding ``forward`` is not covered)."""
+    cls = type(module)
+    for t in cls.__mro__:
+        fn = _FORWARDS.get(t)
+        if fn is not None:
+            if any(getattr(cls, name, None) is not getattr(t, name, None) for name in _ALWAYS):
+                return None
+            return fn
+    return None
+
+
 def register_aten_rule(*ops):
     """Register an extractor ``fn(AtenCall) -> Call | None`` for ops of a ``torch.export`` graph."""
     def deco(fn):
@@ -120,14 +168,16 @@ def module_extractor(module: nn.Module):
 
 @dataclass
 class AtenCall:
-    """An op call in an fx graph: the node, its evaluated args/kwargs, its output, and a way to see
-    through a transpose of a parameter (``addmm(b, a, t(W))``)."""
+    """An op call in an fx graph: the node, its evaluated args/kwargs, its output, a way to see
+    through a transpose of a parameter (``addmm(b, a, t(W))``), and whether a value is a parameter whose
+    gradient counts (``is_param``)."""
 
     node: torch.fx.Node
     args: tuple
     kwargs: dict
     out: object
     attr: Callable[[torch.fx.Node], torch.Tensor | None]
+    is_param: Callable[[object], bool] = lambda t: False
 
     def arg(self, i: int, name: str, default=None):
         if len(self.args) > i:

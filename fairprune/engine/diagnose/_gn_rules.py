@@ -65,6 +65,9 @@ class _Linear(Rule):
         t, n_in, n_out = a.numel() // a.shape[-1], a.shape[-1], g.shape[-1]
         return a.numel() + g.numel() + max(n_in * n_out, 2 * t * t)
 
+    def sample_dim_ok(self, call, dim):
+        return dim < call.inp.dim() - 1 and dim < call.out.dim() - 1      # never the feature dimension
+
 
 @register_rule(nn.Linear)
 def _linear_module(m, args, out):
@@ -177,12 +180,16 @@ class _LayerNorm(_Affine):
         var, mean = torch.var_mean(flat, dim=2, keepdim=True, correction=0)
         return (flat - mean) * torch.rsqrt(var + o["eps"])
 
+    def sample_dim_ok(self, call, dim):
+        return dim < call.inp.dim() - call.opts["dims"]          # never a normalised dimension
+
 
 def _ln_call(weight, bias, inp, out, shape, eps) -> Call:
     size = 1
     for s in shape:
         size *= int(s)
-    return Call("layer_norm", {"weight": weight, "bias": bias}, inp, out, dict(size=size, eps=float(eps)))
+    return Call("layer_norm", {"weight": weight, "bias": bias}, inp, out,
+                dict(size=size, eps=float(eps), dims=len(shape)))
 
 
 @register_rule(nn.LayerNorm)
@@ -246,6 +253,9 @@ class _Embedding(Rule):
         t = call.inp[0].numel()
         return call.grad[0].numel() * 2 + 2 * t * t
 
+    def sample_dim_ok(self, call, dim):
+        return dim < call.inp.dim()                                 # any index dimension, e.g. (T, B) ids
+
 
 def _emb_call(weight, idx, out, padding_idx, scale_grad_by_freq) -> Call | None:
     if scale_grad_by_freq or idx.is_floating_point():
@@ -258,6 +268,60 @@ def _emb_call(weight, idx, out, padding_idx, scale_grad_by_freq) -> Call | None:
 @register_rule(nn.Embedding)
 def _emb_module(m, args, out):
     return _emb_call(m.weight, args[0], out, m.padding_idx, m.scale_grad_by_freq)
+
+
+# --- parameters used directly in forward ------------------------------------------------------------------
+
+@register_kind("param")
+class _Param(Rule):
+    """A parameter P broadcast against an activation: ``x + P`` (ViT's position embedding), ``x * P`` (a
+    layer scale) or ``P.expand(B, ...)`` (ViT's class token, then concatenated). With g the gradient of
+    the output, ∇P_i = g_i (times x_i for a product) summed over the dimensions P is broadcast along."""
+
+    def grads(self, call: Call) -> torch.Tensor:
+        """(B, P.numel()) per-sample gradients."""
+        g = call.grad
+        if call.opts["op"] == "mul":
+            g = g * call.inp
+        shape = list(call.opts["shape"])                    # P's shape, left-padded to the output's dims
+        shape.insert(0, shape.pop(call.sample_dim))
+        dims = [i for i in range(1, g.dim()) if shape[i] == 1 and g.shape[i] != 1]
+        if dims:
+            g = g.sum(dims, keepdim=True)
+        return g.reshape(g.shape[0], -1)
+
+    def norm_sq(self, call, roles):
+        gs = self.grads(call)
+        m = roles["weight"]
+        return (gs if m is None else gs * m.reshape(-1)).square().sum(1)
+
+    def grad_sample(self, call, role):
+        gs = self.grads(call)
+        return gs.reshape(gs.shape[0], *call.params["weight"].shape)
+
+    def elems_per_sample(self, call, roles):
+        return 3 * call.grad[0].numel()
+
+    def sample_dim_ok(self, call, dim):
+        return call.opts["shape"][dim] == 1                # P is broadcast along the samples, never indexed
+
+
+def param_call(op: str, param, other, out, trainable_param) -> Call | None:
+    """A Call for ``other (op) param`` (``op``: "add" or "mul") or ``param.expand(...)`` (``op``: "expand",
+    ``other`` None), if ``param`` is a tensor the caller counts as a parameter and the output has P's
+    values broadcast, not mixed; else None. ``trainable_param``: whether a tensor is such a parameter."""
+    if not (isinstance(param, torch.Tensor) and isinstance(out, torch.Tensor) and trainable_param(param)):
+        return None
+    if out.dim() < param.dim() or param.dim() == 0:
+        return None
+    shape = (1,) * (out.dim() - param.dim()) + tuple(param.shape)
+    if any(p not in (1, o) for p, o in zip(shape, out.shape)):
+        return None
+    if op == "expand":    # nothing upstream carries a gradient: the capture cuts the graph here (a leaf call)
+        return Call("param", {"weight": param}, out.detach(), out, dict(op="add", shape=shape))
+    if not isinstance(other, torch.Tensor) or trainable_param(other) or other.shape != out.shape:
+        return None                                          # the activation must carry the output's shape
+    return Call("param", {"weight": param}, other, out, dict(op=op, shape=shape))
 
 
 # --- ops of a torch.export graph ---------------------------------------------------------------------------
@@ -306,6 +370,22 @@ def _register_aten() -> None:
     def _group_norm(c: AtenCall):
         return Call("group_norm", {"weight": c.arg(2, "weight"), "bias": c.arg(3, "bias")}, c.arg(0, "input"), c.out,
                     dict(groups=int(c.arg(1, "num_groups")), eps=float(c.arg(4, "eps", 1e-5))))
+
+    @register_aten_rule(aten.add.Tensor, aten.mul.Tensor)
+    def _param_binary(c: AtenCall):
+        if c.kwargs.get("alpha", 1) != 1 or len(c.args) != 2:
+            return None
+        op = "add" if c.node.target is aten.add.Tensor else "mul"
+        a, b = c.args
+        for param, other in ((b, a), (a, b)):
+            call = param_call(op, param, other, c.out, c.is_param)
+            if call is not None:
+                return call
+        return None
+
+    @register_aten_rule(aten.expand.default)
+    def _param_expand(c: AtenCall):
+        return param_call("expand", c.arg(0, "self"), None, c.out, c.is_param)
 
     @register_aten_rule(aten.embedding.default)
     def _embedding(c: AtenCall):

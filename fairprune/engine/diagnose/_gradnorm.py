@@ -43,6 +43,9 @@ FALLBACK = (
     "per-sample gradient norms: {n} parameter(s) ({names}) are used by operations no per-layer rule covers; "
     "their part of each norm is computed by a per-sample loop, which is exact but much slower"
 )
+#: added to FALLBACK where recurrent layers are among them (by design: no rule for GRU/LSTM/RNN)
+RECURRENT = "; recurrent layers (GRU, LSTM, RNN) have no per-layer rule and always take this loop"
+_RECURRENT_NAMES = ("weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l")
 
 
 def per_sample_grad_norms(model, data, *, batch_size: int = 256, device: torch.device | str = "cpu",
@@ -124,7 +127,9 @@ class _Engine:
         self._probed = True
         shapes = {}
         try:
-            with torch.no_grad():
+            # with gradients on, as in the real pass: under no_grad torch takes fused inference paths
+            # (nn.TransformerEncoderLayer's, nn.MultiheadAttention's) that call none of the layers inside
+            with torch.enable_grad():
                 for b in self.PROBE_SIZES:
                     root = x[:1].expand(b, *x.shape[1:]).contiguous()
                     tape = Tape(self.trainable, root, probe={})
@@ -154,7 +159,7 @@ class _Engine:
             if inputs and loss.requires_grad:
                 grads = torch.autograd.grad(loss, inputs, allow_unused=True)
                 for (_, call), g in zip(tape.leaves, grads):
-                    call.grad = g
+                    call.add_grad(g)
         finally:
             del loss
             tape.release()
@@ -179,15 +184,18 @@ class _Engine:
         single: dict[Call, dict[str, torch.Tensor | None]] = defaultdict(dict)
         for pid, used in uses.items():
             mask = self.masks.get(self.trainable[pid])
-            if len(used) == 1:
-                call, role = used[0]
-                single[call][role] = mask
+            spans = [call.rows.get(role) for call, role in used]
+            if len(used) == 1 or _disjoint(spans):
+                # one use, or uses of disjoint rows (attention's q, k, v projections from one packed
+                # weight): the squared norms of the parts add up
+                for (call, role), span in zip(used, spans):
+                    single[call][role] = mask if mask is None or span is None else mask[span[0]:span[1]]
             else:                      # a shared parameter: per-sample gradients add up before the norm
                 total += self._shared_norm_sq(used, mask, n)
         for call, roles in single.items():
             rule = KINDS[call.kind]
             for sl in _row_chunks(n, rule.elems_per_sample(call, roles)):
-                total[sl] += rule.norm_sq(call.rows(sl), roles).double()
+                total[sl] += rule.norm_sq(call.rows_of(sl), roles).double()
         if fallback:
             names = {self.trainable[pid]: self.params[self.trainable[pid]] for pid in fallback}
             self._warn(names)
@@ -219,8 +227,17 @@ class _Engine:
         out = torch.zeros(n, dtype=torch.float64, device=used[0][0].grad.device)
         per = max(KINDS[c.kind].elems_per_sample(c, {r: None}) for c, r in used)
         per += used[0][0].params[used[0][1]].numel()
+        shape = used[0][0].params[used[0][1]].shape
         for sl in _row_chunks(n, per):
-            g = sum(KINDS[c.kind].grad_sample(c.rows(sl), r) for c, r in used)
+            g = None
+            for c, r in used:
+                part = KINDS[c.kind].grad_sample(c.rows_of(sl), r)
+                if r in c.rows:                      # the call used rows [start, stop) of the parameter
+                    start, stop = c.rows[r]
+                    full = part.new_zeros(part.shape[0], *shape)
+                    full[:, start:stop] = part
+                    part = full
+                g = part if g is None else g + part
             if mask is not None:
                 g = g * mask
             out[sl] = g.reshape(g.shape[0], -1).double().square().sum(1)
@@ -231,11 +248,20 @@ class _Engine:
         if new:
             self._warned |= set(new)
             shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
-            warnings.warn(FALLBACK.format(n=len(new), names=shown), stacklevel=5)
+            recurrent = any(part in name for name in new for part in _RECURRENT_NAMES)
+            warnings.warn(FALLBACK.format(n=len(new), names=shown) + (RECURRENT if recurrent else ""), stacklevel=5)
 
 
 def _interpret(gm: torch.fx.GraphModule, tape: Tape, x: torch.Tensor):
     return GraphInterpreter(gm, tape).run(x)
+
+
+def _disjoint(spans: list[tuple[int, int] | None]) -> bool:
+    """Whether every use covers its own rows of the parameter, no two overlapping."""
+    if any(s is None for s in spans):
+        return False
+    ordered = sorted(spans)
+    return all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:]))
 
 
 def _row_chunks(n: int, elems_per_sample: int) -> Iterator[slice]:
