@@ -327,13 +327,17 @@ class VariantResult:
     ``details["description"]``); ``level``: its figures against the dense model on the same rows (``sparsity`` is
     the requested share of zeros, 0.5 with a 2:4 step and 0 otherwise; ``achieved_sparsity`` and
     ``weight_distance`` are measured on the weights the variant computes with); ``quantized_fraction``:
-    share of the model's parameters (by count) actually quantized; ``details``: the other entry keys."""
+    share of the model's parameters (by count) actually quantized; ``details``: the other entry keys;
+    ``quantized_by_kind``: {kind: {"quantized": int, "total": int}} per layer kind (linear, conv, attention,
+    recurrent, embedding, other), the parameters of that kind and how many of them were quantized (None in
+    results written before it was recorded)."""
 
     method: str
     setting: str
     level: LevelResult
     quantized_fraction: float
     details: dict = field(default_factory=dict)
+    quantized_by_kind: dict | None = None
 
     @property
     def size_bytes(self) -> int | None:
@@ -350,6 +354,7 @@ class VariantResult:
         d["size_bytes"] = self.level.size_bytes
         d["latency_ms"] = self.level.latency_ms
         d["quantized_fraction"] = self.quantized_fraction
+        d["quantized_by_kind"] = self.quantized_by_kind
         for k, v in self.details.items():
             if k not in ("steps", "description"):
                 d[k] = v
@@ -360,6 +365,13 @@ class VariantResult:
         level = LevelResult.from_dict(d)
         known = {"method", "setting", "quantized_fraction", "sparsity", "achieved_sparsity", "overall", "groups",
                  "weight_distance", "fairness_violation", "fairness_violation_ci95", "accuracy_gap", "size_bytes",
-                 "latency_ms", "fairness_violation_p_value", "significance_test", "interval_method"}
+                 "latency_ms", "fairness_violation_p_value", "significance_test", "interval_method",
+                 "quantized_by_kind"}
+        by_kind = d.get("quantized_by_kind")
+        if isinstance(by_kind, dict):
+            by_kind = {str(k): {"quantized": int((v or {}).get("quantized", 0)), "total": int((v or {}).get("total", 0))}
+                       for k, v in by_kind.items()}
+        else:
+            by_kind = None
         return cls(d["method"], d.get("setting", ""), level, d.get("quantized_fraction", 0.0),
-                   {k: v for k, v in d.items() if k not in known})
+                   {k: v for k, v in d.items() if k not in known}, by_kind)

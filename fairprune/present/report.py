@@ -505,17 +505,40 @@ def _compression(result: AuditResult, charts: _Charts, stats: _Stats) -> dict | 
         chart_list.append(charts.add(plots.size_axis(result), heading="Every model on one size axis",
                                      caption="Each group's accuracy against each model's stored size; colour is the "
                                              "model's accuracy fairness violation."))
+    for v in variants:
+        notes += [f"{v.method}: {kind} weights not quantized — {info.get('reason', '')}"
+                  for kind, info in (v.details.get("not_quantized") or {}).items()]
     p_col = ["p (equal drops)"] if stats.has_p else []
     return {
         "intro": "Each variant is applied to a copy of the dense model and measured on the same rows exactly as a "
                  "pruning level: the same per-group drops, intervals, tests and fairness violation. "
-                 "'quantized' is the share of the model's parameters (by count) actually quantized.",
+                 "'quantized' is the share of the model's parameters (by count) actually quantized; the table "
+                 "below it gives that share per layer kind.",
         "charts": chart_list,
         "table": _table(["variant", "setting", "stored size", "vs dense", "quantized", "accuracy %", "drop (pts)",
                          "worst group (drop)", "violation (pts)", stats.violation_ci_head(), *p_col,
                          "violation ξ, loss", "calibration rows"], rows, left=(0, 1, 7, 11 + len(p_col))),
+        "kinds": _quantized_kinds(variants),
         "notes": notes,
     }
+
+
+def _quantized_kinds(variants) -> dict | None:
+    """Quantized / total parameters per layer kind for each variant (kinds no variant's model has left out);
+    None when no variant recorded them (results written before ``quantized_by_kind``)."""
+    recorded = [v for v in variants if v.quantized_by_kind]
+    if not recorded:
+        return None
+    kinds = list(dict.fromkeys(k for v in recorded for k, c in v.quantized_by_kind.items() if c.get("total")))
+    rows = []
+    for v in recorded:
+        cells = []
+        for k in kinds:
+            c = v.quantized_by_kind.get(k) or {}
+            q, t = int(c.get("quantized", 0)), int(c.get("total", 0))
+            cells.append(f"{q:,} of {t:,} ({100 * q / t:.0f}%)" if t else "—")
+        rows.append([v.method, *cells])
+    return _table(["variant", *(f"{k} quantized" for k in kinds)], rows, left=(0,))
 
 
 def _diag_rows(label: str, diag: Mapping) -> list[list[str]]:

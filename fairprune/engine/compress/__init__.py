@@ -24,7 +24,8 @@ from ._registry import (CompressionMethod, Option, StepSpec, VariantSpec, compre
 
 #: names loaded on first use (they import torch and torchao)
 _LAZY = {"INT4_CPU": "_apply", "Calibration": "_apply", "Variant": "_apply", "apply_variant": "_apply",
-         "per_sample_int8": "_apply", "measure_variant": "_audit", "select_calibration": "_audit",
+         "per_sample_int8": "_apply", "per_token_int8": "_apply", "quantized_by_kind": "_apply",
+         "QUANTIZED_KINDS": "_apply", "measure_variant": "_audit", "select_calibration": "_audit",
          "variant_diagnostics": "_audit", "variant_seed": "_audit",
          "variant_size": "_size", "variant_tensors": "_size"}
 
@@ -41,6 +42,7 @@ def __getattr__(name):
 
 __all__ = ["CALIBRATION_ROWS", "Calibration", "CompressionMethod", "INT4_CPU", "Option", "StepSpec", "Variant",
            "VariantResult", "VariantSpec", "apply_variant", "compression_help", "get_compression",
-           "list_compressions", "measure_variant", "parse_variant", "parse_variants", "per_sample_int8",
+           "list_compressions", "measure_variant", "parse_variant", "parse_variants", "per_sample_int8", "per_token_int8",
+           "QUANTIZED_KINDS", "quantized_by_kind",
            "register_compression", "select_calibration", "variant_diagnostics", "variant_seed", "variant_size",
            "variant_tensors"]

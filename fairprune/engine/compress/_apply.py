@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,10 +38,11 @@ import torch
 from torch import nn
 
 from ...core.errors import InputError
-from ..prune import nm_masks
+from ..prune import PRUNABLE_KINDS, nm_masks
 from ._registry import StepSpec, VariantSpec, parse_variant
 
-__all__ = ["Calibration", "Variant", "apply_variant", "Int8Quantizer", "per_sample_int8", "INT4_CPU"]
+__all__ = ["Calibration", "Variant", "apply_variant", "Int8Quantizer", "per_sample_int8", "per_token_int8", "QUANTIZED_KINDS",
+           "quantized_by_kind", "INT4_CPU"]
 
 INT4_CPU = ("int4_weight cannot run on CPU here: torchao 0.18's Int4WeightOnlyConfig packs int4 weights for the "
             "`mslk` kernel package (plain format; not installed, and a CUDA kernel library) or for CUDA's tinygemm "
@@ -86,7 +88,8 @@ class Variant:
     model: a :class:`fairprune.zoo.LoadedModel` to evaluate (inputs cast to the variant's dtype and
         logits back to float32 where needed); module: the compressed module as it would ship (sized);
     quantized: dense parameter name -> entries actually quantized; quantized_fraction: their share of
-        all parameters (by count); masks: the 2:4 keep-masks (dense parameter names), if any;
+        all parameters (by count); quantized_by_kind: {kind: {"quantized", "total"}} by layer kind
+        (:func:`quantized_by_kind`); masks: the 2:4 keep-masks (dense parameter names), if any;
     effective: dense parameter name -> the float32 values the variant computes with (dequantized
         weights, unfolded from BatchNorm where it was folded; masked weights), for the ones that changed;
     float_note: None when a float32 copy with those values can be built for gradients
@@ -104,6 +107,7 @@ class Variant:
     effective_buffers: dict
     float_note: str | None
     details: dict = field(default_factory=dict)
+    quantized_by_kind: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -158,15 +162,16 @@ class _CastIO(nn.Module):
         self.io_dtype = dtype
         self.autocast = autocast
 
-    def forward(self, x):
+    def forward(self, *xs):
         if self.autocast:
+            x = xs[0] if xs else None
             dev = x.device.type if isinstance(x, torch.Tensor) else "cpu"
             with torch.autocast(dev, dtype=self.io_dtype):
-                out = self.inner(x)
+                out = self.inner(*xs)
         else:
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                x = x.to(self.io_dtype)
-            out = self.inner(x)
+            xs = tuple(x.to(self.io_dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                       for x in xs)
+            out = self.inner(*xs)
         if isinstance(out, torch.Tensor):
             return out.float()
         if isinstance(out, (tuple, list)):
@@ -200,6 +205,7 @@ class _State:
     float_note: str | None = None
     masks: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    kinds: dict = field(default_factory=dict)       # parameter name -> layer kind learnt from a graph
 
 
 # ---- the steps ---------------------------------------------------------------------------------------------
@@ -237,14 +243,23 @@ def _apply_float(state: _State, dtype: torch.dtype) -> None:
                                 "keeps in float32 (and element-wise ops on the float32 inputs) in float32")
 
 
+def _has_attention_params(module: nn.Module) -> bool:
+    """Whether ``module`` holds attention projections that are not ``nn.Linear`` modules (``nn.MultiheadAttention``'s
+    ``in_proj_weight`` / ``q|k|v_proj_weight``, read by ``F.linear`` inside its forward)."""
+    return any(isinstance(m, nn.MultiheadAttention) for m in module.modules())
+
+
 def _linear_only(module: nn.Module) -> bool:
-    """A plain module whose conv/linear layers are all nn.Linear (torchao's quantize_ can quantize it all)."""
+    """A plain module whose conv/linear/attention weights all belong to nn.Linear modules (torchao's quantize_
+    can quantize them all). nn.MultiheadAttention's in-projection is a bare parameter quantize_ never reaches,
+    so a model with attention goes through PT2E, which quantizes it as it does in a .pt2 program."""
     from ...zoo import ExportedModule
 
     if isinstance(module, (torch.jit.ScriptModule, torch.fx.GraphModule, ExportedModule)):
         return False
     mods = list(module.modules())
-    return any(isinstance(m, nn.Linear) for m in mods) and not any(isinstance(m, _CONV_TYPES) for m in mods)
+    return any(isinstance(m, nn.Linear) for m in mods) and not any(isinstance(m, _CONV_TYPES) for m in mods) \
+        and not _has_attention_params(module)
 
 
 def _calibration_batches(state: _State):
@@ -301,6 +316,11 @@ def _apply_int8_quantize_(state: _State, mode: str) -> None:
             quantize_(module, config, filter_fn=None)     # FqnToConfig names the layers itself
         else:
             quantize_(module, config)
+    if mode == "dynamic":
+        state.details["activation_granularity"] = (
+            "per sample: torchao quantizes a linear layer's input with one scale per row of its last dimension, "
+            "i.e. per sample of an (N, D) input and per token of each sample of an (N, T, D) one, so a row's "
+            "prediction never depends on the rows evaluated beside it")
     for n, m in linears.items():
         w = m.weight
         if type(w) is not torch.Tensor and type(w) is not nn.Parameter and hasattr(w, "dequantize"):
@@ -312,13 +332,27 @@ def _apply_int8_quantize_(state: _State, mode: str) -> None:
 # --- PT2E ---------------------------------------------------------------------------------------------------
 
 def per_sample_int8(x: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 quantize-dequantize of ``x`` with one scale per sample (row 0 of the batch dimension):
-    ``s = max|x_i| / 127.5``, ``clamp(round(x_i * (1 / s)), -128, 127) * s`` (torchao's per-row activation
-    quantization, per sample)."""
+    """Symmetric int8 quantize-dequantize of ``x`` with one scale per sample (per index of dimension 0, the
+    batch dimension of a convolution's input): ``s = max|x_i| / 127.5``, ``clamp(round(x_i * (1 / s)), -128,
+    127) * s``. Used for convolutions."""
     flat = x.reshape(x.shape[0], -1).float()
     scale = torch.clamp(flat.abs().amax(1, keepdim=True) / 127.5, min=_EPS)
     q = torch.clamp(torch.round(flat * (1.0 / scale)), -128, 127)
     return (q * scale).reshape(x.shape).to(x.dtype)
+
+
+def per_token_int8(x: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 quantize-dequantize of a linear layer's input with one scale per vector along its last
+    dimension (the layer's input features): per row of an (N, D) input, per token of each sample of an
+    (N, T, D) or (T, N, D) input, as torchao's per-row activation quantization does. Used for linear layers
+    (attention projections included): whatever the layout (batch first or not, flattened to (T*N, D) inside
+    ``nn.MultiheadAttention``), every scale belongs to one token of one sample, so no row affects another."""
+    if x.dim() == 0:
+        return per_sample_int8(x.reshape(1)).reshape(())
+    xf = x.float()
+    scale = torch.clamp(xf.abs().amax(-1, keepdim=True) / 127.5, min=_EPS)
+    q = torch.clamp(torch.round(xf * (1.0 / scale)), -128, 127)
+    return (q * scale).to(x.dtype)
 
 
 def _qops():
@@ -382,24 +416,35 @@ def _export(state: _State, name: str) -> torch.fx.GraphModule:
                          f"found TorchScript. Re-export the model as .pt2")
     x = state.example
     fixed = state.dense.fixed_batch_size
+
+    def pad(rows, n):         # rows followed by n copies of the first (a tensor, or Inputs' pad_rows)
+        if hasattr(rows, "pad_rows"):
+            return rows.pad_rows(n)
+        return torch.cat([rows, rows[:1].expand(n, *rows.shape[1:])])
+
     if fixed:
-        if x.shape[0] < fixed:
-            x = torch.cat([x, x[:1].expand(fixed - x.shape[0], *x.shape[1:])])
+        if len(x) < fixed:
+            x = pad(x, fixed - len(x))
         x = x[:fixed]
-        attempts = [None]
-    else:
-        if x.shape[0] < 2:
-            x = torch.cat([x, x])
-        attempts = [({0: torch.export.Dim("batch")},), None]
+    elif len(x) < 2:
+        x = pad(x, 1)
+    args = tuple(x.tensors) if hasattr(x, "tensors") else (x,)     # an Inputs: the model's positional inputs
+    attempts = [None]
+    if not fixed:
+        batch = torch.export.Dim("batch")
+        per_input = tuple({0: batch} for _ in args)
+        # positional inputs (forward(x) / forward(a, b)), then one varargs tuple (forward(*inputs)), then static
+        attempts = [per_input, (per_input,), None]
     err = None
     for dyn in attempts:
         try:
             with _quiet():
-                gm = torch.export.export(state.module, (x,), dynamic_shapes=dyn).module()
+                gm = torch.export.export(state.module, args, dynamic_shapes=dyn).module()
         except Exception as e:  # noqa: BLE001 - torch.export's reasons vary; the first line is kept
-            err = e
+            if err is None or dyn is None:
+                err = e
             continue
-        state.fixed_batch_size = fixed if fixed else (None if dyn is not None else int(x.shape[0]))
+        state.fixed_batch_size = fixed if fixed else (None if dyn is not None else int(len(x)))
         return gm
     raise InputError(f"{name}: torch.export could not capture the model for torchao's PT2E quantization "
                      f"(needed for convolutions and .pt2 programs): {_first_line(err)}")
@@ -430,12 +475,93 @@ def _drop_unused_attributes(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
+class _NotConstant(Exception):
+    pass
+
+
+def _fold_computed_weights(gm: torch.fx.GraphModule) -> dict[str, dict]:
+    """Store every conv / linear weight the graph computes from its parameters alone (weight normalisation,
+    weight standardisation, a parametrization) as one constant, as deployment does, so PT2E can quantize it
+    and fold a following BatchNorm into it (its BatchNorm folding expects a stored weight and fails otherwise).
+
+    Returns {constant name: {"sources": [parameter names it was computed from], "layer": op node name}}."""
+    memo: dict = {}
+    params = {n for n, _ in gm.named_parameters(remove_duplicate=False)} | \
+        {n for n, _ in gm.named_buffers(remove_duplicate=False)}
+
+    def value(node):
+        if node in memo:
+            return memo[node]
+        if node.op == "get_attr":
+            v = _attr(gm, node.target)
+        elif node.op == "call_function":
+            args = torch.fx.node.map_arg(node.args, value)
+            kwargs = torch.fx.node.map_arg(node.kwargs, value)
+            v = node.target(*args, **kwargs)
+        else:                                 # an input, a submodule call: not a constant
+            raise _NotConstant(node.name)
+        memo[node] = v
+        return v
+
+    def sources(node, seen=None):
+        seen = set() if seen is None else seen
+        if node in seen:
+            return []
+        seen.add(node)
+        if node.op == "get_attr":
+            return [node.target] if node.target in params else []
+        out = []
+        for a in node.all_input_nodes:
+            out.extend(sources(a, seen))
+        return out
+
+    folded: dict[str, dict] = {}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _qops() or len(node.args) < 2:
+            continue
+        w = node.args[1]
+        if not isinstance(w, torch.fx.Node) or w.op != "call_function":
+            continue
+        try:
+            with torch.no_grad():
+                t = value(w)
+        except Exception:  # noqa: BLE001 - not computable from the stored tensors alone: left as it is
+            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            continue
+        const = f"_fairprune_folded_{len(folded)}"
+        # a parameter, as torchao's BatchNorm folding writes the folded weight back as one
+        gm.register_parameter(const, nn.Parameter(t.detach().clone(), requires_grad=False))
+        with gm.graph.inserting_before(node):
+            getter = gm.graph.get_attr(const)
+        node.update_arg(1, getter)
+        kind = "linear" if node.target is torch.ops.aten.linear.default else "conv"
+        folded[const] = {"sources": list(dict.fromkeys(sources(w))), "layer": node.name, "kind": kind}
+    if folded:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+    return folded
+
+
 def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
     with _quiet():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = _export(state, name)
     dense_params = dict(state.dense.module.named_parameters())
+    folded = _fold_computed_weights(gm)
+    for info in folded.values():
+        for src in info["sources"]:
+            state.kinds.setdefault(src, info["kind"])
+    if folded:
+        state.details["computed_weights"] = {
+            "layers": len(folded),
+            "note": ("weights the model computes from its parameters at every call (weight normalisation or "
+                     "standardisation) were evaluated once and stored as one constant each, as deployment does, "
+                     "then quantized (and a following BatchNorm folded into them); their int8 values belong to the "
+                     "computed weight, not to one parameter, so no float copy of the dense model carries them"),
+            "sources": {info["layer"]: info["sources"] for info in folded.values()}}
     bn_ops = _bn_ops()
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target not in _qops() or len(node.args) < 2:
@@ -485,6 +611,18 @@ def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
         with torch.no_grad():
             deq = w.target(*args, **w.kwargs).detach().float()
         quantized_nodes.append(node)
+        if param in folded:
+            # a computed weight: counted on the parameter it was computed from (the one of its shape, e.g.
+            # weight normalisation's direction v; else its largest), and no float copy carries it
+            srcs = [n for n in folded[param]["sources"] if n in dense_params]
+            same = [n for n in srcs if dense_params[n].shape == deq.shape]
+            owner = (same or sorted(srcs, key=lambda n: -dense_params[n].numel()) or [param])[0]
+            state.quantized[owner] = state.quantized.get(owner, 0) + deq.numel()
+            state.float_note = (f"the weight of {folded[param]['layer']} is computed from "
+                                f"{', '.join(srcs) or 'the stored tensors'} at every call (weight normalisation or "
+                                "standardisation); its int8 values belong to that computed weight, not to one "
+                                "parameter, so no float copy of the dense model carries them")
+            continue
         state.quantized[param] = state.quantized.get(param, 0) + deq.numel()
         if param not in dense_params or dense_params[param].shape != deq.shape:
             state.float_note = (f"the quantized weight {param} does not correspond to one parameter of the dense model "
@@ -511,8 +649,9 @@ def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
         for node in quantized_nodes:
             x = node.args[0]
             if isinstance(x, torch.fx.Node):
+                fn = per_token_int8 if node.target is torch.ops.aten.linear.default else per_sample_int8
                 with graph.inserting_before(node):
-                    q = graph.call_function(per_sample_int8, (x,))
+                    q = graph.call_function(fn, (x,))
                 node.update_arg(0, q)
         graph.lint()
         converted.recompile()
@@ -529,7 +668,9 @@ def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
     if mode == "dynamic":
         state.details["activation_granularity"] = (
             "per sample: torchao's PT2E converts dynamic activations per tensor (one scale per batch); fairprune "
-            "quantizes them per sample so a row's prediction never depends on the rows evaluated beside it")
+            "quantizes a convolution's input with one scale per sample and a linear layer's input (attention "
+            "projections included) with one scale per token of each sample (per row of an (N, D) input), "
+            "whatever the layout, so a row's prediction never depends on the rows evaluated beside it")
 
 
 def _apply_int8(state: _State, step: StepSpec) -> None:
@@ -538,8 +679,26 @@ def _apply_int8(state: _State, step: StepSpec) -> None:
         state.details["calibration"] = dict(state.calibration.info) if state.calibration is not None else None
     if _linear_only(state.module):
         _apply_int8_quantize_(state, mode)
-    else:
+        return
+    plain = isinstance(state.module, nn.Module) and not isinstance(state.module, torch.jit.ScriptModule) and \
+        not any(isinstance(m, _CONV_TYPES) for m in state.module.modules()) and \
+        any(isinstance(m, nn.Linear) for m in state.module.modules()) and _has_attention_params(state.module)
+    if not plain:
         _apply_int8_pt2e(state, mode, step.name)
+        return
+    # linear layers and attention: PT2E quantizes the in-projections too; where torch.export cannot capture
+    # the model, torchao's quantize_ still quantizes its nn.Linear layers (the in-projections stay float32)
+    module = state.module
+    try:
+        _apply_int8_pt2e(state, mode, step.name)
+    except InputError as err:
+        state.module, state.fixed_batch_size = module, state.dense.fixed_batch_size
+        state.quantized.clear(), state.effective.clear()
+        state.float_note = None
+        _apply_int8_quantize_(state, mode)
+        state.details["backend_fallback"] = (
+            f"torch.export could not capture the model for PT2E ({err}), so torchao's quantize_ quantized its "
+            "nn.Linear layers; nn.MultiheadAttention's in-projections (in_proj_weight) stay float32")
 
 
 def _apply_int4(state: _State, step: StepSpec) -> None:
@@ -665,7 +824,14 @@ def apply_variant(model, spec: VariantSpec | str, *, device: torch.device | str 
         model = LoadedModel.from_module(model, name=type(model).__name__)
     spec = parse_variant(spec) if isinstance(spec, str) else spec
     device = resolve_device(device) if not isinstance(device, torch.device) else device
-    state = _State(dense=model, module=copy.deepcopy(model.module).to(device).eval(), device=device,
+    try:
+        module = copy.deepcopy(model.module)
+    except RuntimeError as err:       # e.g. torch.nn.utils.weight_norm's computed weight after a forward pass
+        raise InputError(f"{spec.name}: the model cannot be copied for compression ({_first_line(err)}); expected "
+                         "a module whose tensors are all parameters or buffers, found a computed tensor attribute "
+                         "(the old torch.nn.utils.weight_norm keeps one). Use torch.nn.utils.parametrizations."
+                         "weight_norm, or remove_weight_norm before saving") from err
+    state = _State(dense=model, module=module.to(device).eval(), device=device,
                    example=example.to(device), calibration=calibration, batch_size=batch_size,
                    fixed_batch_size=model.fixed_batch_size)
     for step in spec.steps:
@@ -697,6 +863,11 @@ def apply_variant(model, spec: VariantSpec | str, *, device: torch.device | str 
                          f"{state.io_dtype or 'int8'}); expected finite logits")
     total = sum(p.numel() for p in model.module.parameters())
     fraction = sum(state.quantized.values()) / total if total else 0.0
+    by_kind, kinds = quantized_by_kind(model.module, state.quantized, extra=state.kinds, with_names=True)
+    if q is not None and q.name.startswith("int"):
+        missing = _not_quantized(state, kinds, q.name)
+        if missing:
+            state.details["not_quantized"] = missing
     float_note = state.float_note
     if float_note is None:
         dense_names = {n for n, _ in model.module.named_parameters()}
@@ -706,5 +877,83 @@ def apply_variant(model, spec: VariantSpec | str, *, device: torch.device | str 
     return Variant(spec=spec, model=loaded, module=state.module, dense=model, quantized=dict(state.quantized),
                    quantized_fraction=float(min(1.0, fraction)), masks=dict(state.masks),
                    effective=dict(state.effective), effective_buffers=dict(state.effective_buffers),
-                   float_note=float_note, details=state.details)
+                   float_note=float_note, details=state.details, quantized_by_kind=by_kind)
+
+
+#: the kinds a variant's quantized share is given for: the prunable kinds, then everything else (biases,
+#: normalisation parameters, learned tokens and position tables)
+QUANTIZED_KINDS = (*PRUNABLE_KINDS, "other")
+
+_PARAMETRIZED = re.compile(r"(?P<owner>.*?)\.?(parametrizations\.weight\.original\d+|weight_[gv])")
+
+
+def _param_kinds(module: nn.Module, extra: dict | None = None) -> dict[str, str]:
+    """Parameter name -> layer kind (:data:`QUANTIZED_KINDS`) of every parameter of ``module``: the prunable
+    definition's kind (:func:`fairprune.engine.prune.prunable_kinds`, embeddings included), a weight-normalised
+    layer's parametrization tensors by the layer that owns them, ``extra`` (kinds learnt from a graph), else
+    "other"."""
+    from ..prune import prunable_kinds
+
+    kinds = prunable_kinds(module, embeddings=True)
+    owners = dict(module.named_modules())
+    out = {}
+    for n, _ in module.named_parameters():
+        kind = kinds.get(n)
+        if kind is None:
+            m = _PARAMETRIZED.fullmatch(n)
+            owner = owners.get(m.group("owner")) if m else None
+            if isinstance(owner, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                kind = "conv"
+            elif isinstance(owner, nn.Linear):
+                kind = "linear"
+        out[n] = kind or (extra or {}).get(n) or "other"
+    return out
+
+
+def quantized_by_kind(module: nn.Module, quantized: dict, *, extra: dict | None = None, with_names: bool = False):
+    """{kind: {"quantized": int, "total": int}} for every kind of :data:`QUANTIZED_KINDS` (zeros included):
+    ``total`` the parameters of ``module`` of that kind (by count), ``quantized`` how many of them ``quantized``
+    (parameter name -> entries quantized, a :class:`Variant`'s ``quantized``) holds. With ``with_names`` also
+    the parameter name -> kind map."""
+    kinds = _param_kinds(module, extra)
+    params = dict(module.named_parameters())
+    out = {k: {"quantized": 0, "total": 0} for k in QUANTIZED_KINDS}
+    for n, kind in kinds.items():
+        out[kind]["total"] += params[n].numel()
+        out[kind]["quantized"] += min(int(quantized.get(n, 0)), params[n].numel())
+    return (out, kinds) if with_names else out
+
+
+_RECURRENT_WHY = ("torch's LSTM / GRU / RNN op takes its weights whole: torchao's quantize_ reaches nn.Linear modules "
+                  "and PT2E conv and linear ops, neither this op, so these weights and the layer's activations stay "
+                  "float32")
+
+
+def _not_quantized(state: _State, kinds: dict[str, str], method: str) -> dict:
+    """{kind: {"weights", "total", "layers", "reason"}} for the conv, linear, attention and recurrent weights
+    (dim >= 2) a quantization step left in float, with the reason where it is known."""
+    params = dict(state.dense.module.named_parameters())
+    out: dict = {}
+    for kind in ("linear", "conv", "attention", "recurrent"):
+        names = [n for n, k in kinds.items() if k == kind and params[n].dim() >= 2]
+        left = [n for n in names if not state.quantized.get(n)]
+        if not left:
+            continue
+        backend = state.details.get("backend", "")
+        if kind == "recurrent":
+            why = _RECURRENT_WHY
+        elif method == "int4_weight":
+            why = "int4 needs nn.Linear layers whose in_features is a multiple of 128; these stay bfloat16"
+        elif kind == "attention" and state.details.get("backend_fallback"):
+            why = state.details["backend_fallback"]
+        elif backend == "torchao.quantize_":
+            why = "torchao's quantize_ reaches nn.Linear modules only; these weights belong to no nn.Linear"
+        else:
+            why = ("PT2E quantizes the weights the graph passes, stored, to a conv or linear op (aten.conv*, "
+                   "aten.linear; transposed convolutions and weights the graph feeds to other ops, e.g. mm / "
+                   "addmm / matmul in a decomposed program, are not), so these stay float32")
+        out[kind] = {"weights": int(sum(params[n].numel() for n in left)),
+                     "total": int(sum(params[n].numel() for n in names)), "layers": left[:10],
+                     "more_layers": max(0, len(left) - 10), "reason": why}
+    return out
 

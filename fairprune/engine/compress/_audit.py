@@ -182,13 +182,19 @@ def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[st
                "backend": det.get("backend"),
                "kernel": det.get("kernel"), "device": det.get("device"), "calibration": det.get("calibration"),
                "storage": storage}
-    for k in ("activation_granularity", "nm_2_4", "kernel_fallback", "note"):
+    for k in ("activation_granularity", "nm_2_4", "kernel_fallback", "backend_fallback", "computed_weights",
+              "not_quantized", "note"):
         if k in det:
             details[k] = det[k]
+    for kind, info in (det.get("not_quantized") or {}).items():
+        more = f" and {info['more_layers']} more" if info.get("more_layers") else ""
+        a.warnings.append(f"{spec.name}: {info['weights']:,} of {info['total']:,} {kind} weights were not quantized "
+                          f"({', '.join(info['layers'])}{more}): {info['reason']}.")
     if diag is not None:
         diag_groups, note = variant_diagnostics(a, diag, variant, step=step)
         details["diagnostics"] = diag_groups
         details["diagnostics_note"] = note
     footprint = {"method": spec.name, "size_bytes": size_bytes, "latency_ms": latency_ms, "storage": storage,
                  "timed": "the compressed model as evaluated" if latency_ms is not None else None}
-    return VariantResult(spec.name, spec.setting(), level, variant.quantized_fraction, details), footprint
+    return VariantResult(spec.name, spec.setting(), level, variant.quantized_fraction, details,
+                         variant.quantized_by_kind), footprint
