@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/dashboard.py [--repeats 3] [--only demo|own]
 
-Each repeat starts a fresh server (`streamlit run app/main.py`, a free port, a temporary FAIRPRUNE_HOME, so no
-worker is running and nothing is cached) and drives Debian's Chromium (/usr/bin/chromium) with Playwright:
+Each repeat starts a fresh server as `make run` does (`python -m app.serve`: the background worker starts and warms
+up with the server, then `streamlit run app/main.py`), on a free port with a temporary FAIRPRUNE_HOME, so no worker
+was running before and nothing is cached, and drives Debian's Chromium (/usr/bin/chromium) with Playwright.
+``--plain`` serves with plain `streamlit run app/main.py` instead (the worker starts with the first page shown):
 
 - ``demo``: open the start page and click "Try the demo" as soon as it shows; time from the click until the first
   chart on the results page is visible. Goal: <= 8 s.
@@ -46,8 +48,8 @@ def _free_port() -> int:
 class Server:
     """`streamlit run app/main.py` on a free port with its own FAIRPRUNE_HOME; stops it and its workers on exit."""
 
-    def __init__(self, home: Path):
-        self.home, self.port = home, _free_port()
+    def __init__(self, home: Path, *, plain: bool = False):
+        self.home, self.port, self.plain = home, _free_port(), plain
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = home / "streamlit.log"
 
@@ -56,7 +58,8 @@ class Server:
         env.pop("FAIRPRUNE_DATA_DIRS", None)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(self.port),
+                [sys.executable, "-m", *(("streamlit", "run", "app/main.py") if self.plain else ("app.serve",)),
+                 "--server.port", str(self.port),
                  "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
                  "--browser.gatherUsageStats", "false"],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=sorted(GOALS), action="append")
+    ap.add_argument("--plain", action="store_true",
+                    help="serve with plain `streamlit run app/main.py` (the worker starts with the first page shown)")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).is_file():
         print(f"bench/dashboard.py: {CHROMIUM} is missing (make chromium): skipped")
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 for kind in kinds:
                     home = Path(tmp) / f"home-{kind}-{i}"
                     home.mkdir()
-                    with Server(home) as server:     # fresh: no worker, nothing cached
+                    with Server(home, plain=args.plain) as server:     # fresh: no worker before, nothing cached
                         took, wall = time_demo(browser, server.url) if kind == "demo" else \
                             time_own(browser, server.url, pt2, csv)
                         where = _breakdown(home, wall, wall + took)
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {kind} #{i + 1}: {took:.1f} s: {where} (load {os.getloadavg()[0]:.1f})", flush=True)
         finally:
             browser.close()
-    print(f"dashboard click-to-first-chart, {os.cpu_count()} CPUs, median of {args.repeats}:")
+    how = "streamlit run app/main.py" if args.plain else "python -m app.serve (make run)"
+    print(f"dashboard click-to-first-chart, served by {how}, {os.cpu_count()} CPUs, median of {args.repeats}:")
     for kind in kinds:
         med = statistics.median(times[kind])
         what = "Try the demo" if kind == "demo" else "own small model (.pt2 + CSV)"
