@@ -212,3 +212,87 @@ def show_model_summary(summary: dict[str, int], caption: str = "") -> None:
                 help="Conv and linear weight tensors the pruning methods act on.")
     if caption:
         st.caption(caption)
+
+
+# ---- folders: image sets and Hugging Face checkpoints (a browser cannot upload a folder) ----------------------------
+def _is_image_folder(p: Path) -> bool:
+    """A folder of class subfolders holding images, or with a metadata.csv: what ``--data FOLDER`` reads."""
+    from fairprune.data import IMAGE_SUFFIXES
+
+    if (p / "metadata.csv").is_file():
+        return True
+    subs = [d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    return bool(subs) and any(f.suffix.lower() in IMAGE_SUFFIXES for d in subs[:50] for f in d.iterdir()
+                              if f.is_file())
+
+
+def _is_checkpoint_folder(p: Path) -> bool:
+    from fairprune.zoo import is_hf_checkpoint
+
+    return is_hf_checkpoint(p)
+
+
+def server_folders(kind: str, limit: int = 500) -> dict[str, Path]:
+    """{label: resolved path} of folders under the server folders a user may pick as a whole: image sets (``kind``
+    'data') or Hugging Face checkpoint folders (``kind`` 'model'). Only folders that resolve inside a server folder
+    are offered; hidden ones and the contents of an offered folder are skipped."""
+    test = _is_image_folder if kind == "data" else _is_checkpoint_folder
+    what = "image folder" if kind == "data" else "Hugging Face checkpoint"
+    out: dict[str, Path] = {}
+    for root in data_dirs():
+        stack = [root]
+        while stack and len(out) < limit:
+            d = stack.pop()
+            try:
+                subs = sorted((s for s in d.iterdir() if s.is_dir() and not s.name.startswith(".")), reverse=True)
+                found = d != root and test(d)
+            except OSError:
+                continue
+            real = d.resolve()
+            if found and any(real.is_relative_to(r) for r in data_dirs()):
+                out[f"{root.name}/{d.relative_to(root)}/ ({what})"] = real
+                continue                                      # an image set's class folders are not offered apart
+            stack += subs
+    return dict(sorted(out.items()))
+
+
+def inside_data_dirs_folder(path: str | Path) -> Path | None:
+    """The resolved path if it is a folder under one of the server folders, else None (never elsewhere)."""
+    p = Path(path).resolve()
+    if not p.is_dir():
+        return None
+    return p if any(p.is_relative_to(root) and p != root for root in data_dirs()) else None
+
+
+def is_image_set(path: str | Path) -> bool:
+    """The chosen data is a set of images (a folder, an image zip or a CSV naming image files): the page then offers
+    the preprocessing (resize, crop, normalise, or a torchvision preset)."""
+    from fairprune.data import columns
+
+    p = Path(path)
+    if p.is_dir() or p.name.lower().endswith(".zip"):
+        return True
+    if p.name.lower().endswith(".csv"):
+        import pandas as pd
+
+        try:
+            header = [str(c) for c in pd.read_csv(p, nrows=0).columns]
+        except Exception:   # noqa: BLE001 - unreadable: the loader says why when it is loaded
+            return False
+        return "path" in header and "path" not in columns(p)      # columns() leaves out an image CSV's 'path'
+    return False
+
+
+def transform_presets() -> list[str]:
+    """Every torchvision weights entry of a classification model, as ``--transforms`` names it
+    ('ResNet50_Weights.IMAGENET1K_V2'), sorted; read from torchvision's registry, nothing downloaded."""
+    import torchvision.models as tvm
+
+    out = set()
+    for name in tvm.list_models(module=tvm):
+        try:
+            enum = tvm.get_model_weights(name)
+        except (ValueError, KeyError):
+            continue
+        out.update(f"{enum.__name__}.{w.name}" for w in enum)
+    return sorted(out, key=str.lower)

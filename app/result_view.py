@@ -284,6 +284,10 @@ def provenance(result: AuditResult) -> None:
         f"- **Versions:** fairprune {p.fairprune_version}, torch {p.torch_version}; model sha256 "
         f"`{p.model_sha256[:12]}…`, data sha256 `{p.data_sha256[:12]}…`"
     )
+    steps = list(getattr(p, "preprocessing", None) or ())
+    if steps:
+        st.markdown("**From file to model input** (the data's preprocessing, in order)")
+        st.markdown("\n".join(f"{i}. {widgets.escape_markdown(step)}" for i, step in enumerate(steps, 1)))
 
 
 COMPRESSION_HELP = (

@@ -40,8 +40,9 @@ PAGES = {
 DEFAULT_DEMO = "mnist"
 #: How often a page showing a queued or running run looks at the store again (seconds).
 POLL_S = 0.5
-#: A worker the app starts exits after this long with nothing to do (the next run starts another).
-WORKER_IDLE_EXIT_S = 900.0
+#: ... and while the run is on its last step, so that its result shows soon after it ends (seconds).
+FAST_POLL_S = 0.15
+from app.serve import WORKER_IDLE_EXIT_S  # noqa: E402,F401  (one setting for the server's worker and the pages')
 #: The prefix of the message shown for an unexpected error (tests look for it).
 UNEXPECTED = "Something went wrong"
 
@@ -174,7 +175,27 @@ def chosen_files(inp: dict) -> tuple[dict, dict[str, str], str]:
     keys = {"model": model_name, "data": data_name, "arch": m.get("arch"), "num_classes": m.get("num_classes"),
             "arch_args": m.get("arch_args") or {}, "label": d["label"], "group": tuple(d["group"]),
             "ignore": tuple(d["ignore"]) if d.get("ignore") else None, "missing_group": d.get("missing_group", "error")}
-    return keys, {model_name: m["path"], data_name: d["path"]}, f"{model_name} on {data_name}"
+    keys.update({k: d[k] for k in PREP_KEYS if d.get(k) is not None})
+    copies = {model_name: m["path"], data_name: d["path"]}
+    for key, part, name in (("model", m, model_name), ("data", d, data_name)):
+        if Path(str(part["path"])).is_dir():   # a server folder (image set, checkpoint): read in place, not copied
+            keys[key] = str(part["path"])
+            del copies[name]
+    return keys, copies, f"{model_name} on {data_name}"
+
+
+#: what turns the data's rows into model input, as the InputSpec names it: an image set's preprocessing, a text
+#: checkpoint's text column and token count (the Data & model page's choices)
+PREP_KEYS = ("resize", "crop", "normalize", "transforms", "text", "max_length")
+
+
+def prep_text(spec: dict) -> str:
+    """The chosen preprocessing in a few words ('resize 256, crop 224, normalize imagenet'); '' when none."""
+    words = {"resize": "resize {}", "crop": "crop {}", "normalize": "normalize {}", "transforms": "preset {}",
+             "text": "text column {}", "max_length": "max length {} tokens"}
+    if not spec.get("text"):
+        words.pop("max_length")
+    return ", ".join(words[k].format(spec[k]) for k in PREP_KEYS if k in words and spec.get(k) is not None)
 
 
 # ---- what the user chose to audit (kept across pages in session state) ---------------------------
@@ -204,7 +225,7 @@ def inputs_problem(inp: dict) -> str | None:
     if not d:
         return "Choose a data file on the Data & model page first: only the model file is chosen."
     for part, what in ((m, "model"), (d, "data")):
-        if not Path(str(part.get("path", ""))).is_file():
+        if not Path(str(part.get("path", ""))).exists():
             return (f"The {what} file {part.get('name', '')} is no longer on the server (uploads are kept for a day): "
                     "choose it again on the Data & model page.")
     if not m.get("valid"):
@@ -221,7 +242,7 @@ def spec_files_problem(spec: dict) -> str | None:
     """Why a finished run's spec cannot be queued again as it is (its files are gone), None when it can."""
     for key in ("model", "data", "train_data"):
         path = spec.get(key)
-        if path and not Path(str(path)).is_file():
+        if path and not Path(str(path)).exists():
             return (f"The {key.replace('_', ' ')} file {Path(str(path)).name} of this audit is no longer on the "
                     "server (its run was deleted): run the audit again on the Audit page first.")
     return None
@@ -241,8 +262,9 @@ def describe_inputs(inp: dict) -> str:
         return f"the built-in **{inp['demo']}** demo, groups by {' & '.join(inp['group'])}"
     m, d = inp.get("model") or {}, inp.get("data") or {}
     arch = f" ({m['arch']})" if m.get("arch") else ""
+    prep = prep_text(d)
     return (f"model **{m.get('name', '?')}**{arch} on **{d.get('name', '?')}**, label `{d.get('label', '?')}`, "
-            f"groups by {' & '.join(d.get('group') or ['?'])}")
+            f"groups by {' & '.join(d.get('group') or ['?'])}" + (f"; {escape_markdown(prep)}" if prep else ""))
 
 
 # ---- the session's choices, kept across a reload --------------------------------------------------------
@@ -274,14 +296,15 @@ def restore_session() -> None:
     if not isinstance(saved, dict) or saved.get("source") not in ("demo", "files"):
         return
     if saved["source"] == "files":
-        from app.files import inside_data_dirs
+        from app.files import inside_data_dirs, inside_data_dirs_folder
 
         for kind in ("model", "data"):
             part = saved.get(kind)
             if not part:
                 continue
             path = Path(str(part.get("path", ""))).resolve()
-            if not (path.is_file() and (path.is_relative_to(folder.resolve()) or inside_data_dirs(path))):
+            if not ((path.is_file() and (path.is_relative_to(folder.resolve()) or inside_data_dirs(path)))
+                    or inside_data_dirs_folder(path)):
                 return                                   # not this session's file: choose again
             if part.get("origin", "upload") == "upload":
                 st.session_state[f"staged-{kind}"] = ("restored", str(path))
@@ -332,7 +355,9 @@ def run_inputs(run: Run) -> str:
         what = f"demo {sp['demo']}"
     else:
         what = f"{Path(str(sp.get('model'))).name} on {Path(str(sp.get('data'))).name}"
-    return f"{what}; groups: {group}; {sp.get('method', 'global_magnitude')} at {levels}"
+    prep = prep_text(sp)
+    return (f"{what}; groups: {group}; {sp.get('method', 'global_magnitude')} at {levels}"
+            + (f"; {prep}" if prep else ""))
 
 
 def sparsity_text(levels) -> str:
@@ -416,16 +441,38 @@ def progress_text(run: Run) -> str:
     return f"Step {done} of {total}: {msg}" if msg else f"Step {done} of {total}"
 
 
-@st.fragment(run_every=POLL_S)
+def about_to_end(run: Run | None) -> bool:
+    """The run is on its last step (or past it): the page looks at the store more often (:data:`FAST_POLL_S`), so
+    that its result shows soon after it ends."""
+    return (run is not None and run.status == "running" and bool(run.progress_total)
+            and run.progress_done >= run.progress_total - 1)
+
+
 def progress_panel(run_id: str) -> None:
-    """Live progress of one run, with a Cancel button; reruns the whole page once the run stops."""
+    """Live progress of one run, with a Cancel button; reruns the whole page once the run stops. It looks at the
+    store every :data:`POLL_S` s, every :data:`FAST_POLL_S` s once the run is on its last step; one poller either
+    way (two fragments polling at once raced Streamlit's full reruns)."""
+    (_progress_fast if about_to_end(get_run(store(), run_id)) else _progress_slow)(run_id)
+
+
+@st.fragment(run_every=POLL_S)
+def _progress_slow(run_id: str) -> None:
+    _progress(run_id, fast=False)
+
+
+@st.fragment(run_every=FAST_POLL_S)
+def _progress_fast(run_id: str) -> None:
+    _progress(run_id, fast=True)
+
+
+def _progress(run_id: str, *, fast: bool) -> None:
     s = store()
     run = get_run(s, run_id)
     if run is None:
         st.warning("This run was deleted.")
         return
-    if not run.active:
-        st.rerun()
+    if not run.active or (not fast and about_to_end(run)):
+        st.rerun()          # the run stopped: the whole page shows its result; or its last step: poll faster
     if run.status == "running" and run.worker_pid not in s.live_workers() and run.id in s.reap():
         # its worker is gone (killed, out of memory, shut down): say so now; a fresh worker takes the queue
         start_worker(s)

@@ -20,10 +20,13 @@ source = st.radio("What to audit", list(SOURCES), format_func=SOURCES.get, horiz
 
 # ---- cached loads (the library does the loading and the checking) -----------------------------------
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _load_data(path: str, mtime: float, label: str, group: tuple, ignore: tuple | None, missing: str):
+def _load_data(path: str, mtime: float, label: str, group: tuple, ignore: tuple | None, missing: str,
+               prep: tuple = ()):
+    """``prep``: sorted (key, value) pairs of the preprocessing and text options (resize, crop, normalize, transforms;
+    text, tokenizer, max_length), as :func:`fairprune.data.load_dataset` names them."""
     from fairprune.data import load_dataset
 
-    return load_dataset(path, label=label, group=group, ignore=ignore, missing_group=missing)
+    return load_dataset(path, label=label, group=group, ignore=ignore, missing_group=missing, **dict(prep))
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -56,6 +59,11 @@ def _preview_data(data) -> None:
     small = [g for g, n in measured.group_sizes.items() if n < 30]
     if small:
         st.warning(f"Groups with fewer than 30 samples are measured but marked unreliable: {', '.join(small)}.")
+    steps = list(getattr(data, "preprocessing", None) or ())
+    if steps:
+        st.markdown("**From file to model input**", help="The steps each row goes through, in order; the results "
+                    "and the report list them with what was audited.")
+        st.markdown("\n".join(f"{i}. {widgets.escape_markdown(step)}" for i, step in enumerate(steps, 1)))
     if data.frame is not None:
         st.caption(f"First rows of {data.name} ({data.n:,} rows)")
         st.dataframe(data.frame.head(8), hide_index=True, width="stretch")
@@ -82,6 +90,15 @@ def _pick_file(kind: str, types: list[str], help_text: str, prev: dict) -> Path 
                           index=origins.index(prev.get("origin", "upload")),
                           format_func={"upload": "Upload", "server": "Server folders"}.get)
     if origin == "upload":
+        if kind == "model":
+            st.caption("A Hugging Face checkpoint is a folder (config.json and safetensors weights), which a browser "
+                       "cannot upload: " + ("pick it under 'Server folders'." if files.data_dirs() else
+                                            f"whoever runs this server can list a folder holding it in "
+                                            f"{files.DATA_DIRS_ENV}, and you pick it under 'Server folders'."))
+        else:
+            st.caption("An image folder cannot be uploaded from a browser: upload it as a zip, " + (
+                "or pick the folder under 'Server folders'." if files.data_dirs() else
+                f"or ask whoever runs this server to list its parent in {files.DATA_DIRS_ENV}."))
         up = st.file_uploader(f"{kind.capitalize()} file", type=types, key=f"{kind}-upload", help=help_text,
                               on_change=_forget_upload, args=(kind,))
         if up is not None:
@@ -92,15 +109,19 @@ def _pick_file(kind: str, types: list[str], help_text: str, prev: dict) -> Path 
                        "to replace it.")
             return Path(staged[1])
         return None
-    offered = files.server_files(types)
+    folders = files.server_folders(kind)
+    offered = {**folders, **files.server_files(types)}
+    what = "image folders" if kind == "data" else "Hugging Face checkpoint folders"
     if not offered:
-        st.info(f"No {kind} files ({', '.join('.' + t for t in types)}) in the server folders.")
+        st.info(f"No {kind} files ({', '.join('.' + t for t in types)}) or {what} in the server folders.")
         return None
     labels = list(offered)
     previous = next((i for i, lab in enumerate(labels) if str(offered[lab]) == prev.get("path")), None)
-    label = st.selectbox(f"{kind.capitalize()} file on the server", labels, index=previous, key=f"{kind}-server",
-                         placeholder="Choose a file", help=help_text)
-    return files.inside_data_dirs(offered[label]) if label else None
+    label = st.selectbox(f"{kind.capitalize()} on the server", labels, index=previous, key=f"{kind}-server",
+                         placeholder="Choose a file or folder", help=help_text + f" Folders: {what}, picked as a whole.")
+    if not label:
+        return None
+    return files.inside_data_dirs_folder(offered[label]) if label in folders else files.inside_data_dirs(offered[label])
 
 
 # ---- the demo --------------------------------------------------------------------------------------
@@ -190,6 +211,8 @@ def model_section(prev: dict) -> dict | None:
                       "(.safetensors or a state_dict .pt) together with an architecture below."
                       + ("" if torchscript else f" TorchScript is code and is accepted only where the server "
                                                  f"sets {files.TORCHSCRIPT_ENV}=1."), prev)
+    if path is not None and path.is_dir():        # a Hugging Face checkpoint folder holds its own architecture
+        return _checkpoint_section(path)
     archs = [""] + list_models()
     arch = st.selectbox("Architecture (bare weights only)", archs, key="model-arch",
                         index=archs.index(prev.get("arch") or ""),
@@ -227,7 +250,116 @@ def model_section(prev: dict) -> dict | None:
     return out
 
 
-def data_section(prev: dict) -> dict | None:
+def _checkpoint_section(path: Path) -> dict:
+    """A Hugging Face checkpoint folder picked from the server folders: loaded (safely) and summarised, with its task
+    (text: the data needs a text column; image: an image set, with the checkpoint's own preprocessing offered)."""
+    from fairprune.zoo import hf_image_preprocessing, hf_task
+
+    out = {"path": str(path), "name": path.name, "arch": None, "origin": _origin("model"), "num_classes": None,
+           "arch_args": {}, "arch_args_text": "", "valid": False, "hf_task": None}
+    try:
+        loaded = _load_model(str(path), path.stat().st_mtime, None, None, (), False)
+        out["hf_task"] = hf_task(path)
+        out["hf_preprocessing"] = hf_image_preprocessing(path) if out["hf_task"] == "image" else None
+    except InputError as err:
+        show_input_error(err, path)
+        return out
+    except Exception as err:
+        widgets.show_unexpected("Loading the checkpoint", err)
+        return out
+    task = {"text": "text classification: choose the data's text column", "image": "image classification: "
+            "choose an image set and its preprocessing"}.get(out["hf_task"], out["hf_task"])
+    files.show_model_summary(files.model_summary(loaded), caption=f"{path.name}: Hugging Face checkpoint"
+                             + (f" ({loaded.arch})" if loaded.arch else "") + f"; {task}.")
+    out["valid"] = True
+    out["loaded"] = loaded
+    return out
+
+
+PREP_MODES = {"none": "As stored (every image has one size)", "resize": "Resize and crop",
+              "preset": "A torchvision preset"}
+NORMALIZE = {"none": "No normalisation ([0, 1])", "imagenet": "ImageNet mean and std", "custom": "My own mean and std"}
+
+
+def preprocessing_section(prev: dict, model: dict | None) -> tuple[dict, str | None]:
+    """Image sets: how each image becomes the model's input. Returns ({resize, crop, normalize, transforms} as the
+    loader names them, only those chosen) and a problem to show instead of loading (None: none)."""
+    hint = (model or {}).get("hf_preprocessing") or {}
+    st.markdown("**Image preprocessing**", help="Images of any size are resized (shorter side), centre-cropped and "
+                "scaled to [0, 1], then optionally normalised per channel, with torchvision's own transforms. A "
+                "preset applies a torchvision weights entry's own transforms() (resize, crop, mean and std), so a "
+                "torchvision-trained model sees what it was trained on. The steps are listed with the results.")
+    modes = list(PREP_MODES)
+    start = "preset" if prev.get("transforms") else "resize" if (
+        prev.get("resize") or prev.get("crop") or prev.get("normalize") or hint.get("size")) else "none"
+    mode = st.radio("Preprocessing", modes, index=modes.index(start), format_func=PREP_MODES.get, horizontal=True,
+                    key="data-prep", label_visibility="collapsed")
+    if hint.get("flags"):
+        st.caption(f"The checkpoint's own image processor: {hint['flags']} (set below as the defaults).")
+    if mode == "preset":
+        presets = files.transform_presets()
+        chosen = prev.get("transforms") if prev.get("transforms") in presets else None
+        name = st.selectbox("Preset (torchvision weights entry)", presets, key="data-preset",
+                            index=presets.index(chosen) if chosen else None, placeholder="Choose a preset",
+                            help="The weights entry your model was trained with, e.g. ResNet50_Weights.IMAGENET1K_V2: "
+                                 "its transforms() preset is applied (nothing is downloaded).")
+        return ({"transforms": name}, None) if name else ({}, "Choose a preset above; the images are read once it "
+                                                              "is chosen.")
+    if mode == "none":
+        return {}, None
+    size = hint.get("size") or (None, None)
+    c1, c2 = st.columns(2)
+    resize_default = prev.get("resize") or (min(size) if size[0] and size[1] else 0)
+    resize = c1.number_input("Resize: shorter side (pixels)", min_value=0, step=1, key="data-resize",
+                             value=int(resize_default),
+                             help="0: no resize. Bilinear, antialiased; the longer side keeps the aspect ratio.")
+    crop_default = prev.get("crop") or (f"{size[0]},{size[1]}" if size[0] and size[0] != size[1] else
+                                        str(size[0]) if size[0] else "")
+    crop = c2.text_input("Centre crop (pixels: N or H,W)", value=crop_default, key="data-crop",
+                         placeholder="e.g. 224 or 224,160", help="Empty: no crop. Applied after the resize.")
+    norms = list(NORMALIZE)
+    mean, std = hint.get("mean"), hint.get("std")
+    own = ",".join(f"{m:g}" for m in mean) + ";" + ",".join(f"{v:g}" for v in std) if mean and std else ""
+    previous = prev.get("normalize") or ""
+    norm_start = "imagenet" if previous == "imagenet" else "custom" if previous or own else "none"
+    norm = st.radio("Normalise", norms, index=norms.index(norm_start), format_func=NORMALIZE.get, horizontal=True,
+                    key="data-normalize", help="After scaling to [0, 1]: (x − mean) / std per channel.")
+    out: dict = {}
+    if resize:
+        out["resize"] = int(resize)
+    if crop.strip():
+        out["crop"] = crop.strip()
+    if norm == "imagenet":
+        out["normalize"] = "imagenet"
+    elif norm == "custom":
+        text = st.text_input("Mean and std (MEAN,STD for every channel, or M1,M2,M3;S1,S2,S3)",
+                             value=previous if previous not in ("", "imagenet") else own, key="data-normalize-own",
+                             placeholder="0.5,0.5 or 0.485,0.456,0.406;0.229,0.224,0.225")
+        if not text.strip():
+            return out, "Enter the mean and std above, or choose another normalisation."
+        out["normalize"] = text.strip()
+    return out, None
+
+
+def text_section(prev: dict, columns: list[str], taken: list[str]) -> tuple[dict, str | None]:
+    """A text checkpoint: the column of raw text its tokenizer reads, and how many tokens a row keeps."""
+    choices = [c for c in columns if c not in taken]
+    default = prev.get("text") if prev.get("text") in choices else ("text" if "text" in choices else None)
+    c1, c2 = st.columns([2, 1])
+    text = c1.selectbox("Text column", choices, index=choices.index(default) if default else None, key="data-text",
+                        placeholder="Choose the text column",
+                        help="The column of raw text, tokenised by the checkpoint's own tokenizer (padding and "
+                             "truncation are listed with the results).")
+    max_length = c2.number_input("Max length (tokens)", min_value=1, max_value=4096, step=1, key="data-max-length",
+                                 value=int(prev.get("max_length") or 128),
+                                 help="Tokens per row: longer texts are truncated (the results say how many), "
+                                      "shorter ones padded.")
+    if not text:
+        return {"max_length": int(max_length)}, "Choose the text column above; the texts are read once it is chosen."
+    return {"text": text, "max_length": int(max_length)}, None
+
+
+def data_section(prev: dict, model: dict | None = None) -> dict | None:
     path = _pick_file("data", files.DATA_TYPES,
                       "CSV (a label column, group column(s), features), NPZ (arrays x, y, group) or a zip of "
                       "images with a metadata.csv (path,label,group).", prev)
@@ -257,18 +389,30 @@ def data_section(prev: dict) -> dict | None:
                                             "category": "Group them as 'missing'"}.get)
     else:
         label, group, ignore, missing = None, [], [], "error"
+    # what turns each row into the model's input: a text checkpoint's tokenizer, or an image set's preprocessing
+    prep, waiting = {}, None
+    if (model or {}).get("hf_task") == "text" and columns:
+        prep, waiting = text_section(prev, columns, [c for c in [label, *group] if c])
+        if prep.get("text"):
+            prep["tokenizer"] = model["path"]
+    elif files.is_image_set(path):
+        prep, waiting = preprocessing_section(prev, model)
     out = {"path": str(path), "name": path.name, "label": label, "group": list(group), "origin": _origin("data"),
-           "ignore": list(ignore) or None, "missing_group": missing, "valid": False}
+           "ignore": list(ignore) or None, "missing_group": missing, "valid": False,
+           **{k: v for k, v in prep.items() if k != "tokenizer"}}
     unchosen = [what for what, v in (("the label column", label), ("the group column(s)", group)) if not v]
     if columns and unchosen:
         # ask first: no alarm before the user could choose; the file is checked once the choices are made
         st.info(f"Choose {' and '.join(unchosen)} above; {path.name} is checked once "
                 f"{'they are' if len(unchosen) > 1 else 'it is'} chosen.", icon=":material/touch_app:")
         return out
+    if waiting:
+        st.info(waiting, icon=":material/touch_app:")
+        return out
     try:
         # NPZ and image zips name their arrays themselves: the library's defaults
         data = _load_data(str(path), path.stat().st_mtime, label or "label", tuple(group) or ("group",),
-                          tuple(ignore) or None, missing)
+                          tuple(ignore) or None, missing, tuple(sorted(prep.items())))
     except InputError as err:
         show_input_error(err, path)
         return out
@@ -288,7 +432,7 @@ def files_section() -> None:
         model = model_section(prev.get("model") or {})
     with data_col:
         st.subheader("Data")
-        data = data_section(prev.get("data") or {})
+        data = data_section(prev.get("data") or {}, model)
     fits = False
     if model and data and model["valid"] and data["valid"]:
         from fairprune.data import validate_labels

@@ -56,8 +56,7 @@ def before_after(sec: dict, method: str) -> tuple[pd.DataFrame, str]:
                + (f" {NOT_MEASURED}: not in this result (older results hold no dense accuracies)." if missing else ""))
 
 
-LOAD_KEYS = ("model", "data", "demo", "arch", "num_classes", "arch_args", "label", "group", "features", "ignore",
-             "missing_group", "normalize", "train_data")
+from fairprune.engine.audit import LOAD_KEYS  # noqa: E402  (every loading key: preprocessing and text ones too)
 MODEL_FILE = "mitigated.pt2"
 
 st.title("Mitigate")
