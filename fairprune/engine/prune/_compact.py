@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ...core.errors import InputError
+from ...data._inputs import Inputs, as_args
 from ._masks import _PRUNABLE_TYPES, classifier_parameter
 
 __all__ = ["compact", "NOT_COMPACTABLE", "COMPACTION_CHANGED_OUTPUTS"]
@@ -37,7 +38,7 @@ COMPACTION_CHANGED_OUTPUTS = (
 
 
 def _logits(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = module(x)
+    out = module(*as_args(x))
     if isinstance(out, (tuple, list)):
         out = out[0]
     return out
@@ -79,7 +80,7 @@ def compact(module: nn.Module, masks: Mapping[str, torch.Tensor], example_input:
     what = _kind_of(module)
     if what is not None:
         raise InputError(NOT_COMPACTABLE.format(what=what))
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() == 0 or example_input.shape[0] == 0:
+    if not isinstance(example_input, (torch.Tensor, Inputs)) or example_input.dim() == 0 or len(example_input) == 0:
         raise ValueError(f"example_input must be a batch tensor (N, ...); got {type(example_input).__name__}")
     x = example_input.detach().clone()   # a normal tensor even if made under inference_mode (tracing needs autograd)
 
@@ -101,7 +102,7 @@ def compact(module: nn.Module, masks: Mapping[str, torch.Tensor], example_input:
     with torch.enable_grad():
         for p in small.parameters():
             p.requires_grad_(True)   # the dependency graph is traced through autograd
-        dg = tp.DependencyGraph().build_dependency(small, example_inputs=x)
+        dg = tp.DependencyGraph().build_dependency(small, example_inputs=as_args(x))
         # Lazily: each group is computed on the model as already cut (Torch-Pruning's own pruners do this).
         for group in dg.get_all_groups(ignored_layers=[cls_module] if cls_module is not None else [],
                                        root_module_types=list(_PRUNABLE_TYPES)):
@@ -144,7 +145,9 @@ def _dead_channels(dg, group, prunable_types) -> torch.Tensor:
         out = dg.is_out_channel_pruning_fn(handler)
         for p in mod.parameters(recurse=False):
             p = p.detach()
-            if out and p.dim() >= 1:
+            if out and isinstance(mod, nn.Embedding):   # an embedding's channels are its columns
+                zero = (p[:, idx.to(p.device)].transpose(0, 1).reshape(len(idx), -1) == 0).all(1)
+            elif out and p.dim() >= 1:
                 zero = (p[idx.to(p.device)].reshape(len(idx), -1) == 0).all(1)
             elif not out and p.dim() >= 2 and isinstance(mod, prunable_types):
                 zero = (p[:, idx.to(p.device)].transpose(0, 1).reshape(len(idx), -1) == 0).all(1)

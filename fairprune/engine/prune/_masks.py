@@ -16,6 +16,8 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from ...data._inputs import as_args
+
 __all__ = ["prunable_parameters", "prunable_kinds", "prunable_by_kind", "PRUNABLE_DEFINITION", "PRUNABLE_KINDS",
            "prune_embeddings", "prunable_definition", "MaskedModel", "classifier_parameter"]
 
@@ -174,7 +176,7 @@ def classifier_parameter(module: nn.Module, example_input: torch.Tensor) -> str 
     try:
         if hooks:
             with torch.no_grad():
-                module(example_input)
+                module(*as_args(example_input))   # a tensor, or several positional inputs (Inputs)
     finally:
         for h in hooks:
             h.remove()

@@ -10,6 +10,15 @@ Channels are ranked across all coupled groups by their group L1 norm divided by 
 (so wide and narrow layers compete fairly), and the lowest-ranked are removed until the requested
 fraction of prunable weights is zero. Each group keeps at least one channel.
 
+Attention heads: where a coupled group is the query/key/value projections of one attention module (nn.Linear
+siblings whose parent states its head size, ``head_dim`` / ``attention_head_size`` / ``dim_per_head``, as Hugging
+Face's BERT, RoBERTa, DistilBERT and ViT self-attention do), its channels are ranked and removed a whole head at a
+time: the head's query, key and value rows with their biases and the output projection's columns that read it, so
+a removed head contributes nothing (its score is the mean of its channels' normalised L1 scores). Torch-Pruning's
+dependency graph is what couples q, k, v and the output projection; the head boundaries come from the module.
+Attention inside ``nn.MultiheadAttention`` (packed ``in_proj_weight``) has no such Linear projections, and its
+channels are not removed by head.
+
 Models without typed layers (a ``.pt2`` program's graph module, TorchScript) cannot be traced by the
 dependency graph; there each prunable weight's output channels are masked layer by layer with the
 bias of the same layer, and the coupling to BatchNorm and residual partners is not followed
@@ -23,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...data._inputs import Inputs
 from ._masks import _PRUNABLE_TYPES, classifier_parameter, prunable_parameters
 from ._methods import PruningMethod, register_method
 
@@ -50,17 +60,21 @@ def _coupled_masks(module, params, sparsity, example_input):
     import torch_pruning as tp
 
     names = {id(m): n for n, m in module.named_modules()}
+    modules = dict(module.named_modules())
     classifier = classifier_parameter(module, example_input)
-    cls_module = dict(module.named_modules()).get(classifier.rsplit(".", 1)[0]) if classifier else None
-    dg = tp.DependencyGraph().build_dependency(module, example_inputs=example_input)
+    cls_module = modules.get(classifier.rsplit(".", 1)[0]) if classifier else None
+    # several positional inputs (Inputs: input_ids, attention_mask, ...) are traced as model(*tensors)
+    example = tuple(example_input.tensors) if isinstance(example_input, Inputs) else example_input
+    dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
     groups = list(dg.get_all_groups(ignored_layers=[cls_module] if cls_module is not None else [],
                                     root_module_types=list(_PRUNABLE_TYPES)))
     importance = tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
     total = sum(p.numel() for p in params.values())
 
     # Per group: root module / handler, per-channel normalised score and prunable weights freed per channel.
-    cands = []  # (score, group index, root channel)
-    roots = []
+    # A unit is one channel, or one attention head (head_size channels) in a q/k/v group.
+    cands = []  # (score, group index, unit)
+    roots = []  # (root module, handler, units in the group, weights freed per unit, channels per unit)
     for group in groups:
         root = group[0].dep
         scores = importance(group)
@@ -74,9 +88,11 @@ def _coupled_masks(module, params, sparsity, example_input):
                 w = m.weight
                 per = w[0].numel() if dg.is_out_channel_pruning_fn(h) else w[:, 0].numel()
                 cost += per * len(item.idxs) / n_root
-        for c, s in enumerate(scores.tolist()):
+        width = _head_size(group, dg, names, modules, n_root)
+        unit_scores = scores.reshape(-1, width).mean(1) if width > 1 else scores
+        for c, s in enumerate(unit_scores.tolist()):
             cands.append((s, len(roots), c))
-        roots.append((root.target.module, root.handler, n_root, cost))
+        roots.append((root.target.module, root.handler, n_root // width, cost * width, width))
     cands.sort(key=lambda t: (t[0], t[1], t[2]))
 
     # Take the lowest-scoring channels until the freed weights reach the target, keeping at least one
@@ -116,8 +132,9 @@ def _build(module, dg, names, roots, chosen):
     for gi, sel in chosen.items():
         if not sel:
             continue
-        root_module, handler, _, _ = roots[gi]
-        group = dg.get_pruning_group(root_module, handler, idxs=sorted(sel))
+        root_module, handler, _, _, width = roots[gi]
+        channels = sorted(u * width + j for u in sel for j in range(width))   # a head is `width` channels
+        group = dg.get_pruning_group(root_module, handler, idxs=channels)
         for item in group:
             m, h, idxs = item.dep.target.module, item.dep.handler, [int(i) for i in item.idxs]
             mname = names.get(id(m))
@@ -129,11 +146,39 @@ def _build(module, dg, names, roots, chosen):
                 key = prefix + pname
                 if key not in masks:
                     continue
-                if out and p.dim() >= 1 and p.shape[0] > max(idxs):
+                if out and isinstance(m, nn.Embedding):      # an embedding's channels are its columns
+                    if p.dim() == 2 and p.shape[1] > max(idxs):
+                        masks[key][:, idxs] = False
+                elif out and p.dim() >= 1 and p.shape[0] > max(idxs):
                     masks[key][idxs] = False
                 elif not out and p.dim() >= 2 and isinstance(m, _PRUNABLE_TYPES) and p.shape[1] > max(idxs):
                     masks[key][:, idxs] = False
     return masks
+
+
+_HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size", "dim_per_head")
+
+
+def _head_size(group, dg, names, modules, n_root) -> int:
+    """Channels per attention head when ``group`` is the q/k/v projections of one attention module, else 1.
+
+    Such a group removes output channels of at least two nn.Linear siblings (query, key, value) whose parent
+    module states an integer head size that divides the group's channels into two or more heads."""
+    parents: dict[str, int] = {}
+    for item in group:
+        m = item.dep.target.module
+        if not isinstance(m, nn.Linear) or not dg.is_out_channel_pruning_fn(item.dep.handler):
+            continue
+        parent = names.get(id(m), "").rpartition(".")[0]
+        parents[parent] = parents.get(parent, 0) + 1
+    for parent, count in parents.items():
+        owner = modules.get(parent)
+        if count < 2 or owner is None:
+            continue
+        size = next((getattr(owner, a) for a in _HEAD_SIZE_ATTRS if isinstance(getattr(owner, a, None), int)), None)
+        if size and size > 1 and n_root % size == 0 and n_root // size >= 2:
+            return size
+    return 1
 
 
 def _layerwise_masks(module, params, sparsity, example_input):
