@@ -190,3 +190,27 @@ def test_streamed_audit_writes_the_eager_numbers_through_the_cli(tmp_path, monke
     assert a["dense"]["groups"] == b["dense"]["groups"] and a["levels"] == b["levels"]
     assert a["dense"]["groups"]["cat"]["loss"] > 0                     # the numbers depend on every pixel
     assert a["provenance"] == b["provenance"] and a["data"] == b["data"]
+
+
+def test_worker_count_and_start_method_follow_the_process(monkeypatch):
+    monkeypatch.delenv(_stream.STREAM_WORKERS_ENV, raising=False)
+    monkeypatch.setattr(_stream.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert _stream.stream_workers(50_000) == 4 and _stream.stream_workers(1999) == 0
+    monkeypatch.setattr(_stream.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert _stream.stream_workers(50_000) == 1
+    monkeypatch.setenv(_stream.STREAM_WORKERS_ENV, "3")
+    assert _stream.stream_workers(10) == 3
+    daemon = type("P", (), {"daemon": True})()
+    monkeypatch.setattr(_stream.multiprocessing, "current_process", lambda: daemon)
+    assert _stream.stream_workers(50_000) == 0                         # may not start children
+    assert _stream._context() is None                                   # one thread here: workers are forked
+    import threading
+
+    halt = threading.Event()
+    beat = threading.Thread(target=halt.wait)                           # like the dashboard worker's heartbeat
+    beat.start()
+    try:
+        assert _stream._context().get_start_method() == "forkserver"
+    finally:
+        halt.set()
+        beat.join()

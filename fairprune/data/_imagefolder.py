@@ -20,7 +20,9 @@ have the same size. The steps taken are recorded as text (``ImageSet.preprocessi
 ``provenance.preprocessing``).
 
 Headers are read first (Pillow, lazily: no pixels), so a mixed-size set, an unknown mode or a decompression
-bomb is refused before anything is decoded; decoded pixels are bounded by ``max_uncompressed_bytes``.
+bomb is refused before anything is decoded; decoded pixels are bounded by ``max_uncompressed_bytes``. A set whose
+decoded pixels would exceed ``$FAIRPRUNE_STREAM_BYTES`` (1 GiB; sizes from the headers) is not decoded here: its
+x is a ``_stream.ImageFiles`` that decodes rows, through the same :func:`decode_one`, when they are read.
 EXIF orientation is not applied (pixels as stored, as a plain training pipeline reads them).
 """
 

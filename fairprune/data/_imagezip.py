@@ -11,7 +11,8 @@ a member's name points outside it (absolute, a drive letter, or with ``..``), wh
 link or another special file, when it would expand past ``max_uncompressed_bytes``, or when a member
 expands absurdly (a zip bomb). Image headers are read (Pillow, no pixels) before any image is decoded, so
 Pillow's decompression-bomb guard applies at its default, and the decoded pixels, which are held in memory,
-are bounded by the same byte limit.
+are bounded by the same byte limit. A set too large to hold decoded (``_stream.py``) reads its rows later through
+:class:`ZipMembers`, which opens the checked archive again in each process.
 """
 
 from __future__ import annotations
