@@ -249,6 +249,23 @@ def test_audit_result_carries_quantized_by_kind_warns_and_old_json_still_loads(t
     assert "recurrent quantized" in html and "0 of 2,048 (0%)" in html and "2,048 of 2,048 (100%)" in html
 
 
+def test_a_decomposed_pt2s_addmm_layers_are_quantized_as_linear_layers(tmp_path):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(20, 8, generator=torch.Generator().manual_seed(2))
+    ep = torch.export.export(mlp, (x[:4],), dynamic_shapes=({0: torch.export.Dim("batch")},)).run_decompositions()
+    assert torch.ops.aten.addmm.default in {n.target for n in ep.graph.nodes}      # no aten.linear left
+    torch.export.save(ep, tmp_path / "dec.pt2")
+    v = apply_variant(load_model(tmp_path / "dec.pt2"), "int8_dynamic", example=x[:8])
+    assert v.quantized_by_kind["linear"] == {"quantized": 8 * 16 + 16 * 3, "total": 8 * 16 + 16 * 3}
+    assert v.details["recomposed_linear"].startswith("2 matrix products")
+    with torch.no_grad():
+        got, dense = model_outputs(v.model, x), mlp(x)
+        rows = torch.cat([model_outputs(v.model, x[i:i + 1]) for i in range(len(x))])
+    assert 0 < float((got - dense).abs().max()) < 0.05 * float(dense.abs().max())
+    torch.testing.assert_close(got, rows, atol=1e-5, rtol=0)
+
+
 # ---- 3. weight-normalised / weight-standardised convolutions -------------------------------------------------
 class WSConv(nn.Conv2d):
     def forward(self, x):

@@ -3,11 +3,12 @@
 Backends, chosen per model and said in each entry (``backend``):
 
 - ``torchao.quantize_``: int8 variants of a plain ``nn.Module`` whose only conv/linear layers are
-  ``nn.Linear`` (torchao's ``quantize_`` touches ``nn.Linear`` only). Weights become torchao
+  ``nn.Linear`` and which has no ``nn.MultiheadAttention`` (torchao's ``quantize_`` touches ``nn.Linear``
+  only, never an attention's in-projection). Weights become torchao
   ``Int8Tensor`` s (int8 values + one float32 scale per output channel); the dynamic and static
   variants multiply int8 by int8 (``torch._int_mm``).
-- ``torchao.pt2e``: int8 variants of everything else (convolutions, ``.pt2`` programs, whose module
-  has no ``nn.Linear`` objects): the model is captured with ``torch.export``, annotated by
+- ``torchao.pt2e``: int8 variants of everything else (convolutions, attention, ``.pt2`` programs, whose
+  module has no ``nn.Linear`` objects): the model is captured with ``torch.export``, annotated by
   :class:`Int8Quantizer` (every conv / linear op of the graph, by op, so it works on a ``.pt2``
   program's graph too), prepared, calibrated (static) and converted with torchao's
   ``prepare_pt2e`` / ``convert_pt2e``. BatchNorm that follows a conv/linear is folded into its
@@ -21,8 +22,15 @@ Backends, chosen per model and said in each entry (``backend``):
 
 Quantization formulas (the tests check them against plain torch code): weights symmetric per output
 channel, ``s = max|w| / 127.5``, ``q = clamp(round(w * (1 / s)), -128, 127)``; dynamic activations the
-same per sample (per row of a linear's input, per sample of a conv's); static activations the same
-per layer input with ``max|x|`` over the calibration rows.
+same per vector along a linear layer's last dimension (per row of an (N, D) input, per token of each
+sample of an (N, T, D) or (T, N, D) one) and per sample of a conv's input, so no scale is shared by two
+samples; static activations the same per layer input with ``max|x|`` over the calibration rows.
+
+What was quantized is counted per layer kind (:func:`quantized_by_kind`, the prunable definition's kinds
+plus "other"); conv, linear, attention or recurrent weights a step leaves in float are listed with the
+reason (``not_quantized``: torch's LSTM / GRU op is reached by neither backend). Weights a graph computes
+from its parameters (weight normalisation / standardisation) are evaluated once and stored as a constant
+before PT2E, as deployment does, so they are quantized and a following BatchNorm folds into them.
 """
 
 from __future__ import annotations
@@ -544,12 +552,69 @@ def _fold_computed_weights(gm: torch.fx.GraphModule) -> dict[str, dict]:
     return folded
 
 
+def _recompose_linear(gm: torch.fx.GraphModule) -> int:
+    """Turn a decomposed program's ``addmm(b, x, t(w))`` / ``mm(x, t(w))`` (a linear layer after
+    ``run_decompositions``; ``t`` a transpose or ``permute(w, [1, 0])`` of a stored 2-D weight) back into
+    ``aten.linear(x, w, b)``, the same product, so it is quantized like any linear layer. Returns how many."""
+    aten = torch.ops.aten
+    transposes = {aten.t.default, aten.permute.default, aten.transpose.int}
+
+    def stored_transpose(node):
+        if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in transposes):
+            return None
+        w = node.args[0]
+        if not (isinstance(w, torch.fx.Node) and w.op == "get_attr"):
+            return None
+        t = _attr(gm, w.target)
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            return None
+        if node.target is aten.permute.default and list(node.args[1]) != [1, 0]:
+            return None
+        if node.target is aten.transpose.int and sorted(int(d) % 2 for d in node.args[1:3]) != [0, 1]:
+            return None
+        return w
+
+    count = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target is aten.addmm.default and len(node.args) == 3:
+            bias, x, wt = node.args
+            b = bias if isinstance(bias, torch.fx.Node) and bias.op == "get_attr" and \
+                _attr(gm, bias.target).dim() == 1 else None
+            if b is None:
+                continue
+        elif node.target is aten.mm.default and len(node.args) == 2:
+            (x, wt), b = node.args, None
+        else:
+            continue
+        w = stored_transpose(wt)
+        if w is None:
+            continue
+        with gm.graph.inserting_before(node):
+            lin = gm.graph.call_function(aten.linear.default, (x, w, b) if b is not None else (x, w))
+        lin.meta.update(node.meta)
+        node.replace_all_uses_with(lin)
+        gm.graph.erase_node(node)
+        count += 1
+    if count:
+        gm.graph.eliminate_dead_code()
+        gm.graph.lint()
+        gm.recompile()
+    return count
+
+
 def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
     with _quiet():
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = _export(state, name)
     dense_params = dict(state.dense.module.named_parameters())
+    recomposed = _recompose_linear(gm)
+    if recomposed:
+        state.details["recomposed_linear"] = (
+            f"{recomposed} matrix products of a decomposed program (addmm / mm with a stored, transposed weight) "
+            "were read as the linear layers they are, and quantized as such")
     folded = _fold_computed_weights(gm)
     for info in folded.values():
         for src in info["sources"]:
@@ -949,9 +1014,9 @@ def _not_quantized(state: _State, kinds: dict[str, str], method: str) -> dict:
         elif backend == "torchao.quantize_":
             why = "torchao's quantize_ reaches nn.Linear modules only; these weights belong to no nn.Linear"
         else:
-            why = ("PT2E quantizes the weights the graph passes, stored, to a conv or linear op (aten.conv*, "
-                   "aten.linear; transposed convolutions and weights the graph feeds to other ops, e.g. mm / "
-                   "addmm / matmul in a decomposed program, are not), so these stay float32")
+            why = ("PT2E quantizes the weights the graph passes to a conv or linear op (aten.conv*, aten.linear, "
+                   "or addmm / mm with a transposed stored weight); transposed convolutions and weights the graph "
+                   "feeds to other ops (e.g. matmul, bmm) are not, so these stay float32")
         out[kind] = {"weights": int(sum(params[n].numel() for n in left)),
                      "total": int(sum(params[n].numel() for n in names)), "layers": left[:10],
                      "more_layers": max(0, len(left) - 10), "reason": why}

@@ -183,7 +183,7 @@ def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[st
                "kernel": det.get("kernel"), "device": det.get("device"), "calibration": det.get("calibration"),
                "storage": storage}
     for k in ("activation_granularity", "nm_2_4", "kernel_fallback", "backend_fallback", "computed_weights",
-              "not_quantized", "note"):
+              "recomposed_linear", "not_quantized", "note"):
         if k in det:
             details[k] = det[k]
     for kind, info in (det.get("not_quantized") or {}).items():

@@ -32,14 +32,17 @@ class Int8Weight(CompressionMethod):
 @dataclass(frozen=True)
 class Int8Dynamic(CompressionMethod):
     name: str = "int8_dynamic"
-    description: str = (f"{_W8} and int8 activations with one scale per sample computed at run time "
-                        "(torchao Int8DynamicActivationInt8WeightConfig, or PT2E for convs and .pt2)")
+    description: str = (f"{_W8} and int8 activations with scales computed at run time, never shared between "
+                        "samples: one per sample of a convolution's input, one per token of each sample of a linear "
+                        "layer's (torchao Int8DynamicActivationInt8WeightConfig, or PT2E for convs, attention and "
+                        ".pt2)")
 
     def setting(self, options):
         return "W8 per channel, A8 dynamic per sample"
 
     def describe(self, options):
-        return f"{_W8}; int8 activations, one symmetric scale per sample computed at run time"
+        return (f"{_W8}; int8 activations, symmetric scales computed at run time per sample (convolutions) or per "
+                "token of each sample (linear layers and attention projections), never shared between samples")
 
 
 @register_compression
