@@ -18,6 +18,7 @@ back to a slower exact method.
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -284,17 +285,49 @@ class GraphInterpreter(torch.fx.Interpreter):
             return out
         with self._set_current_node(n):
             args, kwargs = self.fetch_args_kwargs_from_env(n)
-            rows = None
+            rows, parts = None, {}
             if n.target is torch.ops.aten.linear.default:
                 seen = self._unflattened(n)
                 if seen is not None:
                     args, rows = (seen, *args[1:]), args[0].shape[0]
+                args, parts = self._param_rows(n, args)
             out = n.target(*args, **kwargs)
             call = extract(AtenCall(n, args, kwargs, out, self._attr, self._is_param))
+            if call is not None:
+                for role, (param, span) in parts.items():
+                    call.params[role], call.rows[role] = param, span
             new = self.tape.record(call, n)
         if new is not None:
             out = type(out)([new, *out[1:]]) if isinstance(out, (tuple, list)) else new
         return out if rows is None else out.reshape(rows, out.shape[-1])
+
+    def _param_rows(self, n: torch.fx.Node, args: tuple) -> tuple[tuple, dict]:
+        """A linear layer's weight and bias that are rows of a parameter split by ``chunk``/``split`` (attention's
+        packed in-projection for cross-attention): each replaced by its own slice of the parameter (the same
+        values; one autograd edge into the parameter per use, as :func:`inspect_graph` counts them), and
+        role -> (parameter, (start, stop)) for the call."""
+        parts = {}
+        args = list(args)
+        for i, role in ((1, "weight"), (2, "bias")):
+            if len(n.args) <= i or len(args) <= i:
+                continue
+            node, value = n.args[i], args[i]
+            src = node.args[0] if isinstance(node, torch.fx.Node) and node.target is operator.getitem else None
+            if not isinstance(src, torch.fx.Node) or src.target not in _SPLITS or not src.args:
+                continue
+            dim = src.args[2] if len(src.args) > 2 else src.kwargs.get("dim", 0)
+            param = self._attr(src.args[0]) if isinstance(src.args[0], torch.fx.Node) else None
+            if dim != 0 or param is None or not self._is_param(param) or not isinstance(value, torch.Tensor):
+                continue
+            if (value.untyped_storage().data_ptr() != param.untyped_storage().data_ptr()
+                    or value.shape[1:] != param.shape[1:] or value.stride() != param.stride() or param.stride(0) == 0):
+                continue
+            start, extra = divmod(value.storage_offset() - param.storage_offset(), param.stride(0))
+            if extra or start < 0 or start + value.shape[0] > param.shape[0]:
+                continue
+            args[i] = param[start:start + value.shape[0]]
+            parts[role] = (param, (start, start + value.shape[0]))
+        return tuple(args), parts
 
     def _is_param(self, t) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.tape.trainable
@@ -318,6 +351,8 @@ class GraphInterpreter(torch.fx.Interpreter):
         return None
 
 
+_SPLITS = {torch.ops.aten.chunk.default, torch.ops.aten.split.Tensor, torch.ops.aten.split_with_sizes.default,
+           torch.ops.aten.unsafe_split.Tensor, torch.ops.aten.unsafe_chunk.default}
 _FLATTENING = {torch.ops.aten.reshape.default, torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default}
 
 
