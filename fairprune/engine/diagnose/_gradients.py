@@ -23,8 +23,9 @@ __all__ = ["group_grad_norms", "group_pass", "RowOutputs"]
 
 def group_pass(model, data, *, batch_size: int = 256, device: torch.device | str = "cpu",
                masks: Mapping[str, torch.Tensor] | None = None,
-               cancel: Callable[[], bool] | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """(group -> ‖∇_θ J(θ; D_a)‖₂, per-sample outputs) in one pass.
+               cancel: Callable[[], bool] | None = None, outputs: bool = True
+               ) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
+    """(group -> ‖∇_θ J(θ; D_a)‖₂, per-sample outputs) in one pass (``outputs=False``: the norms only, outputs None).
 
     The norm is over all trainable parameters, pruned coordinates excluded (``masks``: name -> bool
     keep-mask). Per-sample outputs: ``loss``, ``pred``, ``margin``, ``uncertainty`` (N,) in row order.
@@ -55,13 +56,14 @@ def group_pass(model, data, *, batch_size: int = 256, device: torch.device | str
                 grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 for a, gr in zip(acc, grads):
                     a.add_(gr.detach().double())
-            stats.add(idx, logits.detach(), yb)
+            if outputs:
+                stats.add(idx, logits.detach(), yb)
         sq = 0.0
         for a, m in zip(acc, keep):
             mean = a / len(rows)
             sq += float((mean if m is None else mean * m).pow(2).sum())
         norms[g] = sq ** 0.5
-    return norms, stats.columns
+    return norms, stats.columns if outputs else None
 
 
 class RowOutputs:

@@ -11,13 +11,25 @@ of tensors shaped like the trainable parameters) to H_a v, three ways:
 - ``reverse_over_forward``: ``torch.func.grad`` of the directional derivative v·∇J computed by
   ``torch.func.jvp``: ∇(v·∇J) = H v. Same result; on CPU it beats forward-over-reverse (bench/hessian.py:
   PyTorch's forward-mode formula for a convolution's backward runs several full convolutions).
+- ``finite_difference`` [fairprune]: first-order gradients only, so it works for every model that has a
+  gradient (torch has no double backward for hardsigmoid, MobileNetV3's SE gate, nor for some attention
+  kernels on CPU). The central difference D(ε) = (∇J(θ+εv) − ∇J(θ−εv)) / 2ε has error ε²/6 ∂⁴J[v,v,v,·] + O(ε⁴)
+  plus rounding of order δ‖∇J‖/ε (δ the parameters' float precision). Each product computes D(ε) and D(ε/2)
+  (four gradients, accumulated in float64) and returns D(ε/2); its estimated error is ‖D(ε) − D(ε/2)‖, three
+  times the truncation error of D(ε/2) (Richardson) and of the order of its rounding error, so a conservative
+  estimate of both. ε is scaled so that the step is a fixed fraction of the weights: ‖εv‖ = c·max(‖θ‖, 1) over
+  the unpruned coordinates, c = δ^(1/3) (4.9e-3 in float32, 6.1e-6 in float64), the step that balances the two
+  errors. The parameters are moved in place and restored exactly from a copy afterwards.
 
 ``"auto"`` [fairprune] picks by a fixed rule, so the same run gives the same numbers: double backward
 with the kept graph when the rows fit one chunk (the cheapest product in bench/hessian.py on CPU:
 1.8x a forward+backward on the MNIST demo's CNN, 2.7x on ResNet-18), otherwise reverse-over-forward.
 torch.func refuses some modules (TorchScript; graphs it cannot functionalise): "auto" then uses double
-backward and records why; a method asked for by name is never swapped. The operator says what it used
-(:attr:`HessianOperator.method`, :attr:`HessianOperator.fallback`).
+backward and records why; when an exact product raises (a double backward torch does not implement),
+"auto" uses finite differences and records why. A method asked for by name is never swapped. The operator
+says what it used (:attr:`HessianOperator.method`, :attr:`HessianOperator.methods_used`,
+:attr:`HessianOperator.fallback`) and, for finite differences, the largest estimated relative error of its
+products (:attr:`HessianOperator.max_rel_error`).
 
 On a pruned model the Hessian is restricted to the unpruned coordinates: with P the 0/1 diagonal
 projection onto kept entries, the operator is v -> P H P v, so the probes never move a pruned weight
@@ -37,10 +49,16 @@ Estimators [fairprune]:
   average (Weyl / Jensen: λ_max is convex), the more so the fewer rows; the standard error does not include it.
 - :func:`trace`: Hutchinson's estimator Tr(H) = E[zᵀH z] with Rademacher probes z (seeded); the
   standard error is the sample standard deviation over probes / √probes.
+
+With finite-difference products both estimates also carry ``hvp_error``: the estimated error of the value
+from the products' own error (|vᵀ(D(ε) − D(ε/2))v| for λ_max's final Rayleigh quotient; the mean over
+probes of |zᵀ(D(ε) − D(ε/2))z| for the trace); it is not part of the standard error, which stays the
+sampling (and convergence) error.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,9 +70,11 @@ from ...core.errors import Cancelled
 from ..evaluate import loss_fn, module_outputs
 
 __all__ = ["HVP_METHODS", "HessianOperator", "EigenEstimate", "TraceEstimate", "max_eigenvalue", "trace",
-           "hvp_double_backward", "hvp_forward_over_reverse", "hvp_reverse_over_forward"]
+           "hvp_double_backward", "hvp_forward_over_reverse", "hvp_reverse_over_forward", "hvp_finite_difference"]
 
-HVP_METHODS = ("auto", "double_backward", "forward_over_reverse", "reverse_over_forward")
+HVP_METHODS = ("auto", "double_backward", "forward_over_reverse", "reverse_over_forward", "finite_difference")
+#: the exact (automatic differentiation) products; "finite_difference" is the approximate one
+EXACT_METHODS = ("double_backward", "forward_over_reverse", "reverse_over_forward")
 UNKNOWN_METHOD = "hvp method must be one of {known}; received {found!r}"
 NO_PARAMETERS = "the model has no trainable parameters (requires_grad=True), so it has no Hessian to estimate"
 NO_ROWS = "the Hessian needs at least one row; received x with shape {shape}"
@@ -96,8 +116,10 @@ def hvp_double_backward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, v: 
     return tuple(h.detach() for h in torch.autograd.grad(gv, params, allow_unused=True, materialize_grads=True))
 
 
-def _functional_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, fixed_batch_size: int | None):
-    """(names, primals, loss(params dict) -> mean loss) for torch.func; frozen parameters and buffers fixed."""
+def _functional_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, fixed_batch_size: int | None,
+                     reduction: str = "mean"):
+    """(names, primals, loss(params dict) -> mean loss (or per-row losses: ``reduction="none"``)) for torch.func;
+    frozen parameters and buffers fixed."""
     from torch.func import functional_call
 
     names, params = _trainable(module)
@@ -105,10 +127,10 @@ def _functional_loss(module: nn.Module, x: torch.Tensor, y: torch.Tensor, fixed_
     frozen.update(dict(module.named_buffers()))
 
     def loss(p: dict[str, torch.Tensor]) -> torch.Tensor:
-        def call(inp):
-            return functional_call(module, (p, frozen), (inp,), strict=False)
+        def call(*inputs):     # one tensor, or the tensors of an Inputs (several positional inputs)
+            return functional_call(module, (p, frozen), inputs, strict=False)
 
-        return loss_fn(module_outputs(_Call(call), x, fixed_batch_size), y)
+        return loss_fn(module_outputs(_Call(call), x, fixed_batch_size), y, reduction=reduction)
 
     return names, {n: p.detach() for n, p in zip(names, params)}, loss
 
@@ -134,17 +156,111 @@ def hvp_reverse_over_forward(module: nn.Module, x: torch.Tensor, y: torch.Tensor
     return tuple(hv[n].detach() for n in names)
 
 
+def quadratic_forms_forward_over_forward(module: nn.Module, x: torch.Tensor, y: torch.Tensor, v: Vector, *,
+                                          fixed_batch_size: int | None = None) -> torch.Tensor:
+    """(B,) float64: vᵀ∇²ℓ_i v for each row i, the second derivative of the row's loss along v (a jvp of a jvp).
+
+    Their mean is vᵀH v for H the Hessian of the mean loss: the scalar Hutchinson's probes and λ_max's row-part
+    quotients need, in forward passes only (no backward, and no double backward of grouped convolutions)."""
+    from torch.func import jvp
+
+    names, primals, loss = _functional_loss(module, x, y, fixed_batch_size, reduction="none")
+    tangents = dict(zip(names, v))
+    _, second = jvp(lambda p: jvp(loss, (p,), (tangents,))[1], (primals,), (tangents,))
+    return second.detach().double()
+
+
 _FUNCTIONAL = {"forward_over_reverse": hvp_forward_over_reverse, "reverse_over_forward": hvp_reverse_over_forward}
 
 
 class _Call:
     """Lets evaluate.module_outputs (padding, output checks) call a plain function as if it were a module."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, fn: Callable[..., torch.Tensor]):
         self._fn = fn
 
-    def __call__(self, x):
-        return self._fn(x)
+    def __call__(self, *inputs):
+        return self._fn(*inputs)
+
+
+# ---- the finite-difference product -------------------------------------------------------------------
+def _float64_is_cheap(device: torch.device) -> bool:
+    """CPU, or a CUDA device with full-rate float64 (compute capability 6.0, 7.0, 8.0, 9.0: P100, V100, A100, H100)."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return minor == 0 and major >= 6
+    return False
+
+
+def _to_float64(x):
+    """Floating inputs in float64 (integer ids unchanged); a tensor or an Inputs."""
+    def conv(t):
+        return t.double() if t.is_floating_point() else t
+    return x.map(conv) if hasattr(x, "map") else conv(x)
+
+
+def fd_relative_step(dtype: torch.dtype) -> float:
+    """c = δ^(1/3) for the parameters' float type: the step (relative to ‖θ‖) that balances truncation and rounding."""
+    return float(torch.finfo(dtype).eps) ** (1.0 / 3.0)
+
+
+def _mean_gradient(module: nn.Module, params: Sequence[nn.Parameter], x, y, *, chunk_size: int,
+                   fixed_batch_size: int | None) -> Vector:
+    """∇_θ of the mean loss over all rows, float64, the chunks' gradients weighted by their rows."""
+    n = len(x)
+    out = [torch.zeros(p.shape, dtype=torch.float64, device=p.device) for p in params]
+    for start in range(0, n, chunk_size):
+        xs, ys = x[start:start + chunk_size], y[start:start + chunk_size]
+        loss = loss_fn(module_outputs(module, xs, fixed_batch_size), ys)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+        w = len(ys) / n
+        for a, g in zip(out, grads):
+            a.add_(g.detach().double(), alpha=w)
+    return tuple(out)
+
+
+def _fd_products(module: nn.Module, params: Sequence[nn.Parameter], x, y, v: Vector, eps: float, *,
+                 chunk_size: int, fixed_batch_size: int | None) -> tuple[Vector, Vector]:
+    """(D(ε/2), D(ε)), float64: central differences of the mean-loss gradient along v with steps ε/2 and ε.
+
+    The parameters are moved in place (θ ± s·v rounded to their dtype) and copied back from a saved copy."""
+    saved = [p.detach().clone() for p in params]
+    grads = {}
+    try:
+        for s in (eps, -eps, eps / 2, -eps / 2):
+            with torch.no_grad():
+                for p, p0, u in zip(params, saved, v):
+                    p.copy_((p0.double() + s * u.double()).to(p.dtype))
+            grads[s] = _mean_gradient(module, params, x, y, chunk_size=chunk_size, fixed_batch_size=fixed_batch_size)
+    finally:
+        with torch.no_grad():
+            for p, p0 in zip(params, saved):
+                p.copy_(p0)
+    coarse = tuple((a - b) / (2 * eps) for a, b in zip(grads[eps], grads[-eps]))
+    fine = tuple((a - b) / eps for a, b in zip(grads[eps / 2], grads[-eps / 2]))
+    return fine, coarse
+
+
+def hvp_finite_difference(module: nn.Module, x: torch.Tensor, y: torch.Tensor, v: Vector, *,
+                          eps: float | None = None, fixed_batch_size: int | None = None,
+                          chunk_size: int = 256) -> tuple[Vector, float]:
+    """(H v, its estimated relative error) by central finite differences of the gradient (module docstring).
+
+    ``eps``: the step along v (default: ‖εv‖ = δ^(1/3)·max(‖θ‖, 1)). H v is D(ε/2), the error ‖D(ε) − D(ε/2)‖ / ‖D(ε/2)‖.
+    """
+    _, params = _trainable(module)
+    if eps is None:
+        nv = _norm(v)
+        if nv == 0.0:
+            return tuple(torch.zeros_like(p) for p in params), 0.0
+        eps = fd_relative_step(params[0].dtype) * max(_norm(tuple(p.detach() for p in params)), 1.0) / nv
+    fine, coarse = _fd_products(module, params, x, y, v, eps, chunk_size=chunk_size,
+                                fixed_batch_size=fixed_batch_size)
+    nf = _norm(fine)
+    err = _norm(_axpy(-1.0, coarse, fine)) / nf if nf > 0 else 0.0
+    return tuple(h.to(p.dtype) for h, p in zip(fine, params)), err
 
 
 # ---- the operator -----------------------------------------------------------------------------------
@@ -160,14 +276,18 @@ class HessianOperator:
             chunks' mean losses, so H v is the weighted sum of the chunks' products.
         fixed_batch_size: a ``.pt2`` program's static batch size (chunks are padded to it).
         cache: reuse the first-order graph across double-backward products when B fits one chunk.
+        quadratic: under "auto", compute the scalars vᵀHv that need no vector H v (Hutchinson's probes, λ_max's
+            row-part quotients) by forward-over-forward (:meth:`quadratic_rows`): the same figures, in forward
+            passes only (bench/diagnostics.py: about two thirds of a double-backward product on EfficientNet-B0
+            and RegNetY on CPU, and one pass for all row parts instead of one product per part).
     """
 
     def __init__(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                  masks: Mapping[str, torch.Tensor] | None = None, method: str = "auto", chunk_size: int = 256,
-                 fixed_batch_size: int | None = None, cache: bool = True):
+                 fixed_batch_size: int | None = None, cache: bool = True, quadratic: bool = True):
         if method not in HVP_METHODS:
             raise ValueError(UNKNOWN_METHOD.format(known=", ".join(HVP_METHODS), found=method))
-        if x.shape[0] == 0 or x.shape[0] != y.shape[0]:
+        if len(x) == 0 or len(x) != len(y):
             raise ValueError(NO_ROWS.format(shape=tuple(x.shape)))
         self.module = module
         self.names, self.params = _trainable(module)
@@ -189,14 +309,24 @@ class HessianOperator:
         if method == "auto":
             method = "double_backward" if cache and self.n_rows <= self.chunk_size else "reverse_over_forward"
         self.method = method
-        self.fallback: str | None = None    # why "auto" could not use torch.func, when it could not
+        self.fallback: str | None = None    # why "auto" could not use the method it picked first, when it could not
         self.cache = cache
         self._graph: Vector | None = None
         self.products = 0                   # Hessian-vector products computed (cost accounting)
+        self.methods_used: set[str] = set()  # the methods the products were computed with
+        self.max_rel_error: float | None = None   # finite differences: largest estimated relative error of a product
+        self.last_diff: Vector | None = None      # finite differences: D(ε) − D(ε/2) of the last product (projected)
+        self.eps: float | None = None             # finite differences: the step of the last product
+        self._theta_norm: float | None = None
+        self._fd: tuple | None = None
+        # quadratic forms vᵀHv by forward-over-forward (Hutchinson's probes, λ_max's row parts) under "auto"
+        self.quadratic = quadratic
+        self.quadratic_passes = 0
+        self.fd_dtype: str = str(self.params[0].dtype).removeprefix("torch.")   # finite differences' precision
 
     @property
     def n_rows(self) -> int:
-        return int(self.x.shape[0])
+        return int(len(self.x))
 
     @property
     def device(self) -> torch.device:
@@ -226,15 +356,109 @@ class HessianOperator:
         """P H P v over all rows (or ``rows``, a slice of them: the Hessian of those rows' mean loss)."""
         v = self.project(v)
         x, y = (self.x, self.y) if rows is None else (self.x[rows], self.y[rows])
-        n = x.shape[0]
+        out = None
+        if self.method != "finite_difference":
+            try:
+                out = self._exact(x, y, v, whole=rows is None)
+            except Cancelled:
+                raise
+            except Exception as err:  # noqa: BLE001 - no exact product for this module: "auto" goes on without one
+                if self.requested != "auto":
+                    raise
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                said = f"{self.method.replace('_', ' ')} failed ({type(err).__name__}: {first[:200]})"
+                self.fallback = f"{self.fallback}; {said}" if self.fallback else said
+                self.release()
+                self.method = "finite_difference"
+        if out is None:
+            out = self._finite_difference(rows, y, v)
+        else:
+            self.last_diff = None
+        self.methods_used.add(self.method)
+        self.products += 1
+        return self.project(out)
+
+    def quadratic_rows(self, v: Vector) -> torch.Tensor | None:
+        """(B,) float64 vᵀP H_i P v per row i (their mean over rows is vᵀ P H P v), by forward-over-forward; None
+        where it is not used: only under "auto" with exact products, and not after it failed once (recorded in
+        :attr:`fallback`)."""
+        if not self.quadratic or self.requested != "auto" or self.method == "finite_difference":
+            return None
+        v = self.project(v)
+        try:
+            parts = [quadratic_forms_forward_over_forward(self.module, self.x[i:i + self.chunk_size],
+                                                         self.y[i:i + self.chunk_size], v,
+                                                         fixed_batch_size=self.fixed_batch_size)
+                     for i in range(0, self.n_rows, self.chunk_size)]
+        except Cancelled:
+            raise
+        except Exception as err:  # noqa: BLE001 - torch.func or forward mode refuses the module: products instead
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            said = f"forward-over-forward failed ({type(err).__name__}: {first[:200]})"
+            self.fallback = f"{self.fallback}; {said}" if self.fallback else said
+            self.quadratic = False
+            return None
+        self.methods_used.add("forward_over_forward")
+        self.quadratic_passes += 1
+        self.last_diff = None
+        return torch.cat(parts)
+
+    def _exact(self, x, y, v, *, whole: bool) -> Vector:
+        n = len(x)
         out: Vector | None = None
         for start in range(0, n, self.chunk_size):
             xs, ys = x[start:start + self.chunk_size], y[start:start + self.chunk_size]
-            hv = self._chunk(xs, ys, v, whole=(rows is None and n <= self.chunk_size))
-            w = xs.shape[0] / n
+            hv = self._chunk(xs, ys, v, whole=(whole and n <= self.chunk_size))
+            w = len(ys) / n
             out = _scale(hv, w) if out is None else _axpy(w, hv, out)
-        self.products += 1
-        return self.project(out)
+        return out
+
+    def _fd_target(self) -> tuple[nn.Module, list[nn.Parameter], object]:
+        """(module, its trainable parameters, all rows' x) the finite differences run on: a float64 copy of the
+        module where float64 is cheap (CPU; CUDA devices of compute capability 6.0, 7.0, 8.0, 9.0: full-rate
+        float64), else the module itself at its own precision."""
+        if self._fd is None:
+            self._fd = (self.module, self.params, self.x)
+            if _float64_is_cheap(self.device) and any(p.dtype != torch.float64 for p in self.params):
+                try:
+                    m64 = copy.deepcopy(self.module).double()
+                    _, p64 = _trainable(m64)
+                    if len(p64) == len(self.params):
+                        self._fd = (m64, p64, _to_float64(self.x))
+                        self.fd_dtype = "float64"
+                except Exception:  # noqa: BLE001 - a module that cannot be copied or converted: its own precision
+                    pass
+        return self._fd
+
+    def _finite_difference(self, rows: slice | None, y, v) -> Vector:
+        nv = _norm(v)
+        if nv == 0.0:
+            self.last_diff = None
+            return tuple(torch.zeros_like(p) for p in self.params)
+        if self._theta_norm is None:
+            self._theta_norm = _norm(self.project(tuple(p.detach() for p in self.params)))
+        while True:
+            module, params, x = self._fd_target()
+            if rows is not None:
+                x = x[rows]
+            self.eps = fd_relative_step(params[0].dtype) * max(self._theta_norm, 1.0) / nv
+            try:
+                fine, coarse = _fd_products(module, params, x, y, v, self.eps, chunk_size=self.chunk_size,
+                                            fixed_batch_size=self.fixed_batch_size)
+                break
+            except Cancelled:
+                raise
+            except Exception:  # noqa: BLE001 - the float64 copy does not run (a program with float32 casts)
+                if module is self.module:
+                    raise
+                self._fd = (self.module, self.params, self.x)
+                self.fd_dtype = str(self.params[0].dtype).removeprefix("torch.")
+        fine, coarse = self.project(fine), self.project(coarse)
+        self.last_diff = _axpy(-1.0, fine, coarse)
+        nf = _norm(fine)
+        rel = _norm(self.last_diff) / nf if nf > 0 else 0.0
+        self.max_rel_error = rel if self.max_rel_error is None else max(self.max_rel_error, rel)
+        return tuple(h.to(p.dtype) for h, p in zip(fine, self.params))
 
     def _chunk(self, x, y, v, *, whole: bool) -> Vector:
         if self.method in _FUNCTIONAL:
@@ -256,8 +480,9 @@ class HessianOperator:
         return hvp_double_backward(self.module, x, y, v, fixed_batch_size=self.fixed_batch_size)
 
     def release(self) -> None:
-        """Drop the cached first-order graph (frees its activations)."""
+        """Drop the cached first-order graph (frees its activations) and the float64 copy finite differences use."""
         self._graph = None
+        self._fd = None
 
     def parts(self, n_parts: int) -> list[slice]:
         """Up to ``n_parts`` disjoint, near-equal row slices (for sampling standard errors)."""
@@ -277,6 +502,7 @@ class EigenEstimate:
     iterations: int
     converged: bool
     vector: Vector | None = None
+    hvp_error: float | None = None      # finite differences: |vᵀ(D(ε) − D(ε/2))v| of the final quotient
 
 
 @dataclass(frozen=True)
@@ -287,6 +513,7 @@ class TraceEstimate:
     se: float
     probes: int
     samples: tuple[float, ...] = ()
+    hvp_error: float | None = None      # finite differences: mean over probes of |zᵀ(D(ε) − D(ε/2))z|
 
 
 def _check_cancel(cancel):
@@ -294,28 +521,37 @@ def _check_cancel(cancel):
         raise Cancelled("cancelled")
 
 
+def _fd_error(op: HessianOperator, v: Vector) -> float | None:
+    """|vᵀ(D(ε) − D(ε/2))v| for the operator's last product at v (None for an exact product)."""
+    diff = getattr(op, "last_diff", None)      # operators without it (tests' fixed matrices) are exact
+    return None if diff is None else abs(_dot(v, diff))
+
+
 def _power(op: HessianOperator, v: Vector, *, shift: float, iterations: int, tol: float, cancel) -> tuple:
-    """Power iteration on (H − shift I); returns (rayleigh of H − shift I, change at the end, iters, converged, v)."""
+    """Power iteration on (H − shift I); returns (rayleigh of H − shift I, change at the end, iters, converged, v,
+    the finite-difference error of the last quotient or None)."""
     v = _scale(v, 1.0 / _norm(v))
     lam_prev = None
     lam = 0.0
     change = float("inf")
+    err = None
     for it in range(1, iterations + 1):
         _check_cancel(cancel)
         hv = op.matvec(v)
+        err = _fd_error(op, v)
         if shift:
             hv = _axpy(-shift, v, hv)
         lam = _dot(v, hv)
         norm = _norm(hv)
         if norm == 0.0:   # v lies in H's null space: every eigenvalue it can see is 0
-            return 0.0, 0.0, it, True, v
+            return 0.0, 0.0, it, True, v, err
         v = _scale(hv, 1.0 / norm)
         if lam_prev is not None:
             change = abs(lam - lam_prev)
             if change <= tol * max(abs(lam), 1e-12):
-                return lam, change, it, True, v
+                return lam, change, it, True, v, err
         lam_prev = lam
-    return lam, change, iterations, False, v
+    return lam, change, iterations, False, v, err
 
 
 def max_eigenvalue(op: HessianOperator, *, iterations: int = 20, tol: float = 1e-3, seed: int = 0,
@@ -335,21 +571,26 @@ def max_eigenvalue(op: HessianOperator, *, iterations: int = 20, tol: float = 1e
         v0 = op.randn(g)
     if _norm(v0) == 0.0:   # every coordinate pruned
         return EigenEstimate(0.0, 0.0, 0, True, v0)
-    lam, change, its, conv, v = _power(op, v0, shift=0.0, iterations=iterations, tol=tol, cancel=cancel)
+    lam, change, its, conv, v, err = _power(op, v0, shift=0.0, iterations=iterations, tol=tol, cancel=cancel)
     if lam < 0:
         # The dominant eigenvalue is negative; shift so the largest algebraic one dominates.
-        mu, change, its2, conv, v = _power(op, op.randn(g), shift=lam, iterations=iterations, tol=tol, cancel=cancel)
+        mu, change, its2, conv, v, err = _power(op, op.randn(g), shift=lam, iterations=iterations, tol=tol,
+                                                cancel=cancel)
         lam, its = mu + lam, its + its2
     se = 0.0 if math.isinf(change) else change
     if se_parts > 1 and op.n_rows > 1:
         _check_cancel(cancel)
         parts = op.parts(se_parts)
         if len(parts) > 1:
-            quotients = [_dot(v, op.matvec(v, rows=s)) for s in parts]
+            per_row = op.quadratic_rows(v) if hasattr(op, "quadratic_rows") else None
+            if per_row is not None:
+                quotients = [float(per_row[s].mean()) for s in parts]
+            else:
+                quotients = [_dot(v, op.matvec(v, rows=s)) for s in parts]
             mean = sum(quotients) / len(quotients)
             sd = math.sqrt(sum((q - mean) ** 2 for q in quotients) / (len(quotients) - 1))
             se = math.sqrt(se ** 2 + (sd / math.sqrt(len(quotients))) ** 2)
-    return EigenEstimate(float(lam), float(se), its, conv, v)
+    return EigenEstimate(float(lam), float(se), its, conv, v, err)
 
 
 def trace(op: HessianOperator, *, probes: int = 10, seed: int = 0,
@@ -358,14 +599,17 @@ def trace(op: HessianOperator, *, probes: int = 10, seed: int = 0,
     if probes < 1:
         raise ValueError(f"probes must be >= 1; received {probes}")
     g = torch.Generator().manual_seed(seed)
-    samples = []
+    samples, errors = [], []
     for _ in range(probes):
         _check_cancel(cancel)
         z = op.rademacher(g)
-        samples.append(_dot(z, op.matvec(z)))
+        per_row = op.quadratic_rows(z) if hasattr(op, "quadratic_rows") else None
+        samples.append(float(per_row.mean()) if per_row is not None else _dot(z, op.matvec(z)))
+        errors.append(None if per_row is not None else _fd_error(op, z))
     mean = sum(samples) / probes
     se = math.sqrt(sum((s - mean) ** 2 for s in samples) / (probes - 1) / probes) if probes > 1 else float("nan")
-    return TraceEstimate(float(mean), float(se), probes, tuple(samples))
+    err = None if all(e is None for e in errors) else sum(e or 0.0 for e in errors) / probes
+    return TraceEstimate(float(mean), float(se), probes, tuple(samples), err)
 
 
 def flatten(v: Sequence[torch.Tensor]) -> torch.Tensor:

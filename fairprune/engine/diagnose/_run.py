@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ...core.errors import Cancelled, InputError
-from ._boundary import BOUNDARY_ATTACKS, boundary_distances
+from ._boundary import BOUNDARY_ATTACKS, boundary_distances, output_stats
 from ._factors import FACTORS, factor_correlations, factor_values, theory_terms
 from ._gradients import RowOutputs, group_pass
 from ._gradnorm import per_sample_grad_norms
@@ -35,10 +35,13 @@ __all__ = ["AuditDiagnostics", "DiagnosticsConfig", "ModelDiagnostics", "DIAG_KE
            "sample_table", "sample_rows", "input_positions", "diagnostics_section", "diagnose_steps"]
 
 #: the per-group figures: DESIGN.md's DIAG, plus ``hessian_max_eig_converged`` (issue 12): whether the
-#: power iteration met its tolerance within ``power_iterations`` (None where λ_max was not computed)
+#: power iteration met its tolerance within ``power_iterations`` (None where λ_max was not computed); and
+#: (issue 15) ``hessian_method``, the Hessian-vector product the group's Hessian figures used, and
+#: ``hessian_hvp_rel_error``, the estimated relative error of those products for finite differences (None
+#: for exact products and where the Hessian was not computed)
 DIAG_KEYS = ("grad_norm_mean", "group_grad_norm", "hessian_max_eig", "hessian_max_eig_se",
-             "hessian_max_eig_converged", "hessian_trace", "hessian_trace_se", "margin_mean", "uncertainty_mean",
-             "boundary_distance_mean")
+             "hessian_max_eig_converged", "hessian_trace", "hessian_trace_se", "hessian_method",
+             "hessian_hvp_rel_error", "margin_mean", "uncertainty_mean", "boundary_distance_mean")
 #: the start of the per-sample gradient norms' fallback warning (kept in ModelDiagnostics.warnings)
 GRADNORM_WARNING = "per-sample gradient norms"
 #: Why the input-space boundary distance is refused on integer inputs (token ids).
@@ -198,9 +201,29 @@ def _per_sample_grad_norms(model, data, *, batch_size, device, masks, cancel, on
     return np.asarray(norms, dtype=np.float64), said
 
 
-def _hessian_failed(groups: Sequence[str], reason: str) -> str:
-    return (f"Hessian not computed for group(s) {', '.join(groups)} (hessian_max_eig and hessian_trace are null; "
-            f"every other figure is kept): {reason}")
+#: each factor: what a reader calls it, and the DIAG keys that are null when it could not be computed
+FACTOR_KEYS = {
+    "group_grad_norm": ("group gradient norm ‖g_a‖", ("group_grad_norm",)),
+    "grad_norm_mean": ("per-sample gradient norms", ("grad_norm_mean",)),
+    "margin_mean": ("margins and uncertainty", ("margin_mean", "uncertainty_mean")),
+    "hessian": ("Hessian", ("hessian_max_eig", "hessian_trace")),
+    "boundary_distance_mean": ("boundary distance", ("boundary_distance_mean",)),
+}
+#: the start of the warning that the Hessian's figures came from finite differences
+FD_WARNING = "Hessian figures from finite-difference Hessian-vector products"
+
+
+def _reason(err: BaseException) -> str:
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"{type(err).__name__}: {first}"
+
+
+def _factor_failed(factor: str, groups: Sequence[str], reason: str) -> str:
+    what, keys = FACTOR_KEYS[factor]
+    groups = list(dict.fromkeys(groups))
+    null = " and ".join(keys)
+    return (f"{what} not computed for group(s) {', '.join(groups)} ({null} {'is' if len(keys) == 1 else 'are'} "
+            f"null; every other figure is kept): {reason}")
 
 
 def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, config: DiagnosticsConfig | None = None,
@@ -240,25 +263,63 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     groups = np.asarray(data.group).astype(str)
     names = data.group_names
 
+    n = data.n
+    failed: dict[tuple[str, str], list[str]] = {}    # (factor, reason) -> groups it could not be computed for
+
+    def fail(factor: str, err: BaseException, groups: Sequence[str] = tuple(names)) -> None:
+        failed.setdefault((factor, _reason(err)), []).extend(groups)
+
+    # the group gradient norms ‖g_a‖: one forward and backward pass
+    g_norms: dict[str, float] = {}
     if group_norms:
-        g_norms, out = group_pass(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel)
+        try:
+            g_norms, _ = group_pass(model, data, batch_size=batch_size, device=device, masks=masks, cancel=cancel,
+                                    outputs=False)
+        except Cancelled:
+            raise
+        except Exception as err:  # noqa: BLE001 - degrade per factor
+            fail("group_grad_norm", err)
+    # the per-sample gradient norms; the per-sample outputs (loss, prediction, margin, uncertainty) come from the
+    # same forward pass, each batch's logits handed over as they are computed
+    rows_out, out_error = RowOutputs(n), []
+
+    def on_logits(logits, yb):
+        if not out_error:
+            try:
+                rows_out.add(None, logits, yb)
+            except Exception as err:  # noqa: BLE001 - degrade per factor: the outputs are recomputed below
+                out_error.append(err)
+
+    out = None
+    try:
         grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
-                                                  cancel=cancel)
-    else:
-        rows = RowOutputs(data.n)
-        grad_norm, notes = _per_sample_grad_norms(model, data, batch_size=batch_size, device=device, masks=masks,
-                                                  cancel=cancel, on_logits=lambda lg, yb: rows.add(None, lg, yb))
-        g_norms, out = {}, rows.columns
+                                                  cancel=cancel, on_logits=on_logits)
+        if not out_error:
+            out = rows_out.columns
+    except Cancelled:
+        raise
+    except Exception as err:  # noqa: BLE001 - degrade per factor
+        fail("grad_norm_mean", err)
+        grad_norm, notes = np.full(n, np.nan), []
+    if out is None:     # one inference pass of its own
+        try:
+            out = output_stats(model, data, batch_size=batch_size, device=device, cancel=cancel)
+        except Cancelled:
+            raise
+        except Exception as err:  # noqa: BLE001 - degrade per factor
+            fail("margin_mean", err)
+            out = {"loss": np.full(n, np.nan), "pred": np.full(n, -1, dtype=np.int64), "margin": np.full(n, np.nan),
+                   "uncertainty": np.full(n, np.nan)}
     step("gradient norms")
 
     import pandas as pd
 
     y = data.y.numpy()
     samples = pd.DataFrame({
-        "index": np.arange(data.n) if index is None else np.asarray(index),
+        "index": np.arange(n) if index is None else np.asarray(index),
         "group": groups, "label": y, "pred": out["pred"], "correct": out["pred"] == y, "loss": out["loss"],
         "grad_norm": grad_norm, "margin": out["margin"], "uncertainty": out["uncertainty"],
-        "boundary_distance": np.full(data.n, np.nan),
+        "boundary_distance": np.full(n, np.nan),
     })
 
     diags: dict[str, dict] = {}
@@ -266,23 +327,22 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
         rows = groups == g
         diags[g] = {"grad_norm_mean": _mean(grad_norm[rows]), "group_grad_norm": g_norms.get(g),
                     "hessian_max_eig": None, "hessian_max_eig_se": None, "hessian_max_eig_converged": None,
-                    "hessian_trace": None,
-                    "hessian_trace_se": None, "margin_mean": _mean(out["margin"][rows]),
+                    "hessian_trace": None, "hessian_trace_se": None, "hessian_method": None,
+                    "hessian_hvp_rel_error": None, "margin_mean": _mean(out["margin"][rows]),
                     "uncertainty_mean": _mean(out["uncertainty"][rows]), "boundary_distance_mean": None}
 
     details: dict[str, dict] = {}
     vectors: dict = {}
     methods: set[str] = set()
     fallback = None
-    failed: dict[str, list[str]] = {}       # reason -> groups whose Hessian could not be computed
     if hessian:
         hrows = hessian_rows if hessian_rows is not None else sample_rows(data, cfg.hessian_rows, seed)
         module = model.module
         hvp = hvp or cfg.hvp
         for gi, g in enumerate(names):
-            x, yy = _rows(data, hrows[g], device)
             op = None
             try:
+                x, yy = _rows(data, hrows[g], device)
                 op = HessianOperator(module, x, yy, masks=masks, method=hvp, chunk_size=batch_size,
                                      fixed_batch_size=model.fixed_batch_size)
                 eig = max_eigenvalue(op, iterations=cfg.power_iterations, tol=cfg.power_tol, seed=seed + 7919 * gi,
@@ -291,40 +351,58 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
             except Cancelled:
                 raise
             except Exception as err:  # noqa: BLE001 - degrade per factor: the Hessian's figures stay null
-                first = (str(err).strip().splitlines() or [""])[0][:200]
-                failed.setdefault(f"{type(err).__name__}: {first}", []).append(g)
+                fail("hessian", err, [g])
                 step(f"Hessian of group {g} (not computed)")
                 continue
             finally:
                 if op is not None:
                     op.release()
+            method = "+".join(sorted(op.methods_used)) or op.method
             diags[g].update(hessian_max_eig=eig.value, hessian_max_eig_se=eig.se,
                             hessian_max_eig_converged=bool(eig.converged), hessian_trace=tr.value,
-                            hessian_trace_se=None if math.isnan(tr.se) else tr.se)
+                            hessian_trace_se=None if math.isnan(tr.se) else tr.se, hessian_method=method,
+                            hessian_hvp_rel_error=op.max_rel_error)
             details[g] = {"rows": int(len(hrows[g])), "iterations": eig.iterations, "converged": eig.converged,
                           "probes": tr.probes, "products": op.products, "dimension": op.dimension,
-                          "hvp": op.method}
+                          "hvp": method}
+            if "finite_difference" in op.methods_used:
+                details[g]["finite_difference"] = {
+                    "precision": op.fd_dtype, "step": op.eps, "max_eig_error": eig.hvp_error,
+                    "trace_error": tr.hvp_error, "max_rel_error": op.max_rel_error}
             if keep_vectors:
                 vectors[g] = eig.vector
-            methods.add(op.method)
+            methods.update(op.methods_used)
             fallback = fallback or op.fallback
             if op.fallback:
-                hvp = "double_backward"    # torch.func cannot run this module: do not try again
+                hvp = op.method     # what worked: the other groups do not try the methods that failed again
             step(f"Hessian of group {g}")
 
     if cfg.boundary:
         brows = boundary_rows if boundary_rows is not None else sample_rows(data, cfg.boundary_rows, seed + 1)
         dist = samples["boundary_distance"].to_numpy(copy=True)
         for g in names:
-            x, _ = _rows(data, brows[g], device)
-            d, censored = boundary_distances(model, x, max_eps=cfg.boundary_max_eps, attack=cfg.boundary_attack,
-                                             cancel=cancel)
+            try:
+                x, _ = _rows(data, brows[g], device)
+                d, censored = boundary_distances(model, x, max_eps=cfg.boundary_max_eps, attack=cfg.boundary_attack,
+                                                 cancel=cancel)
+            except Cancelled:
+                raise
+            except Exception as err:  # noqa: BLE001 - degrade per factor
+                fail("boundary_distance_mean", err, [g])
+                continue
             dist[brows[g]] = d
             diags[g]["boundary_distance_mean"] = _mean(d)
             details.setdefault(g, {}).update(boundary_rows=int(len(d)), boundary_censored=int(censored.sum()))
         samples["boundary_distance"] = dist
         step("boundary distances")
-    notes += [_hessian_failed(gs, reason) for reason, gs in failed.items()]
+    notes = list(notes)
+    if fallback and "finite_difference" in methods:
+        fd = [g for g in names if "finite_difference" in (diags[g]["hessian_method"] or "")]
+        worst = max(diags[g]["hessian_hvp_rel_error"] or 0.0 for g in fd)
+        notes.append(f"{FD_WARNING} for group(s) {', '.join(fd)}: no exact Hessian-vector product runs on this model "
+                     f"({fallback}); hessian_method says finite_difference and hessian_hvp_rel_error states each "
+                     f"group's estimated relative error (at most {worst:.1e} here)")
+    notes += [_factor_failed(factor, gs, reason) for (factor, reason), gs in failed.items()]
     unconverged = [g for g in names if diags[g]["hessian_max_eig_converged"] is False]
     if unconverged:
         notes.append(f"the power iteration for λ_max did not converge within {cfg.power_iterations} products "
@@ -333,6 +411,22 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     return ModelDiagnostics(samples=samples, groups=diags, details=details,
                             hvp_method="+".join(sorted(methods)) or None, hvp_fallback=fallback, vectors=vectors,
                             warnings=tuple(notes))
+
+
+def _nothing_computed(data, names: Sequence[str], index, reason: str) -> ModelDiagnostics:
+    """Every figure null, with the reason: what the audit keeps when a model's diagnostics fail outside any factor."""
+    import pandas as pd
+
+    n = data.n
+    nan = np.full(n, np.nan)
+    samples = pd.DataFrame({"index": np.arange(n) if index is None else np.asarray(index),
+                            "group": np.asarray(data.group).astype(str), "label": data.y.numpy(),
+                            "pred": np.full(n, -1, dtype=np.int64), "correct": np.zeros(n, dtype=bool), "loss": nan,
+                            "grad_norm": nan, "margin": nan, "uncertainty": nan, "boundary_distance": nan})
+    groups = {g: {k: None for k in DIAG_KEYS} for g in names}
+    return ModelDiagnostics(samples=samples, groups=groups,
+                            warnings=(f"no diagnostics computed for this model (every DIAG figure is null; the levels "
+                                      f"are kept): {reason}",))
 
 
 # ---- the result section ------------------------------------------------------------------------------
@@ -503,9 +597,11 @@ class AuditDiagnostics:
         n_params = sum(p.numel() for p in model.module.parameters())
         self.keep_vectors = n_params * len(names) <= WARM_START_ELEMENTS
         self.hvp = config.hvp
+        self.names = list(names)
         self.dense = self._diagnose(None, "dense")
-        # torch.func could not run the module: the levels go straight to double backward
-        self.hvp = "double_backward" if self.dense.hvp_fallback else config.hvp
+        # "auto" had to fall back on the dense model: the levels go straight to the product that worked
+        if self.dense.hvp_fallback and self.dense.hvp_method:
+            self.hvp = "finite_difference" if "finite_difference" in self.dense.hvp_method else "double_backward"
         self.levels: dict[float, ModelDiagnostics] = {}
         self.distances: dict[float, float] = {}
 
@@ -514,13 +610,21 @@ class AuditDiagnostics:
         return (n_levels + 1) * diagnose_steps(n_groups, boundary=config.boundary)
 
     def _diagnose(self, masks, label: str, init=None) -> ModelDiagnostics:
-        d = diagnose(self.model, self.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
+        try:
+            d = self._diagnose_model(masks, label, init)
+        except (Cancelled, InputError):
+            raise
+        except Exception as err:  # noqa: BLE001 - never lose the audit's levels to the diagnostics
+            d = _nothing_computed(self.eval_data, self.names, self.index, _reason(err))
+        self.record(d, label)
+        return d
+
+    def _diagnose_model(self, masks, label: str, init=None) -> ModelDiagnostics:
+        return diagnose(self.model, self.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
                      boundary_rows=self.boundary_rows, init=init, index=self.index, seed=self.seed,
                      batch_size=self.batch_size(), device=self.device, cancel=self.cancel,
                      step=lambda msg: self._step(f"diagnostics ({label}): {msg}"),
                      keep_vectors=masks is None and self.keep_vectors, hvp=self.hvp)
-        self.record(d, label)
-        return d
 
     def record(self, d: ModelDiagnostics, label: str) -> None:
         """Put ``d``'s warnings in the audit's ``warnings`` (the result and the CLI's ``warning:`` lines),
