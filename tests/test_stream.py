@@ -203,8 +203,11 @@ def test_worker_count_and_start_method_follow_the_process(monkeypatch):
     daemon = type("P", (), {"daemon": True})()
     monkeypatch.setattr(_stream.multiprocessing, "current_process", lambda: daemon)
     assert _stream.stream_workers(50_000) == 0                         # may not start children
-    assert _stream._context() is None                                   # one thread here: workers are forked
     import threading
+
+    with monkeypatch.context() as m:
+        m.setattr(_stream.threading, "active_count", lambda: 1)
+        assert _stream._context() is None                               # one thread: workers are forked
 
     halt = threading.Event()
     beat = threading.Thread(target=halt.wait)                           # like the dashboard worker's heartbeat
@@ -214,3 +217,15 @@ def test_worker_count_and_start_method_follow_the_process(monkeypatch):
     finally:
         halt.set()
         beat.join()
+
+
+def test_a_folder_linked_from_outside_is_refused_eager_or_streamed(tmp_path, monkeypatch):
+    outside = folder(tmp_path / "elsewhere")
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "cats").symlink_to(outside / "cat", target_is_directory=True)
+    (root / "metadata.csv").write_text("path,label,group\ncats/0.png,0,a\ncats/1.jpg,1,b\n")
+    for threshold in ("0", str(1 << 40)):
+        monkeypatch.setenv(_stream.STREAM_BYTES_ENV, threshold)
+        with pytest.raises(InputError, match=r"refused: 'cats/0.png' is a link to .*elsewhere.*outside the folder"):
+            load_dataset(root, resize=8, crop=8)

@@ -575,9 +575,16 @@ class FolderReader:
     def __init__(self, root: Path, file: str):
         self.root, self.file = Path(root), file
         self.real_root = self.root.resolve()
+        self._dirs: dict[Path, Path] = {}       # folder -> resolved: one lstat per file, not one per path part
 
     def inside(self, member: str) -> Path:
-        p = (self.root / member).resolve()
+        path = self.root / member
+        parent = self._dirs.get(path.parent)
+        if parent is None:
+            parent = self._dirs[path.parent] = path.parent.resolve()
+        p = parent / path.name
+        if p.is_symlink():
+            p = p.resolve()
         if not p.is_relative_to(self.real_root):
             raise InputError(LINK_OUTSIDE.format(file=self.file, member=member, target=str(p)))
         return p
