@@ -1,6 +1,6 @@
 """Per-sample gradient norms vs one batched forward+backward over the same inputs (same run, medians).
 
-    .venv/bin/python bench/gradnorm.py [--quick] [--n 1024] [--batch-size 256] [--repeats 5]
+    .venv/bin/python bench/gradnorm.py [--quick] [--n 1024] [--batch-size 256] [--repeats 5] [--only NAME ...]
 
 For each model: ``fwd+bwd`` is one batched forward and ``loss.sum().backward()`` with parameter
 gradients over all N inputs (batch by batch); ``fast`` is ``per_sample_grad_norms`` over the same
@@ -8,7 +8,11 @@ inputs; ``loop`` (one forward+backward per sample) and ``vmap`` (torch.func.vmap
 functional_call) run on a subset and are scaled to N. Every timing is interleaved with the others
 and the median over repeats is reported, as ratios to fwd+bwd measured in the same process. The
 largest relative difference between fast and loop on the subset is printed as a check. ``fast+masks``
-is ``fast`` on the model with 90% of its conv/linear weights masked out (a pruned model).
+is ``fast`` on the model with 90% of its conv/linear weights masked out (a pruned model). ``fast/loop`` is
+the speed-up of the fast path over the per-sample loop. The sequence models (``vit_tiny``: torchvision's
+VisionTransformer, 2 layers, on 32x32 images; ``text_tf``: int64 token ids through nn.Embedding, learned
+positions and a 2-layer nn.TransformerEncoder with a padding mask) exercise attention, sequence-first
+layouts and parameters used directly in forward; any parameter that falls back to the loop is named.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +73,28 @@ def _vmap_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int) 
     return torch.stack([g.reshape(g.shape[0], -1).square().sum(1) for g in per.values()]).sum(0).sqrt()
 
 
+class TextTransformer(nn.Module):
+    """int64 ids (B, L) -> embedding + learned positions -> 2-layer nn.TransformerEncoder (padding masked) -> head."""
+
+    def __init__(self, vocab: int = 1000, length: int = 32, dim: int = 64, num_classes: int = 10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim, padding_idx=0)
+        self.pos = nn.Parameter(0.02 * torch.randn(1, length, dim))
+        layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids):
+        return self.head(self.enc(self.emb(ids) + self.pos, src_key_padding_mask=ids == 0).mean(1))
+
+
+def vit_tiny(num_classes: int = 10) -> nn.Module:
+    import torchvision
+
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=4, num_layers=2, num_heads=4, hidden_dim=64,
+                                                mlp_dim=128, num_classes=num_classes)
+
+
 def bench_model(name, model, x, y, *, batch_size, repeats, subset, vmap_subset):
     from fairprune.data import GroupedDataset
     from fairprune.engine.diagnose._gradnorm import per_sample_grad_norms, per_sample_grad_norms_reference
@@ -100,8 +127,13 @@ def bench_model(name, model, x, y, *, batch_size, repeats, subset, vmap_subset):
     def vm():
         return _vmap_norms(model, x[:vmap_subset], y[:vmap_subset], chunk=min(64, vmap_subset))
 
-    # warm-up and the exactness check
+    # warm-up and the exactness check (and which parameters, if any, the fast path sends to the loop)
     fwd_bwd()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fast()
+    looped = [str(w.message) for w in caught if "per-sample gradient norms:" in str(w.message)]
+    print(f"gradnorm {name:<10} fallback: " + ("; ".join(m.split(" are used by")[0] for m in looped) or "none"))
     got = torch.as_tensor(fast()[:subset])
     want = loop()
     rel = float(((got - want).abs() / want.abs().clamp_min(1e-12)).max())
@@ -128,6 +160,7 @@ def bench_model(name, model, x, y, *, batch_size, repeats, subset, vmap_subset):
         base = med["fwd+bwd"]
         parts = [f"fwd+bwd {1000 * base:8.1f} ms"]
         parts += [f"{key} {med[key] / base:5.2f}x" for key in ("fast", "fast+masks", "loop", "vmap") if key in med]
+        parts.append(f"fast/loop speed-up {med['loop'] / med['fast']:6.1f}x")
         print(f"gradnorm {name:<10} N={n} batch={batch_size} {label:<4}  " + "   ".join(parts))
     print(f"gradnorm {name:<10} max rel err vs loop: fast {rel:.1e}, fast+masks {rel_m:.1e} (on {subset} samples)")
     return wall
@@ -140,6 +173,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these models "
+                    "(resnet18, plain_cnn, small_cnn, vit_tiny, text_tf)")
     args = ap.parse_args(argv)
     import torchvision
 
@@ -157,12 +192,19 @@ def main(argv=None) -> int:
     mnist = torch.rand(n, 1, 28, 28, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     torch.manual_seed(0)
+    ids = torch.randint(1, 1000, (n, 32), generator=g)
+    ids[::2, 24:] = 0                                          # every other row padded after 24 tokens
     models = [
-        ("resnet18", _randomise_bn(torchvision.models.resnet18(num_classes=10), 1), cifar),
-        ("plain_cnn", _randomise_bn(plain_cnn(), 2), cifar),
-        ("small_cnn", _randomise_bn(SmallCNN(), 3), mnist),
+        ("resnet18", lambda: _randomise_bn(torchvision.models.resnet18(num_classes=10), 1), cifar),
+        ("plain_cnn", lambda: _randomise_bn(plain_cnn(), 2), cifar),
+        ("small_cnn", lambda: _randomise_bn(SmallCNN(), 3), mnist),
+        ("vit_tiny", lambda: vit_tiny().eval(), cifar),
+        ("text_tf", lambda: TextTransformer().eval(), ids),
     ]
-    for name, model, x in models:
+    for name, build, x in models:
+        if args.only and name not in args.only:
+            continue
+        model = build()
         bench_model(name, model, x, labels, batch_size=args.batch_size, repeats=repeats, subset=subset,
                     vmap_subset=vmap_subset)
     return 0
