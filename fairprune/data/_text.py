@@ -62,11 +62,6 @@ def load_text_csv(path: Path, *, text: str, tokenizer, max_length: int, label: s
         raise InputError(f"max_length (--max-length): expected a whole number of tokens >= 2 (e.g. 128); "
                          f"found {max_length!r}")
     folder = _tokenizer_folder(tokenizer, text)
-    tok = _load_tokenizer(folder)
-    limit = _length_limit(folder, tok)
-    if limit is not None and max_length > limit:
-        raise InputError(f"max_length (--max-length {max_length}): the checkpoint {folder.name} takes at most "
-                         f"{limit} tokens per row; expected --max-length {limit} or less")
 
     text_columns = [text] + [g for g in groups if g != label]
     # pandas' missing-value words ('NA', 'None', 'null', ...) mean missing in the label, group and split columns as
@@ -86,6 +81,12 @@ def load_text_csv(path: Path, *, text: str, tokenizer, max_length: int, label: s
                     + [("group", g, "--group") for g in groups], file=file)
     parts = table_parts(frame, file=file, label=label, groups=groups, missing_group=missing_group)
     texts = _texts(parts.frame[text].to_numpy(dtype=object), column=text, rows=parts.rows, file=file)
+
+    tok = _load_tokenizer(folder)
+    limit = _length_limit(folder, tok)
+    if limit is not None and max_length > limit:
+        raise InputError(f"max_length (--max-length {max_length}): the checkpoint {folder.name} takes at most "
+                         f"{limit} tokens per row; expected --max-length {limit} or less")
 
     x, truncated, longest = _tokenise(tok, texts, max_length, folder)
     n = len(texts)

@@ -50,9 +50,9 @@ _MAX_JSON_BYTES = 16 << 20
 PICKLED_CHECKPOINT = (
     "{path}: refused: expected a Hugging Face checkpoint with safetensors weights (model.safetensors, or shards listed "
     "in model.safetensors.index.json); found only pickled weights ({found}). Loading them means unpickling them, and "
-    "unpickling runs arbitrary code. Where you trust the files, re-save the checkpoint as safetensors: "
+    "unpickling runs arbitrary code. Where you trust the files, re-save the checkpoint with safetensors weights: "
     "AutoModelForSequenceClassification.from_pretrained(folder).save_pretrained(new_folder) (transformers writes "
-    "safetensors by default), or `transformers` / `huggingface_hub`'s convert-to-safetensors tools"
+    "model.safetensors by default)"
 )
 REMOTE_CODE = (
     "{path}: refused: {file} names code of its own (auto_map: {found}); running it would mean trust_remote_code, "
