@@ -316,13 +316,20 @@ def _from_weights(path: Path, state: dict[str, torch.Tensor], *, arch: str | Non
         model = create_model(arch, **kwargs)
     except InputError:
         raise
-    except (ValueError, RuntimeError) as err:  # a constructor rejecting an argument's value
+    except (ValueError, RuntimeError, TypeError) as err:  # a constructor rejecting an argument or its value
         raise InputError(f"architecture {arch!r} cannot be built with {kwargs}: {_first_line(err)}") from err
     problem = _state_dict_mismatch(model.state_dict(), state)
     if problem:
         raise InputError(f"{path}: the weights do not fit architecture {arch!r} {kwargs}: {problem}; check "
                          f"--arch, --num-classes and --arch-arg (`fairprune models` lists the arguments)")
-    model.load_state_dict(state, strict=True)
+    # A safetensors file (or a plain dict) carries no per-module format versions, which some modules' loaders
+    # require (torchvision's MNASNet refuses version None): the weights are read as the format of the installed
+    # code, whose versions the freshly built model's own state_dict carries.
+    from collections import OrderedDict
+
+    versioned = OrderedDict(state)
+    versioned._metadata = getattr(model.state_dict(), "_metadata", None)
+    model.load_state_dict(versioned, strict=True)
     return LoadedModel(module=model.eval(), name=path.stem, kind="weights", sha256=sha256_file(path),
                        arch=arch, path=str(path))
 
