@@ -260,6 +260,20 @@ def test_structured_l1_removes_whole_attention_heads(hf):
         assert torch.equal((~emb).any(0), (~emb).all(0)) and (~emb).all(1).sum() == 0
     assert heads_removed >= 1
 
+    # a ViT's attention (q_proj, k_proj, v_proj -> o_proj, head_dim 16): whole heads too
+    vit = load_model(hf["vit"]).module
+    masks = compute_masks(vit, "structured_l1", 0.8, example_input=torch.rand(2, 3, 32, 32))
+    removed = 0
+    for layer in range(2):
+        p = f"hf.vit.layers.{layer}.attention."
+        rows = (~masks[p + "q_proj.weight"]).all(1)
+        assert torch.equal(rows, (~masks[p + "v_proj.weight"]).all(1))
+        assert torch.equal(rows, (~masks[p + "o_proj.weight"]).all(0))
+        per_head = rows.reshape(2, 16)
+        assert (per_head.all(1) | ~per_head.any(1)).all()
+        removed += int(per_head.all(1).sum())
+    assert removed >= 1
+
 
 def test_audit_image_checkpoint_on_an_image_folder(hf, tmp_path, capsys):
     out = tmp_path / "v.json"

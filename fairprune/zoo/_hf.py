@@ -76,8 +76,9 @@ def hf_task(folder: str | Path) -> str:
 
 
 def hf_image_preprocessing(folder: str | Path) -> dict | None:
-    """What an image checkpoint's own image processor (``preprocessor_config.json``) does, and the fairprune options
-    that do the same: ``{"size": (H, W) | None, "mean": [...] | None, "std": [...] | None, "flags": "--resize .. "}``;
+    """What an image checkpoint's own image processor (``preprocessor_config.json``) does, and the nearest fairprune
+    options: ``{"size": (H, W) | None, "mean": [...] | None, "std": [...] | None, "flags": "--resize .. "}`` (a
+    processor that stretches images to H x W differs from shorter-side resize + centre crop on non-square images);
     None when there is no such file. fairprune does not apply it by itself: image sets are preprocessed by
     ``--resize``/``--crop``/``--normalize`` (or ``--transforms``), stated in the result's provenance."""
     folder = Path(folder)

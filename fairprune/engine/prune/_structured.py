@@ -27,6 +27,7 @@ bias of the same layer, and the coupling to BatchNorm and residual partners is n
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -65,7 +66,10 @@ def _coupled_masks(module, params, sparsity, example_input):
     cls_module = modules.get(classifier.rsplit(".", 1)[0]) if classifier else None
     # several positional inputs (Inputs: input_ids, attention_mask, ...) are traced as model(*tensors)
     example = tuple(example_input.tensors) if isinstance(example_input, Inputs) else example_input
-    dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
+    with warnings.catch_warnings():
+        # learned tokens / position tables (a ViT's cls_token) are bare parameters: kept, never masked here
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        dg = tp.DependencyGraph().build_dependency(module, example_inputs=example)
     groups = list(dg.get_all_groups(ignored_layers=[cls_module] if cls_module is not None else [],
                                     root_module_types=list(_PRUNABLE_TYPES)))
     importance = tp.importance.GroupMagnitudeImportance(p=1, normalizer="mean")
