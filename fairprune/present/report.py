@@ -505,9 +505,11 @@ def _compression(result: AuditResult, charts: _Charts, stats: _Stats) -> dict | 
         chart_list.append(charts.add(plots.size_axis(result), heading="Every model on one size axis",
                                      caption="Each group's accuracy against each model's stored size; colour is the "
                                              "model's accuracy fairness violation."))
+    left: dict[tuple[str, str], list[str]] = {}          # (kind, reason) -> the variants that left them in float
     for v in variants:
-        notes += [f"{v.method}: {kind} weights not quantized — {info.get('reason', '')}"
-                  for kind, info in (v.details.get("not_quantized") or {}).items()]
+        for kind, info in (v.details.get("not_quantized") or {}).items():
+            left.setdefault((kind, str(info.get("reason", ""))), []).append(v.method)
+    notes += [f"{kind} weights not quantized by {', '.join(names)}: {why}" for (kind, why), names in left.items()]
     p_col = ["p (equal drops)"] if stats.has_p else []
     return {
         "intro": "Each variant is applied to a copy of the dense model and measured on the same rows exactly as a "

@@ -723,7 +723,8 @@ def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
     _drop_unused_attributes(converted)
     state.module = converted
     acts = {"weight": "activations in float",
-            "dynamic": "activations quantized per sample at run time and dequantized",
+            "dynamic": "activations quantized at run time (per sample for convolutions, per token of each sample for "
+                       "linear layers) and dequantized",
             "static": "activations quantized with fixed per-tensor scales and dequantized"}[mode]
     state.details.update(
         backend="torchao.pt2e",
@@ -990,8 +991,8 @@ def quantized_by_kind(module: nn.Module, quantized: dict, *, extra: dict | None 
 
 
 _RECURRENT_WHY = ("torch's LSTM / GRU / RNN op takes its weights whole: torchao's quantize_ reaches nn.Linear modules "
-                  "and PT2E conv and linear ops, neither this op, so these weights and the layer's activations stay "
-                  "float32")
+                  "and PT2E reaches conv and linear ops, neither reaches this op, so these weights and the layer's "
+                  "activations stay float32")
 
 
 def _not_quantized(state: _State, kinds: dict[str, str], method: str) -> dict:
