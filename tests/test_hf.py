@@ -79,7 +79,8 @@ def hf(tmp_path_factory):
     bert = transformers.BertForSequenceClassification(transformers.BertConfig(
         vocab_size=len(fast), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
         max_position_embeddings=64, num_labels=2))
-    enc = fast(train["text"].tolist(), padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+    enc = fast(train["text"].tolist(), padding="max_length", truncation=True, max_length=MAX_LENGTH,
+               return_tensors="pt")
     y = torch.tensor(train["label"].to_numpy())
 
     def text_batch(idx):
@@ -348,8 +349,8 @@ def test_checks_before_transformers_reads_anything(hf, tmp_path):
 
     # a base model (no classification head) would get a random classifier: refused
     base = tmp_path / "base"
-    transformers.BertModel(transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(base)
+    transformers.BertModel(transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1,
+                                                   num_attention_heads=2, intermediate_size=64)).save_pretrained(base)
     with pytest.raises(InputError, match=r"ForImageClassification\); found BertModel"):
         load_model(base)
     cfg = json.loads((base / "config.json").read_text())

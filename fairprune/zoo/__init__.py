@@ -10,12 +10,13 @@ Loading (``load_model``) dispatches on the file's content, not its extension, an
 from the file: bare weights are read with safetensors or ``torch.load(weights_only=True)`` and put
 into a registry architecture; a whole pickled model is refused (unpickling runs arbitrary code); a
 ``.pt2`` archive is inspected by :mod:`fairprune.zoo._pt2_guard` before torch opens it; TorchScript is
-accepted as the code it is; a folder with ``config.json`` is a Hugging Face checkpoint (``_hf``: safetensors
-only, never ``trust_remote_code``; ``hf_task(folder)`` says "text" or "image"). Every problem with the file is an ``InputError`` naming the file, what
-was expected and what was found.
+accepted as the code it is; a folder with ``config.json`` is a Hugging Face checkpoint (``_hf``:
+safetensors only, never ``trust_remote_code``; ``hf_task(folder)`` says "text" or "image"). Every problem
+with the file is an ``InputError`` naming the file, what was expected and what was found.
 
 Modules: ``_registry`` (names and constructors), ``archs`` (fairprune's own architectures), ``_load``
-(reading files safely; builds models through the registry), ``_pt2_guard`` (inspecting ``.pt2`` archives), ``_hf`` (Hugging Face checkpoint folders).
+(reading files safely; builds models through the registry), ``_loaded`` (``LoadedModel``), ``_pt2_guard``
+(inspecting ``.pt2`` archives), ``_hf`` (Hugging Face checkpoint folders).
 Imports only :mod:`fairprune.core`.
 """
 

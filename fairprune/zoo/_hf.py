@@ -31,7 +31,7 @@ from ._loaded import LoadedModel
 __all__ = ["HFClassifier", "TEXT_INPUTS", "IMAGE_INPUTS", "is_hf_checkpoint", "hf_task", "hf_image_preprocessing",
            "check_hf_checkpoint", "load_hf_checkpoint"]
 
-#: The positional inputs of a text checkpoint, in order (the tokenizer's outputs; ``token_type_ids`` where it gives them).
+#: The positional inputs of a text checkpoint, in order (the tokenizer's outputs; ``token_type_ids`` where given).
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 #: The positional input of an image checkpoint.
 IMAGE_INPUTS = ("pixel_values",)

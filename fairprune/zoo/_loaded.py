@@ -1,4 +1,4 @@
-"""LoadedModel: a model ready for inference and where it came from (every loader in :mod:`fairprune.zoo` returns one)."""
+"""LoadedModel: a model ready for inference and where it came from (what every zoo loader returns)."""
 
 from __future__ import annotations
 
