@@ -219,6 +219,24 @@ def test_audit_text_checkpoint_through_the_cli(hf, tmp_path, capsys):
     assert r["levels"][0]["overall"]["accuracy"] >= r["levels"][1]["overall"]["accuracy"] - 0.05
 
 
+def test_export_a_pruned_text_checkpoint_as_a_program(hf, tmp_path, capsys):
+    from fairprune.data import load_dataset
+    from fairprune.engine.prune import MaskedModel, compute_masks
+    from fairprune.zoo import load_model
+
+    out = tmp_path / "bert.pt2"
+    code, _, err = run(["export", "--model", hf["bert"], "--data", hf["csv"], "--text", "text", "--max-length",
+                        MAX_LENGTH, "--sparsity", "0.5", "--out", out], capsys)
+    assert code == 0, err
+    program = load_model(out)
+    data = load_dataset(hf["csv"], text="text", tokenizer=hf["bert"], max_length=MAX_LENGTH)
+    model = load_model(hf["bert"])
+    MaskedModel(model.module).apply(compute_masks(model.module, "global_magnitude", 0.5,
+                                                  example_input=data.x[:2]))
+    with torch.no_grad():
+        assert torch.allclose(program.module(*data.x.tensors), model.module(*data.x.tensors), atol=1e-5)
+
+
 def test_diagnostics_on_the_text_checkpoint(hf, tmp_path, capsys):
     out = tmp_path / "d.json"
     code, _, err = run(["audit", "--model", hf["bert"], "--data", hf["csv"], "--text", "text", "--sparsity", "0.5",

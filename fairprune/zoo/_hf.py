@@ -121,8 +121,11 @@ class HFClassifier(nn.Module):
         self.hf = model
         self.input_names = tuple(input_names)
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        if not inputs or len(inputs) > len(self.input_names):
+    def forward(self, input0: torch.Tensor, input1: torch.Tensor | None = None,
+                input2: torch.Tensor | None = None) -> torch.Tensor:
+        # Named parameters, not *inputs: torch.export (fairprune export) matches dynamic shapes to them.
+        inputs = [t for t in (input0, input1, input2) if t is not None]
+        if len(inputs) > len(self.input_names):
             raise TypeError(f"forward() takes 1 to {len(self.input_names)} positional inputs "
                             f"({', '.join(self.input_names)}, in this order); found {len(inputs)}")
         return self.hf(**dict(zip(self.input_names, inputs)), return_dict=True).logits
