@@ -339,3 +339,28 @@ def test_recurrent_text_model_loops_only_for_its_recurrent_weights(cell, kind, t
     assert len(said) == 1 and RECURRENT in said[0], said
     named = said[0].split("(")[2].split(")")[0]           # the parameter names the warning lists
     assert "rnn.weight_ih_l0" in named and "emb" not in named and "head" not in named, said
+
+
+class TwoInputText(nn.Module):
+    """Two positional inputs: int64 ids (B, L) and a bool padding mask (B, L), as ``--inputs`` passes them."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 8, padding_idx=0)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, ids, pad):
+        return self.head(self.enc(self.emb(ids), src_key_padding_mask=pad).mean(1))
+
+
+@pytest.mark.parametrize("kind", ["module", "pt2"])
+def test_multi_input_batch(kind, tmp_path):
+    from fairprune.data import Inputs
+
+    torch.manual_seed(12)
+    model = TwoInputText().double().eval()
+    ids, y = _ids(5)
+    x = Inputs([ids, ids == 0], ["input_ids", "padding"])
+    run = model if kind == "module" else as_pt2(model, x, tmp_path)
+    assert_fast_and_exact(run, x, y, reference=model)

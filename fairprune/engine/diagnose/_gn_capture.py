@@ -40,7 +40,7 @@ class Tape:
     """The calls of one forward pass, in order, and the leaves the backward differentiates for.
 
     ``trainable`` maps id(parameter) -> name for the parameters whose gradients count; ``root`` is the
-    model's input tensor. Each call is known by a key: (its module or graph node, its occurrence).
+    model's input tensor (or a multi-input batch, ``fairprune.data.Inputs``). Each call is known by a key: (its module or graph node, its occurrence).
 
     Which dimension holds the samples is proven, not assumed: ``layouts`` (key -> bool, from
     :func:`sample_layouts`: two probe passes with 2 and 3 rows) says where exactly dim 0 follows the batch
@@ -53,6 +53,7 @@ class Tape:
                  probe: dict | None = None):
         self.trainable = trainable
         self.root = root
+        self._roots = {id(t) for t in getattr(root, "tensors", (root,))}   # a multi-input batch: each input
         self.calls: list[Call] = []
         self.leaves: list[tuple[torch.Tensor, Call]] = []
         self._handles: list = []
@@ -80,7 +81,7 @@ class Tape:
         dim = self._sample_dim(key, call)
         if dim is None:
             return None       # not captured: its parameters show up in the graph as uncovered, and fall back
-        leaf = not call.inp.requires_grad or call.inp is self.root
+        leaf = not call.inp.requires_grad or id(call.inp) in self._roots
         if dim:               # seen with the samples first; the rule never mixes this dimension (sample_dim_ok)
             call.inp, call.sample_dim = call.inp.movedim(dim, 0), dim
         call.version = call.inp._version

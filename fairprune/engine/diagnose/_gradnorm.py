@@ -131,7 +131,7 @@ class _Engine:
             # (nn.TransformerEncoderLayer's, nn.MultiheadAttention's) that call none of the layers inside
             with torch.enable_grad():
                 for b in self.PROBE_SIZES:
-                    root = x[:1].expand(b, *x.shape[1:]).contiguous()
+                    root = _each(x, lambda t: t[:1].expand(b, *t.shape[1:]).contiguous())
                     tape = Tape(self.trainable, root, probe={})
                     with hooked(self.module, tape):
                         run = self.module if self.graph is None else partial(_interpret, self.graph, tape)
@@ -149,13 +149,13 @@ class _Engine:
         if not self._probed:
             self._probe(x)
         tape, loss, report = self._pass(x, y, self.root_grad)
-        if report.unreached and not self.root_grad and x.is_floating_point():
+        if report.unreached and not self.root_grad and any(t.is_floating_point() for t in _tensors(x)):
             self.root_grad = True
             tape.release()
             del loss
             tape, loss, report = self._pass(x, y, True)
         try:
-            inputs = [leaf for leaf, _ in tape.leaves] + ([tape.root] if tape.root.requires_grad else [])
+            inputs = [leaf for leaf, _ in tape.leaves] + [t for t in _tensors(tape.root) if t.requires_grad]
             if inputs and loss.requires_grad:
                 grads = torch.autograd.grad(loss, inputs, allow_unused=True)
                 for (_, call), g in zip(tape.leaves, grads):
@@ -206,8 +206,10 @@ class _Engine:
         """One forward with capture; returns the tape, the summed loss and what the graph says."""
         n = x.shape[0]
         root = _padded(x, self.fixed).detach()
-        if root_grad and root.is_floating_point():
-            root.requires_grad_()
+        if root_grad:
+            for t in _tensors(root):
+                if t.is_floating_point():
+                    t.requires_grad_()
         tape = Tape(self.trainable, root, layouts=self.layouts)
         try:
             with torch.enable_grad(), hooked(self.module, tape):
@@ -220,7 +222,7 @@ class _Engine:
         except BaseException:
             tape.release()
             raise
-        inputs = [leaf for leaf, _ in tape.leaves] + ([root] if root.requires_grad else [])
+        inputs = [leaf for leaf, _ in tape.leaves] + [t for t in _tensors(root) if t.requires_grad]
         return tape, loss, inspect_graph(loss.grad_fn, inputs, tape.calls, self.trainable)
 
     def _shared_norm_sq(self, used: list[tuple[Call, str]], mask, n: int) -> torch.Tensor:
@@ -252,8 +254,8 @@ class _Engine:
             warnings.warn(FALLBACK.format(n=len(new), names=shown) + (RECURRENT if recurrent else ""), stacklevel=5)
 
 
-def _interpret(gm: torch.fx.GraphModule, tape: Tape, x: torch.Tensor):
-    return GraphInterpreter(gm, tape).run(x)
+def _interpret(gm: torch.fx.GraphModule, tape: Tape, *inputs: torch.Tensor):
+    return GraphInterpreter(gm, tape).run(*inputs)
 
 
 def _disjoint(spans: list[tuple[int, int] | None]) -> bool:
@@ -270,11 +272,22 @@ def _row_chunks(n: int, elems_per_sample: int) -> Iterator[slice]:
         yield slice(start, min(n, start + step))
 
 
-def _padded(x: torch.Tensor, fixed: int | None) -> torch.Tensor:
+def _padded(x, fixed: int | None):
     """``x`` padded to a fixed batch by repeating its first row (the padding's outputs are dropped)."""
     if fixed is None or x.shape[0] == fixed:
         return x
-    return torch.cat([x, x[:1].expand(fixed - x.shape[0], *x.shape[1:])])
+    return _each(x, lambda t: torch.cat([t, t[:1].expand(fixed - t.shape[0], *t.shape[1:])]))
+
+
+def _tensors(x) -> tuple[torch.Tensor, ...]:
+    """The model's positional inputs in batch ``x``: a tensor, or the tensors of a multi-input batch
+    (``fairprune.data.Inputs``)."""
+    return tuple(getattr(x, "tensors", (x,)))
+
+
+def _each(x, fn):
+    """``fn`` applied to the tensor ``x``, or to each tensor of a multi-input batch."""
+    return x.map(fn) if hasattr(x, "tensors") else fn(x)
 
 
 # --- the slow path -----------------------------------------------------------------------------------------
@@ -315,7 +328,7 @@ def _unwrap(model) -> tuple[nn.Module, int | None]:
 
 
 def _check_batch(x, y) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] == 0:
+    if not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in _tensors(x)) or x.shape[0] == 0:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a batch tensor (B, ...) with B >= 1; got {got}")
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
