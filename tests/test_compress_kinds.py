@@ -137,6 +137,37 @@ def test_int8_dynamic_logits_of_a_batch_equal_row_at_a_time(case, pt2, tmp_path)
     assert "per token" in v.details["activation_granularity"]
 
 
+class PaddedText(nn.Module):
+    """Token 0 is padding: masked out of attention (a float mask, so scaled-dot-product attention runs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        h, _ = self.attn(h, h, h, key_padding_mask=ids == 0, need_weights=False)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("pt2", [False, True], ids=["module", "pt2"])
+def test_int8_dynamic_a_rows_logits_do_not_depend_on_its_neighbours(pt2, tmp_path):
+    ids = _ids(32, seed=4)
+    ids[:, 7:] = 0
+    model = _loaded(_seeded(PaddedText), ids[:4], pt2, tmp_path)
+    v = apply_variant(model, "int8_dynamic", example=ids[:8])
+    others = _ids(32, seed=5)
+    others[:, 5:] = 0
+    with torch.no_grad():
+        base = model_outputs(v.model, ids)
+        for keep in (0, 13, 31):                     # the same row among other neighbours, at the same batch size
+            mixed = others.clone()
+            mixed[keep] = ids[keep]
+            assert torch.equal(model_outputs(v.model, mixed)[keep], base[keep])
+
+
 @pytest.fixture
 def token_npz(tmp_path):
     rng = np.random.default_rng(1)

@@ -328,7 +328,9 @@ def _apply_int8_quantize_(state: _State, mode: str) -> None:
         state.details["activation_granularity"] = (
             "per sample: torchao quantizes a linear layer's input with one scale per row of its last dimension, "
             "i.e. per sample of an (N, D) input and per token of each sample of an (N, T, D) one, so a row's "
-            "prediction never depends on the rows evaluated beside it")
+            "prediction never depends on the rows evaluated beside it (where torch's float kernels sum in another "
+            "order for another batch size, a value within a float's last bit of an int8 rounding boundary may still "
+            "round the other way)")
     for n, m in linears.items():
         w = m.weight
         if type(w) is not torch.Tensor and type(w) is not nn.Parameter and hasattr(w, "dequantize"):
@@ -736,7 +738,9 @@ def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
             "per sample: torchao's PT2E converts dynamic activations per tensor (one scale per batch); fairprune "
             "quantizes a convolution's input with one scale per sample and a linear layer's input (attention "
             "projections included) with one scale per token of each sample (per row of an (N, D) input), "
-            "whatever the layout, so a row's prediction never depends on the rows evaluated beside it")
+            "whatever the layout, so a row's prediction never depends on the rows evaluated beside it (where torch's "
+            "float kernels sum in another order for another batch size, a value within a float's last bit of an "
+            "int8 rounding boundary may still round the other way)")
 
 
 def _apply_int8(state: _State, step: StepSpec) -> None:
