@@ -152,15 +152,18 @@ def test_auto_falls_back_to_finite_differences_only_where_exact_products_raise()
     assert "finite_difference" not in op2.methods_used and op2.max_rel_error is None and op2.fallback is None
 
 
-def test_quadratic_forms_by_forward_over_forward_equal_the_products():
+def test_row_part_quotients_by_forward_over_forward_equal_the_products():
     m, x, y = _mlp(torch.float64)
-    a = HessianOperator(m, x, y)                                 # auto: probes and row parts by forward-over-forward
-    b = HessianOperator(m, x, y, quadratic=False)                # the same, by Hessian-vector products
+    a = HessianOperator(m, x, y)                                 # auto: λ_max's row parts by forward-over-forward
+    b = HessianOperator(m, x, y, quadratic=False)                # the same, one Hessian-vector product per part
     ea, eb = max_eigenvalue(a, iterations=50, tol=1e-8, se_parts=4), max_eigenvalue(b, iterations=50, tol=1e-8,
                                                                                    se_parts=4)
     ta, tb = trace(a, probes=5, seed=1), trace(b, probes=5, seed=1)
     assert "forward_over_forward" in a.methods_used and "forward_over_forward" not in b.methods_used
-    assert a.products < b.products
+    assert a.products == b.products - 4 and a.quadratic_passes == 1
+    q = a.quadratic_rows(ea.vector)
+    assert q.shape == (len(x),) and float(q.mean()) == pytest.approx(float(sum((u * h).sum() for u, h in zip(
+        ea.vector, b.matvec(ea.vector)))), rel=1e-10)
     assert ea.value == pytest.approx(eb.value, rel=1e-10) and ea.se == pytest.approx(eb.se, rel=1e-6)
     np.testing.assert_allclose(ta.samples, tb.samples, rtol=1e-9)
 

@@ -7,11 +7,16 @@ margin and uncertainty, mean boundary distance or None). :func:`diagnostics_sect
 model's and each level's diagnostics into the result JSON's ``diagnostics`` section, with the
 extras a reader may use (Theorem 1's terms, the factor reading, the flipped samples, distributions).
 
-Cost [fairprune]: per model, one inference pass, one per-sample-gradient pass and one gradient pass
-over the rows, plus per group (power iterations + probes + 1) Hessian-vector products on a seeded
-sample of at most ``hessian_rows`` rows (the same rows for the dense model and every level, so level
-differences are not sampling noise). Each level's power iteration starts from the dense model's
-eigenvector of the same group, so it usually stops after a few products.
+Cost [fairprune]: per model, one per-sample-gradient pass (whose forward gives the per-sample outputs) and one
+gradient pass over the rows, plus per group (power iterations + probes) Hessian-vector products and one
+forward-over-forward pass (λ_max's row-part quotients) on a seeded sample of at most ``hessian_rows`` rows (the
+same rows for the dense model and every level, so level differences are not sampling noise). Each level's power
+iteration starts from the dense model's eigenvector of the same group, so it usually stops after a few products.
+
+Degrade per factor [fairprune] (issue 15): each factor (group gradient norm, per-sample gradient norms, margins and
+uncertainty, Hessian per group, boundary distance per group) runs on its own; one that raises leaves its DIAG keys
+None and says why in ``warnings`` (:data:`FACTOR_KEYS`), the others are kept; and an audit keeps its levels even
+when a model's diagnostics fail outside any factor (every figure None, the reason in ``warnings``).
 """
 
 from __future__ import annotations
@@ -69,7 +74,9 @@ class DiagnosticsConfig:
         exceeds the matrix's on average), the more so the fewer rows: compare groups on equal row counts.
     power_iterations / power_tol: cap and relative stopping tolerance of the power iteration.
     hutchinson_probes: Rademacher probes for the trace. se_parts: row-parts for λ_max's sampling SE.
-    hvp: "auto" (forward-over-reverse, falling back to double backward), or either one.
+    hvp: "auto" (double backward when the rows fit one batch, else reverse-over-forward; double backward where
+        torch.func refuses the module; finite differences, with their error stated, where no exact product runs),
+        or one of :data:`fairprune.engine.diagnose.HVP_METHODS` by name (never swapped).
     boundary: also measure the input-space boundary distance, on ``boundary_rows`` rows per group,
     ε up to ``boundary_max_eps`` (input units, L∞) with ``boundary_attack`` ("fgsm" or "pgd").
     flips_cap: flipped-sample indices kept per group and level. seed: None -> the audit's seed.
@@ -134,10 +141,11 @@ class ModelDiagnostics:
         where not measured).
     groups: group -> DIAG (:data:`DIAG_KEYS`); None for a figure that was not computed.
     details: group -> how the Hessian figures were obtained (rows, iterations, converged, probes).
-    hvp_method: the Hessian-vector product(s) used ("+"-joined); hvp_fallback: why "auto" could not use
-        torch.func, if it could not.
+    hvp_method: the Hessian-vector product(s) used ("+"-joined); hvp_fallback: why "auto" could not use the
+        product it picked first (torch.func refused the module, no exact product runs), if it could not.
     warnings: what an auditor must know about these figures: parameters whose gradient norms came from
-        the exact per-sample loop (no rule covers them), Hessian figures not computed and why.
+        the exact per-sample loop (no rule covers them), Hessian figures from finite differences, any factor not
+        computed (its figures null) and why.
     """
 
     samples: object
