@@ -381,6 +381,24 @@ def test_checks_before_transformers_reads_anything(hf, tmp_path):
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "../model.safetensors"}}))
     with pytest.raises(InputError, match="shard file names in this folder"):
         load_model(sharded)
+    # sharded safetensors load; a pickle beside safetensors is never opened (unpickling it would create a file)
+    shards = tmp_path / "shards"
+    load_model(hf["bert"]).module.hf.save_pretrained(shards, max_shard_size="40KB")
+    assert len(list(shards.glob("model-*.safetensors"))) >= 2
+    assert load_model(shards).kind == "hf"
+    both = tmp_path / "both"
+    shutil.copytree(hf["bert"], both)
+    flag = tmp_path / "unpickled"
+    (both / "pytorch_model.bin").write_bytes(
+        b"cos\nsystem\n(V" + f"touch {flag}".encode() + b"\ntR.")     # os.system("touch ...") when unpickled
+    assert load_model(both).kind == "hf" and not flag.exists()
+    # a tokenizer naming code of its own is refused before transformers loads it
+    from fairprune.data import load_dataset
+
+    cfg = json.loads((both / "tokenizer_config.json").read_text())
+    (both / "tokenizer_config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoTokenizer": ["evil.Tok", None]}}))
+    with pytest.raises(InputError, match="tokenizer_config.json names code of its own"):
+        load_dataset(hf["csv"], text="text", tokenizer=both, max_length=8)
     # --arch does not apply to a checkpoint folder
     with pytest.raises(InputError, match="--arch"):
         load_model(hf["bert"], arch="mlp")
