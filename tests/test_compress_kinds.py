@@ -297,6 +297,24 @@ def test_a_decomposed_pt2s_addmm_layers_are_quantized_as_linear_layers(tmp_path)
     torch.testing.assert_close(got, rows, atol=1e-5, rtol=0)
 
 
+def test_an_attention_model_export_cannot_capture_falls_back_to_quantize_and_says_what_stayed_float():
+    class Branchy(PaddedText):
+        def forward(self, ids):
+            h = self.emb(ids)
+            if float(h.sum()) > -1e9:                # data-dependent Python control flow: torch.export refuses it
+                h, _ = self.attn(h, h, h, need_weights=False)
+            return self.head(h.mean(1))
+
+    module = _seeded(Branchy)
+    v = apply_variant(module, "int8_dynamic", example=_ids(8))
+    assert v.details["backend"] == "torchao.quantize_"
+    assert "torch.export could not capture" in v.details["backend_fallback"]
+    assert v.quantized_by_kind["linear"] == {"quantized": 48, "total": 48}
+    assert v.quantized_by_kind["attention"] == {"quantized": 0, "total": 48 * 16 + 16 * 16}
+    assert v.details["not_quantized"]["attention"]["reason"] == v.details["backend_fallback"]
+    assert type(v.module.attn.in_proj_weight) is nn.Parameter
+
+
 # ---- 3. weight-normalised / weight-standardised convolutions -------------------------------------------------
 class WSConv(nn.Conv2d):
     def forward(self, x):

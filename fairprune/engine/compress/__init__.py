@@ -42,7 +42,7 @@ def __getattr__(name):
 
 __all__ = ["CALIBRATION_ROWS", "Calibration", "CompressionMethod", "INT4_CPU", "Option", "StepSpec", "Variant",
            "VariantResult", "VariantSpec", "apply_variant", "compression_help", "get_compression",
-           "list_compressions", "measure_variant", "parse_variant", "parse_variants", "per_sample_int8", "per_token_int8",
-           "QUANTIZED_KINDS", "quantized_by_kind",
+           "list_compressions", "measure_variant", "parse_variant", "parse_variants", "per_sample_int8",
+           "per_token_int8", "QUANTIZED_KINDS", "quantized_by_kind",
            "register_compression", "select_calibration", "variant_diagnostics", "variant_seed", "variant_size",
            "variant_tensors"]

@@ -49,8 +49,8 @@ from ...core.errors import InputError
 from ..prune import PRUNABLE_KINDS, nm_masks
 from ._registry import StepSpec, VariantSpec, parse_variant
 
-__all__ = ["Calibration", "Variant", "apply_variant", "Int8Quantizer", "per_sample_int8", "per_token_int8", "QUANTIZED_KINDS",
-           "quantized_by_kind", "INT4_CPU"]
+__all__ = ["Calibration", "Variant", "apply_variant", "Int8Quantizer", "per_sample_int8", "per_token_int8",
+           "QUANTIZED_KINDS", "quantized_by_kind", "INT4_CPU"]
 
 INT4_CPU = ("int4_weight cannot run on CPU here: torchao 0.18's Int4WeightOnlyConfig packs int4 weights for the "
             "`mslk` kernel package (plain format; not installed, and a CUDA kernel library) or for CUDA's tinygemm "
@@ -767,8 +767,8 @@ def _apply_int8(state: _State, step: StepSpec) -> None:
         state.float_note = None
         _apply_int8_quantize_(state, mode)
         state.details["backend_fallback"] = (
-            f"torch.export could not capture the model for PT2E ({err}), so torchao's quantize_ quantized its "
-            "nn.Linear layers; nn.MultiheadAttention's in-projections (in_proj_weight) stay float32")
+            f"{err}; so torchao's quantize_ quantized the nn.Linear layers instead, and nn.MultiheadAttention's "
+            "projections (in_proj_weight, and out_proj, which quantize_ skips) stay float32")
 
 
 def _apply_int4(state: _State, step: StepSpec) -> None:
