@@ -168,7 +168,7 @@ def save_pt2(module: nn.Module, example_input: torch.Tensor, path: str | Path) -
         raise ValueError(f"example_input must be a batch tensor (N, ...) with N >= 1; got {got}")
     if args[0].shape[0] == 1:
         args = tuple(torch.cat([a, a]) for a in args)
-    if isinstance(module, ExportedModule) and len(args) > 1:
+    if isinstance(module, ExportedModule):
         # export traces named parameters, not ExportedModule's *inputs; the program is already in eval form (its
         # module has no working .eval())
         batch = torch.export.Dim("batch", min=1)
