@@ -16,7 +16,7 @@ __all__ = ["run_mitigate", "spec_from_args", "text_summary"]
 
 def spec_from_args(args) -> MitigationSpec:
     from ..zoo import parse_arch_args
-    from .cli import input_options
+    from ._options import input_options
 
     if args.sparsity is None:
         raise InputError("--sparsity is required, e.g. --sparsity 0.9")

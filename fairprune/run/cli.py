@@ -11,6 +11,7 @@ import sys
 import warnings
 
 from ..core.errors import Cancelled, InputError
+from ._options import input_options
 
 EXIT_OK, EXIT_BUDGET, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 REPORT_BUGS = "please report it with the command you ran at the fairprune issue tracker (run again with --debug for the traceback)"
@@ -115,11 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the architectures --arch accepts, with their arguments")
     sub.add_parser("demo", help="list the built-in demos")
     return parser
-
-
-def input_options(args) -> dict:
-    """The InputSpec keys of --inputs, --text and --max-length."""
-    return dict(inputs=tuple(args.inputs) if args.inputs else None, text=args.text, max_length=args.max_length)
 
 
 def _spec(args, **extra):
