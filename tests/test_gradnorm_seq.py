@@ -364,3 +364,44 @@ def test_multi_input_batch(kind, tmp_path):
     x = Inputs([ids, ids == 0], ["input_ids", "padding"])
     run = model if kind == "module" else as_pt2(model, x, tmp_path)
     assert_fast_and_exact(run, x, y, reference=model)
+
+
+class OwnForwardLinear(nn.Linear):
+    """Overrides forward but applies its own weight with F.linear (sequence-first input): covered."""
+
+    def forward(self, x):
+        return F.linear(x.transpose(0, 1), self.weight, self.bias).transpose(0, 1)
+
+
+class ScaledLinear(nn.Linear):
+    """Applies a weight computed from its parameter: no rule may claim it."""
+
+    def forward(self, x):
+        return F.linear(x, self.weight * 2.0, self.bias)
+
+
+class Functional(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.inner(x.reshape(x.shape[0], -1, 4)))
+        h = F.layer_norm(h, (8,), self.norm.weight * 1.0, self.norm.bias)      # a computed weight again
+        return self.head(h.mean(1))
+
+
+def test_functional_uses_of_a_layers_own_parameters():
+    torch.manual_seed(13)
+    x, y = _xy(5)
+    model = Functional(OwnForwardLinear(4, 8)).double().eval()
+    got, want, said = fast_and_loop(model, x, y)
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=0)
+    assert len(said) == 1 and "norm.weight" in said[0] and "inner" not in said[0], said
+    model = Functional(ScaledLinear(4, 8)).double().eval()
+    got, want, said = fast_and_loop(model, x, y)
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=0)
+    # the computed weight loops; the bias, applied as it is, does not
+    assert len(said) == 1 and "inner.weight" in said[0] and "inner.bias" not in said[0], said

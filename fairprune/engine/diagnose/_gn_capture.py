@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from . import _gn_attention, _gn_rules  # noqa: F401  (registers every rule)
 from ._gn_registry import ATEN_RULES, KINDS, AtenCall, Call, module_extractor, module_forward
-from ._gn_rules import param_call
+from ._gn_rules import _ln_call, param_call
 
 __all__ = ["Tape", "hooked", "exported_graph", "GraphInterpreter", "inspect_graph", "GraphReport", "sample_layouts"]
 
@@ -216,9 +217,25 @@ def _param_ops() -> dict:
 _PARAM_OPS = _param_ops()
 
 
+def _functional(func, args: tuple, kwargs: dict, out) -> Call | None:
+    """``F.linear`` / ``F.layer_norm`` called directly on parameters (torchvision's ``LayerNorm2d`` overrides
+    ``forward`` and calls ``F.layer_norm`` on its own weight): the same Call as the layer's rule makes."""
+    def arg(i, name, default=None):
+        return args[i] if len(args) > i else kwargs.get(name, default)
+
+    if func is F.linear:
+        return Call("linear", {"weight": arg(1, "weight"), "bias": arg(2, "bias")}, arg(0, "input"), out)
+    if func is F.layer_norm:
+        return _ln_call(arg(2, "weight"), arg(3, "bias"), arg(0, "input"), out, arg(1, "normalized_shape"),
+                        arg(4, "eps", 1e-5))
+    return None
+
+
 class _ParamOps(TorchFunctionMode):
     """Records ``x + P``, ``x * P`` and ``P.expand(...)`` for the parameters ``loose`` (ids) on ``tape``
-    (out-of-place ops only: an in-place one changes a tensor another op may already have saved)."""
+    (out-of-place ops only: an in-place one changes a tensor another op may already have saved), and
+    ``F.linear`` / ``F.layer_norm`` whose parameters are all loose (a layer that overrides ``forward`` but
+    still applies its own weight with the functional op)."""
 
     def __init__(self, tape: Tape, loose: set[int]):
         super().__init__()
@@ -230,6 +247,17 @@ class _ParamOps(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if func is F.linear or func is F.layer_norm:
+            call = _functional(func, args, kwargs, out)
+            params = [p for p in call.params.values() if p is not None]
+            if not params or not all(self._is_loose(p) or id(p) not in self.tape.trainable for p in params) \
+                    or not isinstance(call.inp, torch.Tensor):
+                return out
+            named = next((self.tape.trainable[id(p)] for p in params if id(p) in self.tape.trainable), None)
+            if named is None:
+                return out
+            new = self.tape.record(call, ("functional", call.kind, named))
+            return out if new is None else new
         op = _PARAM_OPS.get(func)
         if op is None or len(args) < 1 or set(kwargs) - {"alpha"} or kwargs.get("alpha", 1) != 1:
             return out
