@@ -28,6 +28,7 @@ from fairprune.engine.audit import audit
 from fairprune.engine.diagnose import DIAG_KEYS, DiagnosticsConfig, HessianOperator, diagnose, max_eigenvalue, trace
 from fairprune.engine.diagnose import _hessian, _run
 from fairprune.engine.diagnose._hessian import _axpy, _norm, hvp_finite_difference
+from fairprune.core.errors import InputError
 from fairprune.run.cli import main
 from fairprune.zoo import LoadedModel
 
@@ -332,3 +333,23 @@ def test_diagnose_model_in_isolation_records_method_per_group():
     for g in ("a", "b"):
         assert d.groups[g]["hessian_method"] == "double_backward+forward_over_forward"
         assert d.groups[g]["hessian_hvp_rel_error"] is None
+
+
+def test_fewer_probes_only_when_the_standard_error_is_already_small():
+    m, x, y = _mlp(torch.float64)
+    op = HessianOperator(m, x, y)
+    full = trace(op, probes=10, seed=4)
+    loose = trace(op, probes=10, seed=4, rel_se=1e9)          # any SE is "small": stops at the minimum
+    tight = trace(op, probes=10, seed=4, rel_se=1e-12)        # never small enough: every probe
+    assert loose.probes == _hessian.MIN_PROBES and loose.samples == full.samples[:_hessian.MIN_PROBES]
+    assert tight.probes == 10 and tight.value == full.value
+    assert full.se <= 1e9 * abs(full.value)
+    r = 0.5 * full.se / abs(full.value)                      # stops once se <= r·|mean|, never before 4 probes
+    mid = trace(op, probes=10, seed=4, rel_se=r)
+    assert _hessian.MIN_PROBES <= mid.probes <= 10 and (mid.probes == 10 or mid.se <= r * abs(mid.value))
+    for bad in (0, -1.0, True, "x"):
+        with pytest.raises(InputError, match="hutchinson_rel_se"):
+            DiagnosticsConfig(hutchinson_rel_se=bad)
+    d = diagnose(LoadedModel.from_module(_mlp(torch.float32)[0], name="mlp"), _table(),
+                 config=DiagnosticsConfig(**{**FAST, "hutchinson_probes": 6}, hutchinson_rel_se=1e9))
+    assert all(d.details[g]["probes"] == _hessian.MIN_PROBES for g in ("a", "b"))

@@ -594,22 +594,40 @@ def max_eigenvalue(op: HessianOperator, *, iterations: int = 20, tol: float = 1e
     return EigenEstimate(float(lam), float(se), its, conv, v, err)
 
 
-def trace(op: HessianOperator, *, probes: int = 10, seed: int = 0,
+#: fewest probes before ``rel_se`` may stop Hutchinson early (a standard error from fewer is too unsteady to trust)
+MIN_PROBES = 4
+
+
+def _mean_se(samples: Sequence[float]) -> tuple[float, float]:
+    k = len(samples)
+    mean = sum(samples) / k
+    se = math.sqrt(sum((s - mean) ** 2 for s in samples) / (k - 1) / k) if k > 1 else float("nan")
+    return mean, se
+
+
+def trace(op: HessianOperator, *, probes: int = 10, seed: int = 0, rel_se: float | None = None,
           cancel: Callable[[], bool] | None = None) -> TraceEstimate:
-    """Tr(H_a) by Hutchinson's estimator with ``probes`` Rademacher vectors (seeded); SE over probes."""
+    """Tr(H_a) by Hutchinson's estimator with ``probes`` Rademacher vectors (seeded); SE over probes.
+
+    ``rel_se`` (opt-in, [fairprune]): stop after :data:`MIN_PROBES` or more probes once the standard error is at
+    most ``rel_se`` times |mean| (the estimate then says how many probes it used); None: always ``probes``."""
     if probes < 1:
         raise ValueError(f"probes must be >= 1; received {probes}")
     g = torch.Generator().manual_seed(seed)
     samples, errors = [], []
-    for _ in range(probes):
+    for k in range(1, probes + 1):
         _check_cancel(cancel)
         z = op.rademacher(g)
         samples.append(_dot(z, op.matvec(z)))
         errors.append(_fd_error(op, z))
-    mean = sum(samples) / probes
-    se = math.sqrt(sum((s - mean) ** 2 for s in samples) / (probes - 1) / probes) if probes > 1 else float("nan")
-    err = None if all(e is None for e in errors) else sum(e or 0.0 for e in errors) / probes
-    return TraceEstimate(float(mean), float(se), probes, tuple(samples), err)
+        if rel_se is not None and k >= MIN_PROBES and k < probes:
+            mean, se = _mean_se(samples)
+            if se <= rel_se * abs(mean):
+                break
+    mean, se = _mean_se(samples)
+    n = len(samples)
+    err = None if all(e is None for e in errors) else sum(e or 0.0 for e in errors) / n
+    return TraceEstimate(float(mean), float(se), n, tuple(samples), err)
 
 
 def flatten(v: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -74,6 +74,9 @@ class DiagnosticsConfig:
         exceeds the matrix's on average), the more so the fewer rows: compare groups on equal row counts.
     power_iterations / power_tol: cap and relative stopping tolerance of the power iteration.
     hutchinson_probes: Rademacher probes for the trace. se_parts: row-parts for λ_max's sampling SE.
+    hutchinson_rel_se: None (default): always ``hutchinson_probes`` probes; a number r > 0: stop after 4 or more
+        probes once the trace's standard error is at most r·|trace| (fewer products where the estimate is already
+        tight; the probes used are in ``details``).
     hvp: "auto" (double backward when the rows fit one batch, else reverse-over-forward; double backward where
         torch.func refuses the module; finite differences, with their error stated, where no exact product runs),
         or one of :data:`fairprune.engine.diagnose.HVP_METHODS` by name (never swapped).
@@ -86,6 +89,7 @@ class DiagnosticsConfig:
     power_iterations: int = 20
     power_tol: float = 1e-2
     hutchinson_probes: int = 8
+    hutchinson_rel_se: float | None = None
     se_parts: int = 4
     hvp: str = "auto"
     boundary: bool = False
@@ -100,6 +104,9 @@ class DiagnosticsConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"diagnostics option {name} must be a whole number >= 1; received {v!r}")
+        r = self.hutchinson_rel_se
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0):
+            raise InputError(f"diagnostics option hutchinson_rel_se must be null or a number > 0; received {r!r}")
         if not isinstance(self.power_tol, (int, float)) or not self.power_tol > 0:
             raise InputError(f"diagnostics option power_tol must be a number > 0; received {self.power_tol!r}")
         if self.hvp not in HVP_METHODS:
@@ -355,7 +362,8 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
                                      fixed_batch_size=model.fixed_batch_size)
                 eig = max_eigenvalue(op, iterations=cfg.power_iterations, tol=cfg.power_tol, seed=seed + 7919 * gi,
                                      init=(init or {}).get(g), se_parts=cfg.se_parts, cancel=cancel)
-                tr = trace(op, probes=cfg.hutchinson_probes, seed=seed + 104729 * (gi + 1), cancel=cancel)
+                tr = trace(op, probes=cfg.hutchinson_probes, seed=seed + 104729 * (gi + 1),
+                           rel_se=cfg.hutchinson_rel_se, cancel=cancel)
             except Cancelled:
                 raise
             except Exception as err:  # noqa: BLE001 - degrade per factor: the Hessian's figures stay null
