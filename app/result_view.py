@@ -287,7 +287,7 @@ def provenance(result: AuditResult) -> None:
     steps = list(getattr(p, "preprocessing", None) or ())
     if steps:
         st.markdown("**From file to model input** (the data's preprocessing, in order)")
-        st.markdown("\n".join(f"{i}. {widgets.escape_markdown(step)}" for i, step in enumerate(steps, 1)))
+        st.markdown("\n".join(f"{i}. {widgets.message(step)}" for i, step in enumerate(steps, 1)))
 
 
 COMPRESSION_HELP = (

@@ -63,7 +63,7 @@ def _preview_data(data) -> None:
     if steps:
         st.markdown("**From file to model input**", help="The steps each row goes through, in order; the results "
                     "and the report list them with what was audited.")
-        st.markdown("\n".join(f"{i}. {widgets.escape_markdown(step)}" for i, step in enumerate(steps, 1)))
+        st.markdown("\n".join(f"{i}. {widgets.message(step)}" for i, step in enumerate(steps, 1)))
     if data.frame is not None:
         st.caption(f"First rows of {data.name} ({data.n:,} rows)")
         st.dataframe(data.frame.head(8), hide_index=True, width="stretch")
@@ -261,6 +261,7 @@ def _checkpoint_section(path: Path) -> dict:
         loaded = _load_model(str(path), path.stat().st_mtime, None, None, (), False)
         out["hf_task"] = hf_task(path)
         out["hf_preprocessing"] = hf_image_preprocessing(path) if out["hf_task"] == "image" else None
+        out["max_tokens"] = _max_tokens(path)
     except InputError as err:
         show_input_error(err, path)
         return out
@@ -274,6 +275,17 @@ def _checkpoint_section(path: Path) -> dict:
     out["valid"] = True
     out["loaded"] = loaded
     return out
+
+
+def _max_tokens(folder: Path) -> int | None:
+    """The most tokens a text checkpoint takes per row (config.json's max_position_embeddings), None if unsaid."""
+    import json
+
+    try:
+        n = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(n) if isinstance(n, int) and n > 0 else None
 
 
 PREP_MODES = {"none": "As stored (every image has one size)", "resize": "Resize and crop",
@@ -341,8 +353,9 @@ def preprocessing_section(prev: dict, model: dict | None) -> tuple[dict, str | N
     return out, None
 
 
-def text_section(prev: dict, columns: list[str], taken: list[str]) -> tuple[dict, str | None]:
-    """A text checkpoint: the column of raw text its tokenizer reads, and how many tokens a row keeps."""
+def text_section(prev: dict, columns: list[str], taken: list[str], limit: int | None = None) -> tuple[dict, str | None]:
+    """A text checkpoint: the column of raw text its tokenizer reads, and how many tokens a row keeps (at most
+    ``limit``, the checkpoint's own; default 128 or that limit)."""
     choices = [c for c in columns if c not in taken]
     default = prev.get("text") if prev.get("text") in choices else ("text" if "text" in choices else None)
     c1, c2 = st.columns([2, 1])
@@ -350,10 +363,12 @@ def text_section(prev: dict, columns: list[str], taken: list[str]) -> tuple[dict
                         placeholder="Choose the text column",
                         help="The column of raw text, tokenised by the checkpoint's own tokenizer (padding and "
                              "truncation are listed with the results).")
-    max_length = c2.number_input("Max length (tokens)", min_value=1, max_value=4096, step=1, key="data-max-length",
-                                 value=int(prev.get("max_length") or 128),
+    top = limit or 4096
+    max_length = c2.number_input("Max length (tokens)", min_value=1, max_value=top, step=1, key="data-max-length",
+                                 value=min(int(prev.get("max_length") or 128), top),
                                  help="Tokens per row: longer texts are truncated (the results say how many), "
-                                      "shorter ones padded.")
+                                      "shorter ones padded." + (f" This checkpoint takes at most {limit}." if limit
+                                                                 else ""))
     if not text:
         return {"max_length": int(max_length)}, "Choose the text column above; the texts are read once it is chosen."
     return {"text": text, "max_length": int(max_length)}, None
@@ -392,7 +407,7 @@ def data_section(prev: dict, model: dict | None = None) -> dict | None:
     # what turns each row into the model's input: a text checkpoint's tokenizer, or an image set's preprocessing
     prep, waiting = {}, None
     if (model or {}).get("hf_task") == "text" and columns:
-        prep, waiting = text_section(prev, columns, [c for c in [label, *group] if c])
+        prep, waiting = text_section(prev, columns, [c for c in [label, *group] if c], model.get("max_tokens"))
         if prep.get("text"):
             prep["tokenizer"] = model["path"]
     elif files.is_image_set(path):
