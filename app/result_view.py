@@ -469,15 +469,15 @@ def frontier_table(res: dict) -> pd.DataFrame:
         rec = (entry.get("recommended") or {}).get("sparsity")
         for p in sorted(entry.get("frontier") or [], key=lambda p: p["sparsity"]):
             rows.append({"method": name, "sparsity": plots.sparsity_label(p["sparsity"]),
+                         "recommended": "★ recommended" if rec is not None and p["sparsity"] == rec else "",
+                         "within budget": "yes" if p.get("feasible") else "no",
                          "overall accuracy": pct(p.get("overall_accuracy")),
                          "overall drop (pts)": points(p.get("overall_drop")),
                          "violation (pts)": points(p.get("violation"), signed=False),
                          "95% CI of violation": interval(p.get("violation_ci95")),
                          "worst group": p.get("worst_group") or MISSING,
                          "its drop (pts)": points(p.get("worst_group_drop")),
-                         "size (kB)": kilobytes(p.get("size_bytes")),
-                         "within budget": "yes" if p.get("feasible") else "no",
-                         "recommended": "★ recommended" if rec is not None and p["sparsity"] == rec else ""})
+                         "size (kB)": kilobytes(p.get("size_bytes"))})
     return pd.DataFrame(rows)
 
 

@@ -330,9 +330,10 @@ def test_operating_point_table_speaks_one_format(server, page):
     grid.locator('[role="gridcell"]', has_text="94.9%").first.wait_for(state="attached")
     rows = [r.locator('[role="gridcell"]').all_inner_texts() for r in grid.locator('[role="row"]').all()]
     rows = [r for r in rows if r]
-    assert [r[1:5] for r in rows] == [["50%", "94.9%", "+0.5", "1.2"], ["97.5%", "50.0%", "-1.0", "20.0"]], rows
+    assert [r[1:7] for r in rows] == [["50%", "★ recommended", "yes", "94.9%", "+0.5", "1.2"],
+                                      ["97.5%", "", "no", "50.0%", "-1.0", "20.0"]], rows
     cells = [c for r in rows for c in r]
-    assert "—" in cells and "0.1 to 3.5" in cells and "★ recommended" in cells
+    assert "—" in cells and "0.1 to 3.5" in cells, repr(rows)
     assert not any(c in ("0.5", "0.975", "None") or "94.93" in c for c in cells), cells
     no_exception(page)
     screenshot(page, "search_table_format.png")
