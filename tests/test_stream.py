@@ -78,6 +78,7 @@ def test_streamed_folder_has_the_eager_pixels_fingerprint_and_steps(tmp_path, mo
     # positions (engine callers: data.x[t]) decode just those rows, in the order given
     t = torch.tensor([20, 3, 3, 0])
     assert torch.equal(lazy.x[t], eager.x[t]) and torch.equal(lazy.x[5], eager.x[5])
+    assert torch.equal(lazy.x[5, 0], eager.x[5, 0]) and torch.equal(lazy.x[2:4, 1:], eager.x[2:4, 1:])
     # a subset stays on disk, and reads the right rows
     mask = np.arange(21) % 3 == 1
     sub = lazy.subset(mask)

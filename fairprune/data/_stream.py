@@ -203,7 +203,12 @@ class ImageFiles:
         return self.numel()
 
     def __getitem__(self, index) -> torch.Tensor:
-        """Rows ``index`` decoded now: uint8 (k, C, H, W), or (C, H, W) for one int."""
+        """Rows ``index`` decoded now: uint8 (k, C, H, W), or (C, H, W) for one int; ``x[rows, more]`` indexes the
+        decoded rows further, as a tensor would."""
+        if isinstance(index, tuple):
+            head, rest = index[0], index[1:]
+            rows = self[head]
+            return rows[rest] if isinstance(head, (int, np.integer)) else rows[(slice(None), *rest)]
         if isinstance(index, (int, np.integer)):
             return self.decode_rows([_position(int(index), len(self))])[0]
         return self.decode_rows(self._positions(index))
