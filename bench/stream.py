@@ -267,7 +267,8 @@ def main(argv=None) -> int:
     passes = 2
     per_image = (audit["wall"] - load["wall"]) / (passes * args.n)
     bare_per_image = bare["seconds"] / bare["images"]
-    print(f"fairprune audit (dense + 1 level): {audit['wall']:.1f} s, {1 / per_image:.0f} images/s per pass after loading, "
+    print(f"fairprune audit (dense + 1 level): {audit['wall']:.1f} s, {1 / per_image:.0f} images/s per pass "
+          f"after loading, "
           f"peak RSS {audit['hwm_mib']:.0f} MiB, tree PSS {audit['pss_mib']:.0f} MiB "
           f"(processes at most: {audit['processes']}); dense accuracy {result['dense']['overall']['accuracy']:.3f} "
           f"(bare loop {bare['accuracy']:.3f}), loss {result['dense']['overall']['loss']:.6f} (bare loop "
