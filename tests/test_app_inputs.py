@@ -125,6 +125,12 @@ def test_an_image_folder_from_the_server_is_resized_cropped_and_audited(served_i
     assert done.status == "done", done.error
     steps = done.result["provenance"]["preprocessing"]
     assert any(s.startswith("resize: shorter side to 8") for s in steps), steps
+    from fairprune.core.result import AuditResult
+    from fairprune.present.report import render_html
+
+    report = render_html(AuditResult.from_dict(done.result))          # the report's inputs list the steps too
+    assert "<th>preprocessing</th>" in report
+    assert "centre crop: 8x8" in report and "resize: shorter side to 8" in report
     at = open_page(at, "pages_/results.py", run=run.id)
     assert_clean(at)
     shown = texts(at)

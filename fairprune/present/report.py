@@ -785,6 +785,7 @@ def _provenance(result: AuditResult | None, mitigation: Mapping | None, rendered
                  ("data SHA-256", p.data_sha256),
                  ("label column", p.label), ("group columns", " & ".join(p.group_columns)),
                  ("features", f"{p.n_features:,}"),
+                 *([("preprocessing", " → ".join(p.preprocessing))] if getattr(p, "preprocessing", None) else []),
                  ("pruning method", c.method), ("sparsities", ", ".join(plots.sparsity_label(s) for s in c.sparsities)),
                  ("fine-tuning epochs", str(c.finetune_epochs)), ("seed", str(c.seed)), ("device", c.device),
                  ("fairprune version (audit)", p.fairprune_version), ("torch version", p.torch_version)]
