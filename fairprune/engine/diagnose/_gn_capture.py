@@ -186,7 +186,7 @@ def hooked(module: nn.Module, tape: Tape) -> Iterator[None]:
     covered: set[int] = set()
     try:
         for m in module.modules():
-            forward = module_forward(m)
+            forward = module_forward(m) if "forward" not in vars(m) else None     # not over a forward of its own
             if forward is not None:
                 m.forward = partial(forward, m, tape.record)
                 replaced.append(m)
