@@ -31,7 +31,8 @@ from torch import nn
 
 from ...core.errors import Cancelled
 from ..evaluate import loss_fn, module_outputs
-from ._gn_capture import GraphInterpreter, Tape, exported_graph, hooked, inspect_graph, sample_layouts
+from ._gn_capture import Tape, hooked, inspect_graph, sample_layouts
+from ._gn_graph import GraphInterpreter, exported_graph
 from ._gn_registry import KINDS, Call
 
 __all__ = ["per_sample_grad_norms", "per_sample_grad_norms_batch", "per_sample_grad_norms_reference"]
