@@ -93,7 +93,7 @@ def load_text_csv(path: Path, *, text: str, tokenizer, max_length: int, label: s
     steps = (
         f"text column {text!r} tokenised by the checkpoint's own tokenizer: {type(tok).__name__} "
         f"(vocabulary {_vocab_size(tok):,} tokens) from {folder.name}",
-        f"padding='max_length', truncation=True, max_length={max_length} tokens (--max-length): "
+        f"padding='max_length', truncation=True, max_length={max_length} tokens: "
         f"{truncated:,} of {n:,} rows truncated (longest {longest:,} tokens)",
     )
     return GroupedDataset(
