@@ -46,6 +46,17 @@ def _demo_summary(name: str) -> dict:
     return files.model_summary(LoadedModel.from_module(demo_model(name), name=name))
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def _server_folders(kind: str, roots: tuple[str, ...]) -> dict[str, Path]:
+    """files.server_folders, walked at most every 30 s (a folder of 100,000 images is listed once, not per rerun)."""
+    return files.server_folders(kind)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def _server_files(types: tuple[str, ...], roots: tuple[str, ...]) -> dict[str, Path]:
+    return files.server_files(list(types))
+
+
 def _preview_data(data) -> None:
     """Group sizes (of the rows that will be measured) and the first rows of the file."""
     measured = data.part("test") if data.split is not None else data
@@ -109,8 +120,8 @@ def _pick_file(kind: str, types: list[str], help_text: str, prev: dict) -> Path 
                        "to replace it.")
             return Path(staged[1])
         return None
-    folders = files.server_folders(kind)
-    offered = {**folders, **files.server_files(types)}
+    folders = _server_folders(kind, tuple(map(str, files.data_dirs())))
+    offered = {**folders, **_server_files(tuple(types), tuple(map(str, files.data_dirs())))}
     what = "image folders" if kind == "data" else "Hugging Face checkpoint folders"
     if not offered:
         st.info(f"No {kind} files ({', '.join('.' + t for t in types)}) or {what} in the server folders.")
