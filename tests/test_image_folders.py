@@ -214,7 +214,7 @@ def test_resize_on_a_table_is_refused(tmp_path):
     csv.write_text("f1,label,group\n1.0,0,a\n2.0,1,b\n")
     with pytest.raises(InputError, match=r"t.csv: --resize applies to image sets only"):
         load_dataset(csv, resize=8)
-    assert not hasattr(load_dataset(csv), "preprocessing")
+    assert load_dataset(csv).preprocessing == ()
 
 
 def test_transforms_preset_matches_torchvision_and_records_its_steps(tmp_path):

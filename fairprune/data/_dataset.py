@@ -1,7 +1,8 @@
 """GroupedDataset: the one in-memory form every loader produces and every computation reads.
 
 Samples are (x_i, a_i, y_i) as in the paper: features, group, class label. Features are kept as one
-tensor; images may be kept as uint8 and turned into float [0, 1] (and normalised, if asked) one batch
+tensor, as an :class:`Inputs` of several (a model with several positional inputs), or, for an image set larger
+than memory, as an ``ImageFiles`` store that decodes rows from disk when they are read; images may be kept as uint8 and turned into float [0, 1] (and normalised, if asked) one batch
 at a time, so a large image set costs 1 byte per pixel at rest, not 4.
 """
 
