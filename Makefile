@@ -24,7 +24,7 @@ chromium:
 
 run: venv
 	@if [ -f app/main.py ]; then \
-		$(VENV)/bin/streamlit run app/main.py --server.port $(PORT) --server.headless true --server.fileWatcherType none; \
+		$(PY) -m app.serve --server.port $(PORT) --server.headless true --server.fileWatcherType none; \
 	else \
 		$(VENV)/bin/fairprune audit --demo mnist --out demo_result.json; \
 	fi
@@ -42,6 +42,8 @@ bench: venv chromium
 	$(PY) bench/startup.py
 	$(PY) bench/calibration.py
 	$(PY) bench/dashboard.py
+	$(PY) bench/diagnostics.py
+	$(PY) bench/stream.py
 
 # The CUDA paths in one short run (mixed precision, out-of-memory back-off, int4 / 2:4 kernels, the 10k-image
 # audit goal, Ray GPU tasks); prints PASS / FAIL / REFUSED per check; does nothing without a GPU.
