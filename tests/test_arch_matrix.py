@@ -20,7 +20,7 @@ from torch import nn
 from fairprune.run.cli import main
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
-N, SIDE, K = 32, 32, 3
+N, SIDE, K = 16, 32, 3
 VOCAB, L = 30, 12
 
 #: torchvision families that take 3x32x32 and run the three commands in seconds (kwargs shrink the wide ones)
