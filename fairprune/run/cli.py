@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--finetune-epochs", type=int, default=0, help="plain fine-tuning of each level before measuring (masks fixed)")
     a.add_argument("--diagnostics", action="store_true", help="per-group gradient norms, Hessian, margins (λ_max on a 64-row subsample "
                    "per group: biased upward)")
+    a.add_argument("--diagnostics-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a diagnostics setting (repeatable; implies --diagnostics): hessian=false skips the Hessian "
+                        "(most of the cost on large nets), hessian_rows=N, power_iterations=N, hutchinson_probes=N, "
+                        "hutchinson_rel_se=R, boundary=true, ... (docs/diagnostics.md lists them)")
     a.add_argument("--no-footprint", action="store_true",
                    help="skip measuring size_bytes (and latency_ms) of the dense model and each level")
     a.add_argument("--latency", action="store_true",
@@ -133,6 +137,39 @@ def _spec(args, **extra):
     )
 
 
+def _diagnostics(args) -> bool | dict:
+    """--diagnostics and --diagnostics-option KEY=VALUE -> AuditSpec.diagnostics (False, True or a dict of
+    DiagnosticsConfig options, checked by DiagnosticsConfig.coerce)."""
+    if not args.diagnostics_option:
+        return bool(args.diagnostics)
+    from ..engine.diagnose import DiagnosticsConfig
+
+    options = {}
+    for item in args.diagnostics_option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--diagnostics-option: expected KEY=VALUE (e.g. hessian=false); found {item!r}")
+        options[key.strip()] = _option_value(raw.strip())
+    DiagnosticsConfig.coerce(options)       # unknown keys and bad values fail here, before any work
+    return options
+
+
+def _option_value(raw: str):
+    low = raw.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
 def _progress_bar(quiet: bool):
     if quiet:
         return None, lambda: None
@@ -172,7 +209,7 @@ def cmd_audit(args) -> int:
         else:
             raise InputError("expected --sparsity S [S ...] or --compress VARIANT [VARIANT ...] (or both), e.g. "
                              "--sparsity 0.5 0.8 0.9 or --compress int8_dynamic fp16; found neither")
-    spec = _spec(args, finetune_epochs=args.finetune_epochs, diagnostics=args.diagnostics,
+    spec = _spec(args, finetune_epochs=args.finetune_epochs, diagnostics=_diagnostics(args),
                  footprint=not args.no_footprint, latency=args.latency, compress=compress,
                  prune_embeddings=args.prune_embeddings)
     executor = configured_executor(args.executor, args.ray_address)

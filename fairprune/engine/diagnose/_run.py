@@ -69,6 +69,8 @@ MARGIN_EDGES = tuple(np.round(np.linspace(-1, 1, 21), 10).tolist())
 class DiagnosticsConfig:
     """How much work the diagnostics do. The defaults keep the MNIST demo's 4-level audit fast on 2 CPU cores.
 
+    hessian: False skips the Hessian (λ_max and trace null, a note in ``warnings``): most of the diagnostics' cost on
+        large convolutional nets (each product is 2-4 forward+backward passes); gradient norms and margins remain.
     hessian_rows: rows per group the Hessian is estimated on (a seeded sample when the group is larger).
         λ_max of a subsample's Hessian is biased upward (the top eigenvalue of a noisy estimate of a matrix
         exceeds the matrix's on average), the more so the fewer rows: compare groups on equal row counts.
@@ -85,6 +87,7 @@ class DiagnosticsConfig:
     flips_cap: flipped-sample indices kept per group and level. seed: None -> the audit's seed.
     """
 
+    hessian: bool = True
     hessian_rows: int = 64
     power_iterations: int = 20
     power_tol: float = 1e-2
@@ -100,6 +103,8 @@ class DiagnosticsConfig:
     seed: int | None = None
 
     def __post_init__(self):
+        if not isinstance(self.hessian, bool):
+            raise InputError(f"diagnostics option hessian must be true or false; received {self.hessian!r}")
         for name in ("hessian_rows", "power_iterations", "hutchinson_probes", "se_parts", "boundary_rows", "flips_cap"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -614,6 +619,9 @@ class AuditDiagnostics:
         self.keep_vectors = n_params * len(names) <= WARM_START_ELEMENTS
         self.hvp = config.hvp
         self.names = list(names)
+        if not config.hessian:
+            self.warnings.append("diagnostics: the Hessian was not asked for (diagnostics option hessian=false): "
+                                 "hessian_max_eig and hessian_trace are null; gradient norms and margins are measured")
         self.dense = self._diagnose(None, "dense")
         # "auto" had to fall back on the dense model: the levels go straight to the product that worked
         if self.dense.hvp_fallback and self.dense.hvp_method:
@@ -623,7 +631,7 @@ class AuditDiagnostics:
 
     @staticmethod
     def steps(n_groups: int, n_levels: int, config: DiagnosticsConfig) -> int:
-        return (n_levels + 1) * diagnose_steps(n_groups, boundary=config.boundary)
+        return (n_levels + 1) * diagnose_steps(n_groups, hessian=config.hessian, boundary=config.boundary)
 
     def _diagnose(self, masks, label: str, init=None) -> ModelDiagnostics:
         try:
@@ -636,7 +644,8 @@ class AuditDiagnostics:
         return d
 
     def _diagnose_model(self, masks, label: str, init=None) -> ModelDiagnostics:
-        return diagnose(self.model, self.eval_data, masks=masks, config=self.config, hessian_rows=self.hessian_rows,
+        return diagnose(self.model, self.eval_data, masks=masks, config=self.config, hessian=self.config.hessian,
+                        hessian_rows=self.hessian_rows,
                      boundary_rows=self.boundary_rows, init=init, index=self.index, seed=self.seed,
                      batch_size=self.batch_size(), device=self.device, cancel=self.cancel,
                      step=lambda msg: self._step(f"diagnostics ({label}): {msg}"),
