@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -176,6 +177,11 @@ def load_hf_checkpoint(folder: str | Path) -> LoadedModel:
     transformers = _transformers()
     auto = (transformers.AutoModelForSequenceClassification if info["task"] == "text"
             else transformers.AutoModelForImageClassification)
+    # transformers imports torchao (when installed) while loading, whose import logs a torch pytree deprecation at
+    # WARNING on stderr: keep the command line clean
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
     try:
         model, loading = auto.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False,
@@ -183,6 +189,8 @@ def load_hf_checkpoint(folder: str | Path) -> LoadedModel:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, AttributeError, ImportError) as err:
         raise InputError(f"{folder}: expected a checkpoint transformers {transformers.__version__} can load "
                          f"offline; loading it failed ({_first_line(err)})") from err
+    finally:
+        pytree_log.setLevel(level)
     missing = list(loading.get("missing_keys") or [])
     mismatched = list(loading.get("mismatched_keys") or [])
     if missing or mismatched:
