@@ -13,7 +13,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from pandas._libs.parsers import STR_NA_VALUES
 
 from ..core._hash import sha256_file
+from ..core._transformers import import_transformers
 from ..core.errors import InputError
 from ._csv import BAD_GZIP, _LimitedGzip
 from ._dataset import GroupedDataset
@@ -215,16 +215,4 @@ def _vocab_size(tok) -> int:
 
 
 def _transformers():
-    """``transformers``, imported offline and quiet (no hub requests, no progress bars, no advice on stderr)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import transformers
-    except ImportError as err:  # pragma: no cover - a dependency in requirements.txt
-        raise InputError("text (--text) needs the transformers package (pip install -r requirements.txt); "
-                         f"found it missing ({err})") from err
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
+    return import_transformers('text (--text)')

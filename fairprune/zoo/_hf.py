@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..core._transformers import import_transformers
 from ..core.errors import InputError
 from ._loaded import LoadedModel
 
@@ -338,19 +338,7 @@ def _checkpoint_sha256(folder: Path, weights: list[Path]) -> str:
 # --- transformers -----------------------------------------------------------------------------------
 
 def _transformers():
-    """``transformers``, imported offline and quiet (no hub requests, no progress bars, no advice on stderr)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import transformers
-    except ImportError as err:  # pragma: no cover - a dependency in requirements.txt
-        raise InputError("Hugging Face checkpoints need the transformers package (pip install -r requirements.txt); "
-                         f"found it missing ({err})") from err
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    return transformers
+    return import_transformers('Hugging Face checkpoints')
 
 
 def _transformers_version() -> str:
