@@ -160,3 +160,23 @@ def test_export_and_reload_a_three_input_model(files, tmp_path, capsys):
     data = load_dataset(tmp / "numbered.npz")
     x, _ = next(data.batches(5))
     assert reloaded.module(*x.tensors).shape == (5, 3)
+
+
+def test_diagnose_on_a_three_input_program(files, tmp_path, capsys):
+    tmp, _, _ = files
+    out = tmp_path / "s.csv"
+    rc = main(["diagnose", "--model", str(tmp / "model.pt2"), "--data", str(tmp / "numbered.npz"), "--sparsity", "0.5",
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert len(table) == N and (table["grad_norm"] > 0).all() and table["margin"].between(-1, 1).all()
+    assert "not computed" not in err
+    # the boundary distance needs one continuous input: refused with the reason, nothing written
+    rc = main(["diagnose", "--model", str(tmp / "model.pt2"), "--data", str(tmp / "numbered.npz"), "--boundary",
+               "--out", str(tmp_path / "b.csv")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "this model takes 3 inputs (x0 (10,) int64" in err
+    assert not (tmp_path / "b.csv").exists()

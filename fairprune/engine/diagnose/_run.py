@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ...core.errors import Cancelled, InputError
+from ..evaluate import resolve_device
 from ._boundary import BOUNDARY_ATTACKS, boundary_distances, output_stats
 from ._factors import FACTORS, factor_correlations, factor_values, theory_terms
 from ._gradients import RowOutputs, group_pass
@@ -275,10 +276,14 @@ def diagnose(model, data, *, masks: Mapping[str, torch.Tensor] | None = None, co
     if not isinstance(model, LoadedModel):
         model = LoadedModel.from_module(model, name=type(model).__name__)
     cfg = config or DiagnosticsConfig()
+    if cfg.boundary and getattr(data, "n_inputs", 1) > 1:
+        raise InputError(f"{data.name}: the boundary distance searches the input space of one continuous input; "
+                         f"this model takes {data.n_inputs} inputs ({data.describe_inputs()}). Leave the boundary "
+                         "distance out (the other diagnostics do not need it)")
     if cfg.boundary and getattr(data, "integer_inputs", False):
         raise InputError(BOUNDARY_NEEDS_FLOATS.format(name=data.name, dtype=str(data.x.dtype).removeprefix("torch.")))
     seed = cfg.seed if cfg.seed is not None else seed
-    device = torch.device(device)
+    device = resolve_device(device)     # None: CUDA when available, else the CPU
     step = step or (lambda msg: None)
     groups = np.asarray(data.group).astype(str)
     names = data.group_names
