@@ -237,3 +237,42 @@ def test_a_text_checkpoint_folder_asks_for_the_text_column_and_max_length(tmp_pa
     at = open_page(at, "pages_/results.py", run=run.id)
     assert_clean(at)
     assert "text column review, max length 8 tokens" in texts(at)
+
+
+def test_a_model_with_several_inputs_and_its_npz_from_the_server(tmp_path, monkeypatch, worker_calls):
+    """NPZ arrays x0, x1, x2 reach a three-input program positionally; the page says what the model is given."""
+    from test_multi_input import IdsMaskFeatures
+
+    served = tmp_path / "served"
+    served.mkdir()
+    rng = np.random.default_rng(0)
+    n = 60
+    ids, mask = rng.integers(1, 40, (n, 6)), np.ones((n, 6), dtype=np.int64)
+    feats = rng.standard_normal((n, 3)).astype(np.float32)
+    np.savez(served / "rows.npz", x0=ids, x1=mask, x2=feats, y=rng.integers(0, 3, n),
+             group=np.array(["a", "b", "c"] * (n // 3)))
+    torch.manual_seed(0)
+    example = (torch.tensor(ids[:2]), torch.tensor(mask[:2]), torch.tensor(feats[:2]))
+    batch = torch.export.Dim("batch", min=1)
+    torch.export.save(torch.export.export(IdsMaskFeatures().eval(), example,
+                                          dynamic_shapes=tuple({0: batch} for _ in example)), str(served / "m.pt2"))
+    monkeypatch.setenv("FAIRPRUNE_DATA_DIRS", str(served))
+    at = _own_files(new_app().run())
+    at.radio(key="model-origin").set_value("server").run()
+    at.selectbox(key="model-server").set_value("served/m.pt2").run()
+    at.radio(key="data-origin").set_value("server").run()
+    at.selectbox(key="data-server").set_value("served/rows.npz").run()
+    assert_clean(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("The model runs on this data" in s.value for s in at.success)
+    assert "the model is given 3 inputs, in this order: x0 (6,) int64, x1 (6,) int64, x2 (3,) float32" in texts(at)
+    open_page(at, "pages_/audit.py")
+    at.radio(key="audit-preset").set_value("custom").run()
+    at.text_input(key="audit-levels").input("0.5").run()
+    at.button(key="audit-run").click().run()
+    assert_clean(at)
+    [run] = RunStore().list(kind="audit")
+    jobs.run_worker(RunStore(), once=True)
+    done = RunStore().get(run.id)
+    assert done.status == "done", done.error
+    assert any("x0 (6,) int64, x1 (6,) int64, x2 (3,) float32" in s for s in done.result["provenance"]["preprocessing"])

@@ -79,7 +79,11 @@ def _preview_data(data) -> None:
         st.caption(f"First rows of {data.name} ({data.n:,} rows)")
         st.dataframe(data.frame.head(8), hide_index=True, width="stretch")
     else:
-        st.caption(f"{data.name}: {data.n:,} samples, features of shape {data.feature_shape}")
+        if data.n_inputs > 1:
+            st.caption(f"{data.name}: {data.n:,} samples; the model is given {data.n_inputs} inputs, in this order: "
+                       f"{data.describe_inputs()}")
+        else:
+            st.caption(f"{data.name}: {data.n:,} samples, features of shape {data.feature_shape}")
 
 
 def _forget_upload(kind: str) -> None:
