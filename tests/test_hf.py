@@ -305,6 +305,24 @@ def test_audit_image_checkpoint_on_an_image_folder(hf, tmp_path, capsys):
     assert any("resize" in p for p in r["provenance"]["preprocessing"])
 
 
+def test_an_image_checkpoint_whose_processor_normalises_otherwise_is_warned(hf, tmp_path, capsys):
+    """The checkpoint's preprocessor_config.json normalises to [-1, 1]: images audited as [0, 1] get a warning that
+    names the matching options; the same options silence it."""
+    vit = _copy(hf["vit"], tmp_path / "vit", "config.json", "model.safetensors")
+    (vit / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+        "do_normalize": True, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}))
+    common = ["audit", "--model", vit, "--data", hf["images"], "--group", "label", "--resize", 32, "--sparsity", "0.5"]
+    code, _, err = run(common + ["--out", tmp_path / "a.json"], capsys)
+    assert code == 0, err
+    warned = [w for w in json.loads((tmp_path / "a.json").read_text())["warnings"] if "image processor" in w]
+    assert len(warned) == 1 and "given as pixels in [0, 1]" in warned[0]
+    assert "--normalize '0.5,0.5,0.5;0.5,0.5,0.5'" in warned[0]
+    code, _, err = run(common + ["--normalize", "0.5,0.5", "--out", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    assert not [w for w in json.loads((tmp_path / "b.json").read_text())["warnings"] if "image processor" in w]
+
+
 def test_refusals_exit_2_with_the_reason(hf, tmp_path, capsys):
     bert = hf["bert"]
 

@@ -222,6 +222,13 @@ class Auditor:
             warnings.simplefilter("always")
             self.num_outputs = check_model_fits(model, self.eval_data, self.device)
         self.warnings = [str(w.message) for w in caught]
+        if getattr(model, "kind", None) == "hf" and getattr(model, "path", None) and self.eval_data.n_inputs == 1 \
+                and self.eval_data.x.dim() == 4:
+            from ..zoo import hf_normalize_note
+
+            note = hf_normalize_note(model.path, self.eval_data.normalize)
+            if note:
+                self.warnings.append(note)
         validate_labels(self.eval_data, self.num_outputs, source=self.eval_data.name)
         if train_data is not None:
             validate_labels(train_data, self.num_outputs, source=train_data.name)

@@ -22,9 +22,9 @@ Imports only :mod:`fairprune.core`.
 
 from ._load import (ACCEPTED_FORMATS, NEEDS_ARCH, PICKLED_MODEL, TRAINING_PROGRAM, ExportedModule, LoadedModel,
                     load_model, parse_arch_args, save_pt2)
-from ._hf import HFClassifier, hf_image_preprocessing, hf_task, is_hf_checkpoint
+from ._hf import HFClassifier, hf_image_preprocessing, hf_normalize_note, hf_task, is_hf_checkpoint
 from ._registry import ArchInfo, create_model, list_models, model_info, register_model
 
 __all__ = ["register_model", "create_model", "list_models", "model_info", "ArchInfo",
            "LoadedModel", "ExportedModule", "load_model", "parse_arch_args", "save_pt2", "ACCEPTED_FORMATS",
-           "HFClassifier", "is_hf_checkpoint", "hf_task", "hf_image_preprocessing"]
+           "HFClassifier", "is_hf_checkpoint", "hf_task", "hf_image_preprocessing", "hf_normalize_note"]

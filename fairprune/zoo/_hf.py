@@ -109,6 +109,31 @@ def hf_image_preprocessing(folder: str | Path) -> dict | None:
     return {"size": hw, "mean": mean, "std": std, "flags": " ".join(flags)}
 
 
+def hf_normalize_note(folder: str | Path, normalize) -> str | None:
+    """A warning when an image checkpoint's own processor normalises pixels differently from how the audited images
+    were (``normalize``: the data's per-channel (mean, std), or None for [0, 1] pixels): the model would then be
+    measured on inputs it does not see in use. None when they agree, or the checkpoint states no normalisation."""
+    try:
+        own = hf_image_preprocessing(folder)
+    except InputError:
+        return None
+    if not own or not own.get("mean") or not own.get("std"):
+        return None
+    mean, std = [float(v) for v in own["mean"]], [float(v) for v in own["std"]]
+    if normalize is not None:
+        given_mean, given_std = (list(map(float, normalize[0])), list(map(float, normalize[1])))
+        if len(given_mean) == 1:
+            given_mean, given_std = given_mean * len(mean), given_std * len(std)
+        if len(given_mean) == len(mean) and all(abs(a - b) <= 1e-4 for a, b in zip(given_mean + given_std, mean + std)):
+            return None
+        given = f"normalised with mean {given_mean} and std {given_std}"
+    else:
+        given = "given as pixels in [0, 1], not normalised"
+    return (f"the checkpoint's own image processor (preprocessor_config.json) normalises with mean {mean} and std "
+            f"{std}, but the audited images were {given}: the model is measured on inputs it does not see in use. "
+            f"Its preprocessing, in fairprune's options: {own['flags']}")
+
+
 class HFClassifier(nn.Module):
     """A ``transformers`` classification model as fairprune calls models: ``forward(*inputs) -> logits (N, K)``.
 
