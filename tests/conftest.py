@@ -82,3 +82,14 @@ def spawned():
     for p in jobs._STARTED:
         if p.pid in pids:
             p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared machine: an OpenMP barrier per op costs more than the op; one thread per module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

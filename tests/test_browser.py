@@ -7,6 +7,7 @@ tests/artifacts/ for a person to look at.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -65,14 +66,12 @@ def _stop_workers(home: Path) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base url, FAIRPRUNE_HOME) of a dashboard served for this module."""
-    home = tmp_path_factory.mktemp("browser_home")
+@contextlib.contextmanager
+def serve_dashboard(home: Path, env: dict):
+    """The base url of ``streamlit run app/main.py`` served with ``env`` (FAIRPRUNE_HOME = ``home``); stopped, with
+    its workers, on exit."""
     port = _free_port()
     log = home / "streamlit.log"
-    env = dict(os.environ, FAIRPRUNE_HOME=str(home))
-    env.pop("FAIRPRUNE_DATA_DIRS", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
@@ -82,7 +81,7 @@ def server(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, proc, log)
-        yield url, home
+        yield url
     finally:
         proc.terminate()
         try:
@@ -91,6 +90,16 @@ def server(tmp_path_factory):
             proc.kill()
             proc.wait()
         _stop_workers(home)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """(base url, FAIRPRUNE_HOME) of a dashboard served for this module."""
+    home = tmp_path_factory.mktemp("browser_home")
+    env = dict(os.environ, FAIRPRUNE_HOME=str(home))
+    env.pop("FAIRPRUNE_DATA_DIRS", None)
+    with serve_dashboard(home, env) as url:
+        yield url, home
 
 
 @pytest.fixture(scope="module")

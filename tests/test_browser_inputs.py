@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from test_app_inputs import write_image_folder, write_image_model, write_text_checkpoint, write_text_csv
-from test_browser import (REPO, _free_port, _selectbox, _stop_workers, _wait_healthy, browser, no_exception,  # noqa: F401
+from test_browser import (_selectbox, browser, no_exception, serve_dashboard,  # noqa: F401
                           page, screenshot)
 
 pytestmark = pytest.mark.browser
@@ -36,27 +33,9 @@ def served(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, served):
     home = tmp_path_factory.mktemp("browser_inputs_home")
-    port = _free_port()
-    log = home / "streamlit.log"
     env = dict(os.environ, FAIRPRUNE_HOME=str(home), FAIRPRUNE_DATA_DIRS=str(served))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--server.fileWatcherType", "none",
-             "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log)
+    with serve_dashboard(home, env) as url:
         yield url, home
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        _stop_workers(home)
 
 
 def _pick(pg, open_box, option: str, then, *, close: bool = False, tries: int = 4) -> None:

@@ -30,13 +30,7 @@ from fairprune.zoo import ExportedModule, LoadedModel, load_model, save_pt2
 RTOL = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared machine: an OpenMP barrier per op costs more than the op; one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:

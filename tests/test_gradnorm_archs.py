@@ -27,12 +27,7 @@ RTOL = 1e-4
 FALLBACK = "per-sample gradient norms"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _xy(shape, classes, n, seed=0):

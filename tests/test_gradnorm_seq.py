@@ -29,12 +29,7 @@ FALLBACK = "per-sample gradient norms"
 V, L = 30, 7                     # vocabulary, tokens per row
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fast_and_loop(model, x, y, reference=None):

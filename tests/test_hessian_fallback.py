@@ -35,12 +35,7 @@ from fairprune.zoo import LoadedModel
 FAST = {"hessian_rows": 8, "power_iterations": 4, "hutchinson_probes": 2, "se_parts": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _mlp(dtype=torch.float64, act=nn.Tanh, seed=0):

@@ -19,6 +19,8 @@ import torch
 from fairprune.core.errors import InputError
 from fairprune.run.cli import main
 
+from test_cli import assert_input_error, run
+
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -120,20 +122,6 @@ def hf(tmp_path_factory):
     _train(vit, image_batch, 30)
     vit.save_pretrained(root / "vit")
     return {"root": root, "bert": root / "bert", "vit": root / "vit", "csv": csv, "images": images}
-
-
-def run(args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_input_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def _copy(src: Path, dst: Path, *names: str) -> Path:

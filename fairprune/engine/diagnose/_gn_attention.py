@@ -89,7 +89,8 @@ def mha_forward(m: nn.MultiheadAttention, record, query, key, value, key_padding
     if need_weights:
         q_scaled = q * math.sqrt(1.0 / float(head_dim))
         if is_causal and attn_mask is None:
-            raise AssertionError("FIXME: is_causal not implemented for need_weights")
+            raise AssertionError("is_causal without an attn_mask is not supported with need_weights "
+                                 "(torch's multi_head_attention_forward refuses it too)")
         if attn_mask is not None:
             weights = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
         else:
