@@ -1,7 +1,8 @@
 """Compression beyond pruning (issue 8): quantization and 2:4 sparsity, measured like pruning levels.
 
 Each variant's outputs are checked against a plain torch reference of the same quantization written
-here by hand (int8 symmetric per channel, s = max|w| / 127.5, q = clamp(round(w * (1 / s)), -128, 127)),
+here by hand (int8 symmetric per channel, s = max|w| / 127.5, q = clamp(round(w * (1 / s)), -128, 127); the PT2E path's
+dynamic activations per sample with s = max|x| / 127, -127..127),
 group metrics against a pandas groupby, sizes against the dense model's, refusals by their messages.
 """
 
@@ -39,6 +40,13 @@ def q8(t, dim_keep=0):
     s = torch.clamp(flat.abs().amax(1, keepdim=True) / 127.5, min=EPS)
     q = torch.clamp(torch.round(flat * (1.0 / s)), -128, 127)
     return (q * s).reshape(t.shape)
+
+
+def q8_act(t):
+    """The PT2E path's dynamic activations: one scale per sample, restricted range (s = max / 127, -127..127)."""
+    flat = t.reshape(t.shape[0], -1)
+    s = torch.clamp(flat.abs().amax(1, keepdim=True) / 127, min=EPS)
+    return (torch.clamp(torch.round(flat * (1.0 / s)), -127, 127) * s).reshape(t.shape)
 
 
 def q8_tensor(t, amax):
@@ -91,9 +99,9 @@ class ConvNet(nn.Module):
 
 def conv_reference(model, x, *, acts=None, amax=None):
     w1, w2 = q8(model.conv.weight.detach()), q8(model.fc.weight.detach())
-    a = x if acts is None else (q8(x) if acts == "dynamic" else q8_tensor(x, amax[0]))
+    a = x if acts is None else (q8_act(x) if acts == "dynamic" else q8_tensor(x, amax[0]))
     h = torch.relu(nn.functional.conv2d(a, w1, model.conv.bias.detach())).flatten(1)
-    h = h if acts is None else (q8(h) if acts == "dynamic" else q8_tensor(h, amax[1]))
+    h = h if acts is None else (q8_act(h) if acts == "dynamic" else q8_tensor(h, amax[1]))
     return h @ w2.T + model.fc.bias.detach()
 
 

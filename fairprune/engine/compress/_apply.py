@@ -21,10 +21,13 @@ Backends, chosen per model and said in each entry (``backend``):
   ``torch.sparse.to_sparse_semi_structured`` where it runs).
 
 Quantization formulas (the tests check them against plain torch code): weights symmetric per output
-channel, ``s = max|w| / 127.5``, ``q = clamp(round(w * (1 / s)), -128, 127)``; dynamic activations the
-same per vector along a linear layer's last dimension (per row of an (N, D) input, per token of each
+channel, ``s = max|w| / 127.5``, ``q = clamp(round(w * (1 / s)), -128, 127)``; dynamic activations on the
+PT2E path per vector along a linear layer's last dimension (per row of an (N, D) input, per token of each
 sample of an (N, T, D) or (T, N, D) one) and per sample of a conv's input, so no scale is shared by two
-samples; static activations the same per layer input with ``max|x|`` over the calibration rows.
+samples, with the restricted range ``s = max|x| / 127``, ``q = clamp(round(x * (1 / s)), -127, 127)`` (the
+largest value lands on +-127, not on a rounding tie; torchao's own nn.Linear kernel keeps 127.5 and runs
+element-wise after its int32 accumulation, so it has no batch-size dependence); static activations
+``max|x| / 127.5`` per layer input over the calibration rows.
 
 What was quantized is counted per layer kind (:func:`quantized_by_kind`, the prunable definition's kinds
 plus "other"); conv, linear, attention or recurrent weights a step leaves in float are listed with the
@@ -343,11 +346,17 @@ def _apply_int8_quantize_(state: _State, mode: str) -> None:
 
 def per_sample_int8(x: torch.Tensor) -> torch.Tensor:
     """Symmetric int8 quantize-dequantize of ``x`` with one scale per sample (per index of dimension 0, the
-    batch dimension of a convolution's input): ``s = max|x_i| / 127.5``, ``clamp(round(x_i * (1 / s)), -128,
-    127) * s``. Used for convolutions."""
+    batch dimension of a convolution's input): ``s = max|x_i| / 127``, ``clamp(round(x_i * (1 / s)), -127,
+    127) * s``. Used for convolutions.
+
+    The restricted range (-127..127, TensorRT's symmetric int8) maps a sample's
+    largest value to exactly +-127. With ``s = max / 127.5`` it would sit on a rounding tie (-127.5 rounds to
+    -128 or, a float's last bit away, to -127), so a last-bit difference in the float kernels before it (another
+    batch size sums in another order) would move a whole quantization step (measured: 38 of 64 rows of a small
+    text transformer, up to half the quantization error, on 2 threads)."""
     flat = x.reshape(x.shape[0], -1).float()
-    scale = torch.clamp(flat.abs().amax(1, keepdim=True) / 127.5, min=_EPS)
-    q = torch.clamp(torch.round(flat * (1.0 / scale)), -128, 127)
+    scale = torch.clamp(flat.abs().amax(1, keepdim=True) / 127.0, min=_EPS)
+    q = torch.clamp(torch.round(flat * (1.0 / scale)), -127, 127)
     return (q * scale).reshape(x.shape).to(x.dtype)
 
 
@@ -356,12 +365,13 @@ def per_token_int8(x: torch.Tensor) -> torch.Tensor:
     dimension (the layer's input features): per row of an (N, D) input, per token of each sample of an
     (N, T, D) or (T, N, D) input, as torchao's per-row activation quantization does. Used for linear layers
     (attention projections included): whatever the layout (batch first or not, flattened to (T*N, D) inside
-    ``nn.MultiheadAttention``), every scale belongs to one token of one sample, so no row affects another."""
+    ``nn.MultiheadAttention``), every scale belongs to one token of one sample, so no row affects another.
+    ``s = max|x_t| / 127``, codes -127..127 (see :func:`per_sample_int8` for why not 127.5)."""
     if x.dim() == 0:
         return per_sample_int8(x.reshape(1)).reshape(())
     xf = x.float()
-    scale = torch.clamp(xf.abs().amax(-1, keepdim=True) / 127.5, min=_EPS)
-    q = torch.clamp(torch.round(xf * (1.0 / scale)), -128, 127)
+    scale = torch.clamp(xf.abs().amax(-1, keepdim=True) / 127.0, min=_EPS)
+    q = torch.clamp(torch.round(xf * (1.0 / scale)), -127, 127)
     return (q * scale).to(x.dtype)
 
 
@@ -738,9 +748,10 @@ def _apply_int8_pt2e(state: _State, mode: str, name: str) -> None:
             "per sample: torchao's PT2E converts dynamic activations per tensor (one scale per batch); fairprune "
             "quantizes a convolution's input with one scale per sample and a linear layer's input (attention "
             "projections included) with one scale per token of each sample (per row of an (N, D) input), "
-            "whatever the layout, so a row's prediction never depends on the rows evaluated beside it (where torch's "
-            "float kernels sum in another order for another batch size, a value within a float's last bit of an "
-            "int8 rounding boundary may still round the other way)")
+            "whatever the layout, so a row's prediction never depends on the rows evaluated beside it; scales are "
+            "max|x| / 127 with codes -127..127, so each vector's largest value lands on +-127 rather than on a "
+            "rounding tie (where torch's float kernels sum in another order for another batch size, an inner value "
+            "within a float's last bit of a rounding boundary may still round the other way, rarely)")
 
 
 def _apply_int8(state: _State, step: StepSpec) -> None:
