@@ -14,8 +14,8 @@ import streamlit as st
 from app import widgets
 
 from fairprune.present import plots
-from fairprune.present.reading import (HEADLINE_NOTE, NO_SPEEDUP, headline, latencies, latency_reading, meaning,
-                                       placed_warnings, worst_group)
+from fairprune.present.reading import (HEADLINE_NOTE, NO_SPEEDUP, REFERENCE_INT8, headline, latencies,
+                                       latency_reading, meaning, placed_warnings, variant_latencies, worst_group)
 from fairprune.present.report import render_html
 from fairprune.core.result import AuditResult, LevelResult
 
@@ -147,14 +147,20 @@ def charts(result: AuditResult, lv: LevelResult, key: str) -> None:
 def latency_table(result: AuditResult) -> pd.DataFrame | None:
     """Each timed model's latency with its spread and how it compares with dense; None when none was timed."""
     t = latencies(result)
-    if not t:
+    timed = [(plots.sparsity_label(s), x) for s, x in t.items()] + list(variant_latencies(result).items())
+    if not timed:
         return None
-    rows = []
-    for s, x in t.items():
-        versus = "reference" if s == 0 else (latency_reading(t[0.0], x) if 0.0 in t else
-                                             (NO_SPEEDUP if x.no_speedup else "—"))
-        rows.append({"model": plots.sparsity_label(s), "latency per batch": x.spread_text(), "vs dense": versus})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"model": name, "latency per batch": x.spread_text(), "vs dense": _versus_dense(t, name, x)}
+                         for name, x in timed])
+
+
+def _versus_dense(timings: dict, name: str, x) -> str:
+    """How a timed model compares with the dense model (reading.latency_reading), 'reference' for dense."""
+    if name == "dense":
+        return "reference"
+    if 0.0 in timings:
+        return latency_reading(timings[0.0], x)
+    return NO_SPEEDUP if x.no_speedup else (x.caveat or "—")
 
 
 SIZE_AXIS_HELP = ("One marker per group and model (dense, each sparsity level, each quantized or N:M variant): the "
@@ -300,6 +306,7 @@ COMPRESSION_HELP = (
 def compression_table(result: AuditResult) -> pd.DataFrame:
     """One row per compression variant: the figures a level has, plus size, quantized share and how it ran."""
     dense = result.dense.size_bytes
+    timed, dense_t = variant_latencies(result), latencies(result)
     rows = []
     for v in result.compression:
         lv = v.level
@@ -311,7 +318,9 @@ def compression_table(result: AuditResult) -> pd.DataFrame:
             "size (kB)": _fmt(None if v.size_bytes is None else v.size_bytes / 1e3, ",.1f"),
             "size vs dense": _fmt(None if not (dense and v.size_bytes) else v.size_bytes / dense, ".2f") + (
                 "x" if dense and v.size_bytes else ""),
-            "latency (ms)": _fmt(v.latency_ms, ".3g", "— (not timed)"), "quantized": v.quantized_fraction,
+            "latency per batch": timed[v.method].spread_text() if v.method in timed else "— (not timed)",
+            "vs dense": _versus_dense(dense_t, v.method, timed[v.method]) if v.method in timed else "—",
+            "quantized": v.quantized_fraction,
             "accuracy %": 100 * lv.overall.accuracy, "drop (pts)": 100 * lv.overall.accuracy_drop,
             "worst group": g, "its drop (pts)": 100 * lv.groups[g].accuracy_drop,
             "violation acc (pts)": 100 * lv.fairness_violation["accuracy"],
@@ -334,10 +343,13 @@ COMPRESSION_COLUMNS = {
                                            "of the dense model (options after a colon)."),
     "setting": st.column_config.TextColumn("setting", help="What the variant stores and computes with (W: weights, "
                                            "A: activations)."),
-    "latency (ms)": st.column_config.TextColumn("latency (ms)", help="Median time of one batch through the "
-                                                "variant, where measured (audits from the dashboard time them); "
-                                                "variants record no spread, so compare them with care. 2:4 "
-                                                f"variants: {NO_SPEEDUP}."),
+    "latency per batch": st.column_config.TextColumn("latency per batch", help="Median time of one batch "
+                                                     "through the variant, where measured (audits from the "
+                                                     "dashboard time them), with the 25th to 75th percentile and "
+                                                     "the number of timed runs in brackets."),
+    "vs dense": st.column_config.TextColumn("vs dense", help="A difference from the dense model only where the two "
+                                            "spreads do not overlap. 2:4 variants without sparse kernels: "
+                                            f"{NO_SPEEDUP}. int8 after PT2E: {REFERENCE_INT8}."),
     "worst group": st.column_config.TextColumn("worst group", help="The group with the largest accuracy drop under "
                                                "this variant."),
     "kernel": st.column_config.TextColumn("kernel", help="The kernels the variant ran with here (e.g. torch's "

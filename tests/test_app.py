@@ -421,6 +421,13 @@ def test_audit_page_queues_compression_variants_and_results_show_them(worker_cal
     assert list(table["variant"]) == ["fp16", "nm_2_4+int8_dynamic"]
     assert table["violation acc (pts)"].tolist() == pytest.approx(
         [100 * v.level.fairness_violation["accuracy"] for v in result.compression])
+    # the dashboard times its variants: a median with its spread, and a difference from dense only beyond it
+    from fairprune.present.reading import latencies, latency_reading, variant_latencies
+
+    timed, dense = variant_latencies(result), latencies(result)[0.0]
+    assert list(timed) == ["fp16", "nm_2_4+int8_dynamic"] and all(t.iqr and t.repeats >= 5 for t in timed.values())
+    assert table["latency per batch"].tolist() == [timed[m].spread_text() for m in table["variant"]]
+    assert table["vs dense"].tolist() == [latency_reading(dense, timed[m]) for m in table["variant"]]
     open_page(at, "pages_/runs.py")
     assert_clean(at)
 

@@ -7,7 +7,10 @@ group metrics against a pandas groupby, sizes against the dense model's, refusal
 """
 
 import copy
+import dataclasses
 import json
+import html
+import re
 
 import numpy as np
 import pandas as pd
@@ -477,15 +480,47 @@ def test_compression_section_keys_sizes_and_round_trip():
     size_axis(res)
 
 
-def test_latency_measured_and_stripped_by_without_timings():
+def test_latency_measured_with_its_spread_and_stripped_by_without_timings():
+    from fairprune.present.plots import model_variants
+    from fairprune.present.reading import NO_SPEEDUP, REFERENCE_INT8, latency_reading, latencies, variant_latencies
+    from fairprune.present.report import render_html
+
     df = make_table(n=120)
     model = train_mlp(df, epochs=5)
-    res = audit(model, _dataset(df), sparsities=[], compress=["int8_dynamic"], measure_latency=True)
-    e = res.sections["compression"][0]
-    assert e["latency_ms"] > 0 and res.sections["footprint"]["compression"][0]["latency_ms"] > 0
+    res = audit(model, _dataset(df), sparsities=[0.5], compress=["int8_dynamic", "int8_static", "nm_2_4"],
+                measure_latency=True)
+    fps = res.sections["footprint"]["compression"]
+    assert [f["method"] for f in fps] == ["int8_dynamic", "int8_static", "nm_2_4"]
+    for e, f in zip(res.sections["compression"], fps):
+        # a median with its spread and run count, as the dense model and each level record them
+        lo, hi = f["latency_ms_iqr"]
+        assert e["latency_ms"] == f["latency_ms"] and 0 < lo <= f["latency_ms"] <= hi
+        assert 5 <= f["latency_repeats"] <= 20
+    # 2:4 on CPU does the dense model's work in dense kernels; int8_static runs torch's reference kernels
+    assert [f["timed"] for f in fps] == ["the compressed model as evaluated"] * 2 + ["masked"]
+    t = variant_latencies(res)
+    assert list(t) == ["int8_dynamic", "int8_static", "nm_2_4"]
+    assert t["nm_2_4"].no_speedup and t["nm_2_4"].caveat is None
+    # an MLP's int8 runs torchao's int8 matmuls; a model quantized through PT2E runs reference kernels and says so
+    assert res.compression[1].details["backend"] == "torchao.quantize_" and t["int8_static"].caveat is None
+    pt2e = dataclasses.replace(res, sections={**res.sections, "compression": [
+        {**e, "backend": "torchao.pt2e"} for e in res.sections["compression"]]})
+    assert variant_latencies(pt2e)["int8_static"].caveat == REFERENCE_INT8
+    dense = latencies(res)[0.0]
+    assert latency_reading(dense, t["nm_2_4"]).endswith(NO_SPEEDUP)
+    assert latency_reading(dense, variant_latencies(pt2e)["int8_static"]).endswith(REFERENCE_INT8)
+    # the report's size-and-latency table and the size axis read the variants' spread
+    page = render_html(res)
+    section = re.search(r'<section id="footprint">(.*?)</section>', page, re.S).group(1)
+    rows = [r for r in (re.findall(r"<td[^>]*>(.*?)</td>", r) for r in re.findall(r"<tr>(.*?)</tr>", section, re.S))
+            if r]
+    assert [r[0] for r in rows] == ["dense", "50%", "int8_dynamic", "int8_static", "nm_2_4"]
+    assert rows[4][4] == t["nm_2_4"].spread_text() and rows[4][6] == "masked"
+    assert html.unescape(rows[4][5]) == latency_reading(dense, t["nm_2_4"])
+    assert [r["latency_ms_iqr"] for r in model_variants(res)[2:]] == [f["latency_ms_iqr"] for f in fps]
     stripped = without_timings(res.to_dict())
     assert "latency_ms" not in stripped["compression"][0]
-    assert "latency_ms" not in stripped["footprint"]["compression"][0]
+    assert not {"latency_ms", "latency_ms_iqr", "latency_repeats"} & set(stripped["footprint"]["compression"][0])
 
 
 def test_at_least_one_of_sparsity_or_compress(tmp_path, table_files, capsys):

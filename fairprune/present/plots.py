@@ -647,26 +647,44 @@ def model_variants(result: AuditResult | Mapping) -> list[dict]:
     """Every model an audit measured, on one footing: the dense model, each sparsity level and each
     compression variant (the ``compression`` section: quantization, N:M, combinations), as dicts with
     ``label``, ``kind`` ('dense', 'pruning', 'compression'), ``size_bytes``, ``latency_ms``, ``groups``
-    (name -> accuracy), ``violation`` (accuracy fairness violation; None for dense) and ``accuracy``."""
+    (name -> accuracy), ``violation`` (accuracy fairness violation; None for dense), ``accuracy`` and
+    ``latency_ms_iqr`` (the timing's [p25, p75] from the ``footprint`` section; None where not recorded)."""
     d = result.to_dict() if isinstance(result, AuditResult) else result
     method = (d.get("config") or {}).get("method", "pruning")
+    fp = d.get("footprint") if isinstance(d.get("footprint"), Mapping) else {}
+
+    def iqr(entry) -> list[float] | None:
+        x = entry.get("latency_ms_iqr") if isinstance(entry, Mapping) else None
+        return list(x) if isinstance(x, (list, tuple)) and len(x) == 2 else None
+
+    level_fp = {x.get("sparsity"): x for x in fp.get("levels") or [] if isinstance(x, Mapping)}
+    variant_fp = {x.get("method"): x for x in fp.get("compression") or [] if isinstance(x, Mapping)}
     out = [{"label": "dense", "kind": "dense", "size_bytes": d["dense"].get("size_bytes"),
-            "latency_ms": d["dense"].get("latency_ms"), "accuracy": d["dense"]["overall"]["accuracy"],
+            "latency_ms": d["dense"].get("latency_ms"), "latency_ms_iqr": iqr(fp.get("dense")),
+            "accuracy": d["dense"]["overall"]["accuracy"],
             "groups": {g: m["accuracy"] for g, m in d["dense"]["groups"].items()}, "violation": None}]
     for lv in d.get("levels", []):
         out.append({"label": f"{method} {sparsity_label(lv['sparsity'])}", "kind": "pruning",
                     "size_bytes": lv.get("size_bytes"), "latency_ms": lv.get("latency_ms"),
-                    "accuracy": lv["overall"]["accuracy"],
+                    "latency_ms_iqr": iqr(level_fp.get(lv["sparsity"])), "accuracy": lv["overall"]["accuracy"],
                     "groups": {g: m["accuracy"] for g, m in lv["groups"].items()},
                     "violation": (lv.get("fairness_violation") or {}).get("accuracy")})
     for v in d.get("compression") or []:
         viol = v.get("fairness_violation")
         out.append({"label": v["method"] if not v.get("setting") else f"{v['method']} ({v['setting']})",
                     "kind": "compression", "size_bytes": v.get("size_bytes"), "latency_ms": v.get("latency_ms"),
-                    "accuracy": v["overall"]["accuracy"],
+                    "latency_ms_iqr": iqr(variant_fp.get(v["method"])), "accuracy": v["overall"]["accuracy"],
                     "groups": {g: m["accuracy"] for g, m in v["groups"].items()},
                     "violation": viol.get("accuracy") if isinstance(viol, Mapping) else viol})
     return out
+
+
+def _latency_hover(r: Mapping) -> str:
+    """', 12.3 ms (11.8–13.0)' for a timed model's hover, '' when it was not timed."""
+    if r["latency_ms"] is None:
+        return ""
+    q = r.get("latency_ms_iqr")
+    return f", {r['latency_ms']:.3g} ms" + (f" ({q[0]:.3g}–{q[1]:.3g}, 25th–75th pct)" if q else "")
 
 
 def size_axis(result: AuditResult | Mapping) -> go.Figure:
@@ -699,8 +717,7 @@ def size_axis(result: AuditResult | Mapping) -> go.Figure:
                 xs.append(r[key] / 1e6 if key == "size_bytes" else r[key])
                 ys.append(_pts(r["groups"][g]))
                 cs.append(0.0 if r["violation"] is None else _pts(r["violation"]))
-                where = (f"{r['size_bytes'] / 1e6:.3g} MB" +
-                         (f", {r['latency_ms']:.2f} ms" if r["latency_ms"] is not None else ""))
+                where = f"{r['size_bytes'] / 1e6:.3g} MB" + _latency_hover(r)
                 viol = "—" if r["violation"] is None else f"{_pts(r['violation']):.1f} points"
                 hover.append(f"<b>{r['label']}</b><br>{g}: {_pts(r['groups'][g]):.1f}% accuracy<br>{where}"
                              f"<br>fairness violation {viol}")

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from ..core.result import AuditResult, LevelResult
 
 __all__ = ["worst_group", "headline", "text_table", "HEADLINE_NOTE", "meaning", "meaning_parts", "Latency",
-           "latencies", "latency_reading", "NO_SPEEDUP", "PlacedWarnings", "placed_warnings", "collapsed"]
+           "latencies", "variant_latencies", "latency_reading", "REFERENCE_INT8", "NO_SPEEDUP", "PlacedWarnings",
+           "placed_warnings", "collapsed"]
 
 #: Said wherever the latency of a level timed as the masked dense model is shown (unstructured, 2:4).
 NO_SPEEDUP = "no speed-up expected without sparse kernels"
+
+#: Said wherever the latency of a variant run by torch's reference int8 kernels (PT2E convert) is shown.
+REFERENCE_INT8 = ("no int8 speed-up expected: torch's reference kernels dequantize to float and compute in float "
+                  "(int8 kernels need torch.compile)")
 
 #: What the headline's figures are, for the caption under it (never contradicts the sentence).
 HEADLINE_NOTE = ("Points are percentage points of accuracy. The group's CI is its own 95% interval, not adjusted for "
@@ -211,13 +216,15 @@ def collapsed(result: AuditResult, where: float | str) -> str | None:
 class Latency:
     """One model's timing as recorded: ``median_ms`` (``latency_ms``), ``iqr`` ([p25, p75] ms, None in results
     written before the spread was recorded), ``repeats``, and ``timed`` ('dense', 'masked', 'compacted', or
-    None): a model timed as the masked dense model ('masked') cannot be faster than dense in dense kernels."""
+    None): a model timed as the masked dense model ('masked') cannot be faster than dense in dense kernels;
+    ``caveat``: what else its kernels mean for its speed (a compression variant on reference int8 kernels)."""
 
     label: str
     median_ms: float
     iqr: tuple[float, float] | None
     repeats: int | None
     timed: str | None
+    caveat: str | None = None
 
     @property
     def no_speedup(self) -> bool:
@@ -241,20 +248,38 @@ def latencies(result: AuditResult) -> dict[float, Latency]:
             how[float(x["sparsity"])] = x
     out: dict[float, Latency] = {}
     for s, part in [(0.0, result.dense), *((lv.sparsity, lv) for lv in result.levels)]:
-        if part.latency_ms is None:
+        if part.latency_ms is not None:
+            out[s] = _latency("dense" if s == 0 else f"{100 * s:g}%", part.latency_ms, how.get(s) or {})
+    return out
+
+
+def _latency(label: str, median_ms: float, how: Mapping, caveat: str | None = None) -> Latency:
+    iqr = how.get("latency_ms_iqr")
+    return Latency(label, float(median_ms),
+                   (float(iqr[0]), float(iqr[1])) if isinstance(iqr, (list, tuple)) and len(iqr) == 2 else None,
+                   how.get("latency_repeats"), how.get("timed"), caveat)
+
+
+def variant_latencies(result: AuditResult) -> dict[str, Latency]:
+    """The timed compression variants, keyed by method, with their spread from the ``footprint`` section's
+    ``compression`` entries (results written before variants recorded a spread read as 'no spread recorded').
+    A variant run by torch's reference int8 kernels carries :data:`REFERENCE_INT8` as its caveat."""
+    fp = result.sections.get("footprint") if isinstance(result.sections.get("footprint"), Mapping) else {}
+    how = {x.get("method"): x for x in fp.get("compression") or [] if isinstance(x, Mapping)}
+    out: dict[str, Latency] = {}
+    for v in result.compression:
+        if v.latency_ms is None:
             continue
-        h = how.get(s) or {}
-        iqr = h.get("latency_ms_iqr")
-        out[s] = Latency("dense" if s == 0 else f"{100 * s:g}%", float(part.latency_ms),
-                         (float(iqr[0]), float(iqr[1])) if isinstance(iqr, (list, tuple)) and len(iqr) == 2 else None,
-                         h.get("latency_repeats"), h.get("timed"))
+        caveat = REFERENCE_INT8 if v.details.get("backend") == "torchao.pt2e" else None
+        out[v.method] = _latency(v.method, v.latency_ms, how.get(v.method) or {}, caveat)
     return out
 
 
 def latency_reading(dense: Latency, level: Latency) -> str:
-    """How a level's latency compares with the dense model's, claiming a difference only where the two
-    spreads ([p25, p75]) do not overlap: 'no measurable difference from dense', '41% faster than dense',
-    '2.1x slower than dense'; with 'no speed-up expected without sparse kernels' for a masked level."""
+    """How a level's (or a compression variant's) latency compares with the dense model's, claiming a
+    difference only where the two spreads ([p25, p75]) do not overlap: 'no measurable difference from dense',
+    '41% faster than dense', '2.1x slower than dense'; with 'no speed-up expected without sparse kernels' for a
+    masked model and the model's own ``caveat`` where it has one."""
     if dense.iqr is None or level.iqr is None:
         text = "no spread recorded, so no difference from dense can be read"
     elif dense.iqr[1] < level.iqr[0] or level.iqr[1] < dense.iqr[0]:
@@ -269,7 +294,8 @@ def latency_reading(dense: Latency, level: Latency) -> str:
                      "load while timing, not pruning")
     else:
         text = "no measurable difference from dense (the spreads overlap)"
-    return f"{text}; {NO_SPEEDUP}" if level.no_speedup else text
+    text = f"{text}; {NO_SPEEDUP}" if level.no_speedup else text
+    return f"{text}; {level.caveat}" if level.caveat else text
 
 
 # ---- what this means: the paragraph the report and the Results page both open with ----------------------

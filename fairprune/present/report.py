@@ -41,7 +41,7 @@ from markupsafe import Markup
 from .. import __version__
 from . import plots
 from ..core.errors import InputError
-from .reading import (NO_SPEEDUP, headline, latencies, latency_reading, meaning, placed_warnings,
+from .reading import (NO_SPEEDUP, headline, latencies, latency_reading, variant_latencies, meaning, placed_warnings,
                       worst_group)
 from ..core.result import SCHEMA, AuditResult, LevelResult
 
@@ -440,15 +440,19 @@ def _full_table(result: AuditResult, stats: _Stats) -> dict:
 
 
 def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> dict | None:
-    parts = [("dense", result.dense), *((plots.sparsity_label(lv.sparsity), lv) for lv in result.levels)]
+    parts = [("dense", result.dense), *((plots.sparsity_label(lv.sparsity), lv) for lv in result.levels),
+             *((v.method, v) for v in result.compression)]
     if all(p.size_bytes is None for _, p in parts):
         return None
     fp = d.get("footprint") if isinstance(d.get("footprint"), dict) else {}
     how = {plots.sparsity_label(x.get("sparsity", 0)): x for x in fp.get("levels", []) if isinstance(x, dict)}
+    how.update({x.get("method"): x for x in fp.get("compression", []) if isinstance(x, dict)})
     how["dense"] = fp.get("dense") or {}
     dense = result.dense.size_bytes
     timings = latencies(result)
-    spreads = [timings.get(0.0)] + [timings.get(lv.sparsity) for lv in result.levels]
+    variant_timings = variant_latencies(result)
+    spreads = ([timings.get(0.0)] + [timings.get(lv.sparsity) for lv in result.levels]
+               + [variant_timings.get(v.method) for v in result.compression])
     rows = []
     for (name, p), t in zip(parts, spreads):
         if t is None:
@@ -456,7 +460,7 @@ def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> dict | None:
         else:
             latency = t.spread_text()
             versus = "reference" if name == "dense" else (
-                latency_reading(timings[0.0], t) if 0.0 in timings else (NO_SPEEDUP if t.no_speedup else "—"))
+                latency_reading(timings[0.0], t) if 0.0 in timings else (NO_SPEEDUP if t.no_speedup else t.caveat or "—"))
         rows.append([name, _size(p.size_bytes), f"{p.size_bytes / dense - 1:+.0%}" if dense and p.size_bytes else "—",
                      how.get(name, {}).get("storage", "—"), latency, versus, how.get(name, {}).get("timed", "—")])
     return {

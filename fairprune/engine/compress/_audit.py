@@ -140,11 +140,21 @@ def variant_diagnostics(auditor, diag, variant: Variant, *, step: Callable[[str]
     return _clean(out), note
 
 
+def _timed(spec: VariantSpec, details: dict) -> str:
+    """What was timed, in the footprint's words: 'masked' where the variant does the dense model's work in the
+    dense model's kernels (2:4 without quantization and without torch's sparse kernels), so no speed-up can be
+    expected; otherwise 'the compressed model as evaluated'."""
+    nm = details.get("nm_2_4") or {}
+    if spec.has_nm and spec.quantization is None and not nm.get("sparse_kernel"):
+        return "masked"
+    return "the compressed model as evaluated"
+
+
 def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[str], None] | None = None
                     ) -> tuple[VariantResult, dict]:
     """(VariantResult, footprint entry) of one variant, measured within ``auditor`` (a fairprune.engine.audit.Auditor)."""
     from ..evaluate import evaluate, model_outputs
-    from ..footprint import measure_latency
+    from ..footprint import time_forward
     from ..metrics import compare
 
     a = auditor
@@ -165,13 +175,14 @@ def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[st
         raise InputError(f"{spec.name}: the compressed model gives non-finite outputs on {bad} of {a.eval_data.n} rows "
                          f"(values beyond the range of its number format, e.g. raw inputs above 65504 in float16); "
                          f"expected finite logits. Scale the inputs inside the model or leave {spec.name} out")
-    size_bytes = latency_ms = storage = None
+    size_bytes = latency_ms = storage = timing = None
     if a.footprint is not None:
         size_bytes, storage = variant_size(variant.module, nm=spec.has_nm)
         fp = a.footprint
         if fp.latency:
-            latency_ms = measure_latency(lambda x: model_outputs(variant.model, x), fp.batch, repeats=fp.repeats,
-                                         warmup=fp.warmup, budget_s=fp.budget_s)
+            timing = time_forward(lambda x: model_outputs(variant.model, x), fp.batch, repeats=fp.repeats,
+                                  warmup=fp.warmup, budget_s=fp.budget_s)
+            latency_ms = timing.median_ms
     # variants are evaluated in full precision: compare them with the dense model's full-precision predictions
     comparison = compare(a.dense_pred_full, pred, a.y, a.groups, a.names, seed=variant_seed(a.seed, spec.name))
     achieved, distance = _weights_figures(a, variant)
@@ -195,6 +206,9 @@ def measure_variant(auditor, spec: VariantSpec, *, diag=None, step: Callable[[st
         details["diagnostics"] = diag_groups
         details["diagnostics_note"] = note
     footprint = {"method": spec.name, "size_bytes": size_bytes, "latency_ms": latency_ms, "storage": storage,
-                 "timed": "the compressed model as evaluated" if latency_ms is not None else None}
+                 "timed": _timed(spec, det) if timing is not None else None}
+    if timing is not None:                        # the spread, as the dense model's and each level's
+        footprint["latency_ms_iqr"] = timing.iqr
+        footprint["latency_repeats"] = timing.repeats
     return VariantResult(spec.name, spec.setting(), level, variant.quantized_fraction, details,
                          variant.quantized_by_kind), footprint
