@@ -14,7 +14,9 @@ magnitude), three audits through the library (``fairprune.engine.audit.audit``, 
            all rows (``HessianOperator.quadratic_rows``), which runs no backward pass (and so never PyTorch's
            double backward of a grouped convolution, which loops over the groups on CPU).
 
-The figures are the same: the bench prints the largest relative difference between before and after over the
+Two more columns time the per-factor options a user can set (``audit --diagnostics-option KEY=VALUE``):
+``hessian=false`` (gradient norms and margins only) and ``hutchinson_rel_se=0.2`` (the trace's probes stop once
+its standard error is within 20% of it). The figures are the same: the bench prints the largest relative difference between before and after over the
 Hessian figures (λ_max, its standard error, Tr, its standard error), besides the wall-clock seconds and ratios.
 ``--profile`` prints where the time of the "after" diagnostics goes (cProfile, the 25 largest cumulative entries).
 Timings are wall clock on a shared machine: compare ratios measured in the same run.
@@ -107,14 +109,19 @@ def main(argv=None) -> int:
     print(f"audit vs audit --diagnostics: {args.rows} rows of 3x{args.side}x{args.side}, 2 groups, levels 0.5 and 0.9, "
           f"random weights, CPU, {torch.get_num_threads()} thread(s)")
     print(f"  {'model':<18}{'plain s':>9}{'before s':>10}{'ratio':>8}{'after s':>10}{'ratio':>8}{'saved':>8}"
-          f"{'Hessian figures differ by':>28}")
+          f"{'Hessian figures differ by':>28}{'hessian=false s':>17}{'ratio':>8}{'rel_se=0.2 s':>14}{'ratio':>8}")
     for name in args.models.split(","):
         plain, _, _ = _audit(name, data, False)
         before, r_before, _ = _audit(name, data, True, quadratic=False)
         after, r_after, prof = _audit(name, data, True, profile=args.profile)
         diff = _max_rel_diff(_hessian_figures(r_before), _hessian_figures(r_after))
+        # the per-factor options a user can set (audit --diagnostics-option KEY=VALUE): no Hessian at all, and
+        # Hutchinson's trace stopped once its standard error is within 20% of the trace
+        bare, _, _ = _audit(name, data, {"hessian": False})
+        early, _, _ = _audit(name, data, {"hutchinson_rel_se": 0.2})
         print(f"  {name:<18}{plain:9.1f}{before:10.1f}{before / plain:7.1f}x{after:10.1f}{after / plain:7.1f}x"
-              f"{1 - after / before:7.0%}{diff:>20.1e} (rel)", flush=True)
+              f"{1 - after / before:7.0%}{diff:>20.1e} (rel){bare:17.1f}{bare / plain:7.1f}x{early:14.1f}"
+              f"{early / plain:7.1f}x", flush=True)
         if prof is not None:
             import pstats
 

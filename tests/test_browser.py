@@ -225,7 +225,8 @@ def test_compression_variants_on_the_results_page(server, page):
 
     url, home = server
     store = RunStore(home)
-    spec = AuditSpec(sparsities=(0.9,), demo="adult", group=("race",), compress=("int8_dynamic", "nm_2_4+int8_dynamic"))
+    spec = AuditSpec(sparsities=(0.9,), demo="adult", group=("race",), compress=("int8_dynamic", "nm_2_4+int8_dynamic"),
+                     latency=True)                       # timed, as an audit queued from the Audit page is
     run_id = store.create_run(spec.to_dict(), title="adult, pruned and quantized")
     while store.get(run_id).active:                      # the app's worker may already be serving this home
         jobs.run_worker(store, once=True)
@@ -237,6 +238,17 @@ def test_compression_variants_on_the_results_page(server, page):
     page.locator(".js-plotly-plot").nth(5).wait_for()
     assert page.locator(".js-plotly-plot").count() == 6
     assert page.get_by_text("Every model on one size axis").count() >= 1
+    # each variant's latency with its spread and runs, and how it compares with dense (never a bare median)
+    from fairprune.core.result import AuditResult
+    from fairprune.present.reading import variant_latencies
+
+    timed = variant_latencies(AuditResult.from_dict(store.get(run_id).result))
+    grid = page.locator('[data-testid="stDataFrame"]', has_text="nm_2_4+int8_dynamic").first
+    for method, t in timed.items():
+        row = grid.locator('[role="row"]', has_text=method).first
+        row.locator('[role="gridcell"]', has_text="runs)").first.wait_for(state="attached")
+        assert t.spread_text() in row.locator('[role="gridcell"]').all_inner_texts()
+    assert list(timed) == ["int8_dynamic", "nm_2_4+int8_dynamic"]
     no_exception(page)
     screenshot(page, "compression.png")
 
