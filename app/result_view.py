@@ -14,8 +14,8 @@ import streamlit as st
 from app import widgets
 
 from fairprune.present import plots
-from fairprune.present.reading import (HEADLINE_NOTE, NO_SPEEDUP, REFERENCE_INT8, headline, latencies,
-                                       latency_reading, meaning, placed_warnings, variant_latencies, worst_group)
+from fairprune.present.reading import (HEADLINE_NOTE, NO_SPEEDUP, REFERENCE_INT8, headline, latencies, meaning,
+                                       placed_warnings, variant_latencies, versus_dense, worst_group)
 from fairprune.present.report import render_html
 from fairprune.core.result import AuditResult, LevelResult
 
@@ -150,17 +150,8 @@ def latency_table(result: AuditResult) -> pd.DataFrame | None:
     timed = [(plots.sparsity_label(s), x) for s, x in t.items()] + list(variant_latencies(result).items())
     if not timed:
         return None
-    return pd.DataFrame([{"model": name, "latency per batch": x.spread_text(), "vs dense": _versus_dense(t, name, x)}
-                         for name, x in timed])
-
-
-def _versus_dense(timings: dict, name: str, x) -> str:
-    """How a timed model compares with the dense model (reading.latency_reading), 'reference' for dense."""
-    if name == "dense":
-        return "reference"
-    if 0.0 in timings:
-        return latency_reading(timings[0.0], x)
-    return NO_SPEEDUP if x.no_speedup else (x.caveat or "—")
+    return pd.DataFrame([{"model": name, "latency per batch": x.spread_text(),
+                          "vs dense": versus_dense(t.get(0.0), x, reference=name == "dense")} for name, x in timed])
 
 
 SIZE_AXIS_HELP = ("One marker per group and model (dense, each sparsity level, each quantized or N:M variant): the "
@@ -319,7 +310,7 @@ def compression_table(result: AuditResult) -> pd.DataFrame:
             "size vs dense": _fmt(None if not (dense and v.size_bytes) else v.size_bytes / dense, ".2f") + (
                 "x" if dense and v.size_bytes else ""),
             "latency per batch": timed[v.method].spread_text() if v.method in timed else "— (not timed)",
-            "vs dense": _versus_dense(dense_t, v.method, timed[v.method]) if v.method in timed else "—",
+            "vs dense": versus_dense(dense_t.get(0.0), timed[v.method]) if v.method in timed else "—",
             "quantized": v.quantized_fraction,
             "accuracy %": 100 * lv.overall.accuracy, "drop (pts)": 100 * lv.overall.accuracy_drop,
             "worst group": g, "its drop (pts)": 100 * lv.groups[g].accuracy_drop,

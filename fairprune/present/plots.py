@@ -649,13 +649,15 @@ def model_variants(result: AuditResult | Mapping) -> list[dict]:
     ``label``, ``kind`` ('dense', 'pruning', 'compression'), ``size_bytes``, ``latency_ms``, ``groups``
     (name -> accuracy), ``violation`` (accuracy fairness violation; None for dense), ``accuracy`` and
     ``latency_ms_iqr`` (the timing's [p25, p75] from the ``footprint`` section; None where not recorded)."""
+    from .reading import recorded_iqr
+
     d = result.to_dict() if isinstance(result, AuditResult) else result
     method = (d.get("config") or {}).get("method", "pruning")
     fp = d.get("footprint") if isinstance(d.get("footprint"), Mapping) else {}
 
     def iqr(entry) -> list[float] | None:
-        x = entry.get("latency_ms_iqr") if isinstance(entry, Mapping) else None
-        return list(x) if isinstance(x, (list, tuple)) and len(x) == 2 else None
+        x = recorded_iqr(entry)
+        return None if x is None else list(x)
 
     level_fp = {x.get("sparsity"): x for x in fp.get("levels") or [] if isinstance(x, Mapping)}
     variant_fp = {x.get("method"): x for x in fp.get("compression") or [] if isinstance(x, Mapping)}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..core.result import AuditResult, LevelResult
 
 __all__ = ["worst_group", "headline", "text_table", "HEADLINE_NOTE", "meaning", "meaning_parts", "Latency",
-           "latencies", "variant_latencies", "latency_reading", "REFERENCE_INT8", "NO_SPEEDUP", "PlacedWarnings",
+           "latencies", "variant_latencies", "latency_reading", "versus_dense", "recorded_iqr", "REFERENCE_INT8", "NO_SPEEDUP", "PlacedWarnings",
            "placed_warnings", "collapsed"]
 
 #: Said wherever the latency of a level timed as the masked dense model is shown (unstructured, 2:4).
@@ -253,11 +253,14 @@ def latencies(result: AuditResult) -> dict[float, Latency]:
     return out
 
 
+def recorded_iqr(how: Mapping | None) -> tuple[float, float] | None:
+    """A footprint entry's ``latency_ms_iqr`` as (p25, p75) ms; None where none was recorded."""
+    iqr = how.get("latency_ms_iqr") if isinstance(how, Mapping) else None
+    return (float(iqr[0]), float(iqr[1])) if isinstance(iqr, (list, tuple)) and len(iqr) == 2 else None
+
+
 def _latency(label: str, median_ms: float, how: Mapping, caveat: str | None = None) -> Latency:
-    iqr = how.get("latency_ms_iqr")
-    return Latency(label, float(median_ms),
-                   (float(iqr[0]), float(iqr[1])) if isinstance(iqr, (list, tuple)) and len(iqr) == 2 else None,
-                   how.get("latency_repeats"), how.get("timed"), caveat)
+    return Latency(label, float(median_ms), recorded_iqr(how), how.get("latency_repeats"), how.get("timed"), caveat)
 
 
 def variant_latencies(result: AuditResult) -> dict[str, Latency]:
@@ -296,6 +299,17 @@ def latency_reading(dense: Latency, level: Latency) -> str:
         text = "no measurable difference from dense (the spreads overlap)"
     text = f"{text}; {NO_SPEEDUP}" if level.no_speedup else text
     return f"{text}; {level.caveat}" if level.caveat else text
+
+
+def versus_dense(dense: Latency | None, model: Latency, *, reference: bool = False) -> str:
+    """The 'vs dense' cell of a latency table: 'reference' for the dense model itself, else
+    :func:`latency_reading` against ``dense``; without a dense timing, only what the model's kernels imply
+    (:data:`NO_SPEEDUP`, its caveat, or '—')."""
+    if reference:
+        return "reference"
+    if dense is not None:
+        return latency_reading(dense, model)
+    return NO_SPEEDUP if model.no_speedup else (model.caveat or "—")
 
 
 # ---- what this means: the paragraph the report and the Results page both open with ----------------------

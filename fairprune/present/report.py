@@ -41,7 +41,7 @@ from markupsafe import Markup
 from .. import __version__
 from . import plots
 from ..core.errors import InputError
-from .reading import (NO_SPEEDUP, headline, latencies, latency_reading, variant_latencies, meaning, placed_warnings,
+from .reading import (NO_SPEEDUP, headline, latencies, meaning, placed_warnings, variant_latencies, versus_dense,
                       worst_group)
 from ..core.result import SCHEMA, AuditResult, LevelResult
 
@@ -459,8 +459,7 @@ def _footprint(result: AuditResult, d: Mapping, charts: _Charts) -> dict | None:
             latency, versus = "not measured", "—"
         else:
             latency = t.spread_text()
-            versus = "reference" if name == "dense" else (
-                latency_reading(timings[0.0], t) if 0.0 in timings else (NO_SPEEDUP if t.no_speedup else t.caveat or "—"))
+            versus = versus_dense(timings.get(0.0), t, reference=name == "dense")
         rows.append([name, _size(p.size_bytes), f"{p.size_bytes / dense - 1:+.0%}" if dense and p.size_bytes else "—",
                      how.get(name, {}).get("storage", "—"), latency, versus, how.get(name, {}).get("timed", "—")])
     return {
